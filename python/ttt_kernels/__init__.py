@@ -1,0 +1,67 @@
+"""ttt_kernels: fused CPU and CUDA kernels for End-to-End Test-Time Training (TTT-E2E).
+
+Importing the package loads the native library, which registers every op under ``torch.ops.ttt_kernels``. The
+Python entry points live in :mod:`ttt_kernels.ops`; the pure-PyTorch references in :mod:`ttt_kernels.reference`.
+"""
+
+import json
+import os
+
+import torch  # noqa: F401  (loads libtorch before the native library that links it)
+
+from . import _C
+
+__version__ = _C.build_info()["version"]
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(_C.__file__))
+
+
+def include_dir() -> str:
+    """Directory of the C++ headers, for code that links ``lib_dir()/libttt_kernels.so``."""
+    return os.path.join(_PACKAGE_DIR, "include")
+
+
+def lib_dir() -> str:
+    """Directory holding ``libttt_kernels.so``."""
+    return _PACKAGE_DIR
+
+
+def cuda_resources() -> dict | None:
+    """nvcc's per-kernel resource report (registers, shared memory, stack, spills) for every kernel and arch.
+
+    None when the library was built without CUDA kernels.
+    """
+    path = os.path.join(_PACKAGE_DIR, "cuda_resources.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def build_info() -> dict:
+    """What this build contains, as a dict (see :func:`info` for the printed form)."""
+    info = dict(_C.build_info())
+    info["cuda_available"] = torch.cuda.is_available()
+    return info
+
+
+def info() -> None:
+    """Prints the version, the torch it was built for, the CPU ISA, the CUDA kernels and the simulator."""
+    b = build_info()
+    if b["cuda_kernels"]:
+        archs = ", ".join(f"sm_{a}" for a in b["cuda_archs"].split(","))
+        cuda = f"kernels for {archs}; " + ("torch CUDA dispatch registered" if b["cuda_dispatch"] else "no CUDA dispatch (CPU torch)")
+        cuda += "; GPU present" if b["cuda_available"] else "; no GPU visible"
+    else:
+        cuda = "not built"
+    rows = [
+        ("ttt_kernels", b["version"]),
+        ("torch", f"{torch.__version__} (built against {b['torch_version']})"),
+        ("CPU ISA", b["cpu_isa"]),
+        ("CPU threads", str(torch.get_num_threads())),
+        ("CUDA", cuda),
+        ("simulator", "built" if b["simulator"] else "not built"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")

@@ -1,0 +1,40 @@
+"""Runs the package's CUDA kernels on the CPU through the project's CUDA simulator.
+
+Inside ``with ttt_kernels.sim.enabled(...)``, ops called on CPU tensors execute their CUDA kernel (the same .cu
+source, compiled for the host) instead of the CPU kernel. ``schedule`` picks the order in which a block's threads
+are resumed between barriers; running a kernel under several schedules and comparing outputs exposes races.
+"""
+
+import contextlib
+
+from . import _C
+
+SCHEDULES = ("in_order", "reverse", "shuffle")
+
+
+def is_built() -> bool:
+    """Whether this build contains the simulator."""
+    return bool(_C.build_info()["simulator"])
+
+
+@contextlib.contextmanager
+def enabled(schedule: str = "in_order", seed: int = 0, num_workers: int = 0):
+    """Routes ops on CPU tensors to the simulated CUDA kernels.
+
+    Args:
+        schedule: "in_order", "reverse" or "shuffle" (re-shuffled at every barrier, deterministic in ``seed``).
+        seed: seed of the "shuffle" schedule.
+        num_workers: OS threads that run blocks; 0 uses every core.
+    """
+    if not is_built():
+        raise RuntimeError("ttt_kernels was built without the simulator (TTT_KERNELS_SIM=OFF)")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    previous = _C.sim_config()
+    _C.sim_set_config(enabled=True, schedule=schedule, seed=seed, num_workers=num_workers)
+    try:
+        yield
+    finally:
+        _C.sim_set_config(**previous)

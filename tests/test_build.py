@@ -1,0 +1,73 @@
+"""The build itself: what info() reports, the CUDA resource report, and the CUDA dispatch of every op."""
+
+import pytest
+import torch
+
+import ttt_kernels
+
+# The archs every CUDA build must contain (TTT_KERNELS_CUDA_ARCHS default; CI builds with it).
+REQUIRED_ARCHS = {"sm_80", "sm_90a"}
+BUILD = ttt_kernels.build_info()
+needs_cuda_kernels = pytest.mark.skipif(not BUILD["cuda_kernels"], reason="built without CUDA kernels (no nvcc)")
+
+
+def test_info_prints_every_field(capsys):
+    ttt_kernels.info()
+    out = capsys.readouterr().out
+    for key in ("ttt_kernels", "torch", "CPU ISA", "CUDA", "simulator"):
+        assert key in out
+    assert BUILD["version"] == ttt_kernels.__version__
+    assert BUILD["cpu_isa"].split()[0] in ("x86-64", "aarch64", "generic")
+
+
+def test_headers_and_library_are_installed():
+    import os
+
+    assert os.path.exists(os.path.join(ttt_kernels.include_dir(), "ttt_kernels", "build_info.h"))
+    assert any(name.startswith("libttt_kernels") for name in os.listdir(ttt_kernels.lib_dir()))
+
+
+@needs_cuda_kernels
+def test_resource_report_covers_every_kernel_on_every_arch_without_spills():
+    report = ttt_kernels.cuda_resources()
+    assert report is not None, "cuda_resources.json is missing from the installed package"
+    assert REQUIRED_ARCHS <= set(report["archs"]), f"archs built: {report['archs']}"
+    kernels = report["kernels"]
+    assert kernels, "the resource report lists no kernel"
+    archs_of = {}
+    for k in kernels:
+        archs_of.setdefault(k["mangled"], set()).add(k["arch"])
+    missing = {name: REQUIRED_ARCHS - archs for name, archs in archs_of.items() if not REQUIRED_ARCHS <= archs}
+    assert not missing, f"kernels missing an arch: {missing}"
+    spills = [k for k in kernels if k["spill_store_bytes"] or k["spill_load_bytes"]]
+    assert not spills, "register spills:\n" + "\n".join(
+        f"{k['kernel']} [{k['arch']}]: {k['spill_store_bytes']} B stored, {k['spill_load_bytes']} B loaded"
+        for k in spills
+    )
+    for k in kernels:
+        assert 0 < k["registers"] <= 255, k
+        # Static shared memory is capped at 48 KiB per block; larger tiles must use dynamic shared memory.
+        assert k["shared_bytes"] <= 48 * 1024, k
+
+
+def ttt_ops():
+    """Every public op of the package's torch library."""
+    return sorted(
+        name
+        for name in dir(torch.ops.ttt_kernels)
+        if not name.startswith("_") and isinstance(getattr(torch.ops.ttt_kernels, name), torch._ops.OpOverloadPacket)
+    )
+
+
+def test_every_op_has_a_cpu_kernel():
+    ops = ttt_ops()
+    assert ops, "no op registered under torch.ops.ttt_kernels"
+    for name in ops:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"ttt_kernels::{name}", "CPU"), name
+
+
+@pytest.mark.skipif(not torch.version.cuda, reason="CPU build of torch: no CUDA dispatch to register")
+def test_every_op_has_a_cuda_kernel_with_a_cuda_torch():
+    assert BUILD["cuda_dispatch"], "torch has CUDA but the CUDA glue was not linked (was nvcc missing?)"
+    for name in ttt_ops():
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"ttt_kernels::{name}", "CUDA"), name
