@@ -50,7 +50,8 @@ def info() -> None:
     b = build_info()
     if b["cuda_kernels"]:
         archs = ", ".join(f"sm_{a}" for a in b["cuda_archs"].split(","))
-        cuda = f"kernels for {archs}; " + ("torch CUDA dispatch registered" if b["cuda_dispatch"] else "no CUDA dispatch (CPU torch)")
+        dispatch = "torch CUDA dispatch registered" if b["cuda_dispatch"] else "no CUDA dispatch (CPU torch)"
+        cuda = f"kernels for {archs}; {dispatch}"
         cuda += "; GPU present" if b["cuda_available"] else "; no GPU visible"
     else:
         cuda = "not built"

@@ -1,0 +1,129 @@
+"""CPU benchmark of the fused RMSNorm against the eager reference and torch.nn.functional.rms_norm.
+
+Times the forward and forward+backward (through autograd, the same way for every implementation) and reports the
+median over repeats and the effective bandwidth: the bytes an ideal fused kernel must move (read x, weight,
+grad_out, rstd; write out, rstd, grad_x, grad_weight) divided by the time.
+
+    python bench/bench_rms_norm.py [--quick] [--threads N] [--out results.json]
+"""
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+import ttt_kernels
+from ttt_kernels import ops, reference
+
+SHAPES = ((4096, 768), (16384, 1024), (1024, 2048))
+QUICK_SHAPES = ((4096, 768), (1024, 2048))
+EPS = 1e-6
+
+IMPLEMENTATIONS = {
+    "ttt_kernels": lambda x, w: ops.rms_norm(x, w, EPS),
+    "reference": lambda x, w: reference.rms_norm(x, w, EPS),
+    "F.rms_norm": lambda x, w: F.rms_norm(x, (x.shape[-1],), w, EPS),
+}
+
+
+def _median_seconds(fn, repeats: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _ideal_bytes(rows: int, d: int, dtype: torch.dtype) -> tuple[int, int]:
+    """(forward, forward+backward) bytes moved by an ideal fused implementation."""
+    elt = torch.empty((), dtype=dtype).element_size()
+    rstd = rows * (8 if dtype == torch.float64 else 4)
+    fwd = (2 * rows * d + d) * elt + rstd  # read x, weight; write out, rstd
+    bwd = (3 * rows * d + 2 * d) * elt + rstd  # read grad_out, x, weight, rstd; write grad_x, grad_weight
+    return fwd, fwd + bwd
+
+
+def _time_impl(fn, x, w, g, repeats: int) -> tuple[float, float]:
+    """Median seconds of fn's forward (no autograd) and of its forward + backward through autograd."""
+    xg, wg = x.clone().requires_grad_(), w.clone().requires_grad_()
+
+    def forward():
+        with torch.no_grad():
+            fn(x, w)
+
+    def forward_backward():
+        torch.autograd.grad(fn(xg, wg), (xg, wg), g)
+
+    return _median_seconds(forward, repeats), _median_seconds(forward_backward, repeats)
+
+
+def bench(shapes, dtypes, repeats: int) -> list[dict]:
+    results = []
+    for dtype in dtypes:
+        for rows, d in shapes:
+            gen = torch.Generator().manual_seed(0)
+            x = torch.randn(rows, d, generator=gen).to(dtype)
+            w = (1 + 0.1 * torch.randn(d, generator=gen)).to(dtype)
+            g = torch.randn(rows, d, generator=gen).to(dtype)
+            fwd_bytes, train_bytes = _ideal_bytes(rows, d, dtype)
+            for name, fn in IMPLEMENTATIONS.items():
+                fwd_s, train_s = _time_impl(fn, x, w, g, repeats)
+                results.append(
+                    {
+                        "impl": name,
+                        "dtype": str(dtype).removeprefix("torch."),
+                        "rows": rows,
+                        "dim": d,
+                        "fwd_ms": fwd_s * 1e3,
+                        "fwd_bwd_ms": train_s * 1e3,
+                        "fwd_gbps": fwd_bytes / fwd_s / 1e9,
+                        "fwd_bwd_gbps": train_bytes / train_s / 1e9,
+                    }
+                )
+    return results
+
+
+def print_table(results: list[dict]) -> None:
+    header = f"{'dtype':<9} {'shape':>12} {'impl':<12} {'fwd ms':>8} {'GB/s':>6} {'fwd+bwd ms':>11} {'GB/s':>6}"
+    header += f" {'fwd speedup':>12} {'fwd+bwd speedup':>16}"
+    print(header)
+    base = {(r["dtype"], r["rows"], r["dim"]): r for r in results if r["impl"] == "ttt_kernels"}
+    for r in results:
+        ours = base[(r["dtype"], r["rows"], r["dim"])]
+        shape = f"{r['rows']}x{r['dim']}"
+        print(
+            f"{r['dtype']:<9} {shape:>12} {r['impl']:<12} {r['fwd_ms']:>8.3f} {r['fwd_gbps']:>6.1f}"
+            f" {r['fwd_bwd_ms']:>11.3f} {r['fwd_bwd_gbps']:>6.1f}"
+            f" {r['fwd_ms'] / ours['fwd_ms']:>11.2f}x {r['fwd_bwd_ms'] / ours['fwd_bwd_ms']:>15.2f}x"
+        )
+    print("speedup: this row's time / ttt_kernels' time (> 1: ttt_kernels is faster)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer shapes and repeats, float32 only")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads(N) first (default: torch's default)")
+    parser.add_argument("--out", help="write the results as JSON to this path")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shapes, dtypes, repeats = (
+        (QUICK_SHAPES, (torch.float32,), 5) if args.quick else (SHAPES, (torch.float32, torch.bfloat16), 20)
+    )
+    results = bench(shapes, dtypes, repeats)
+    print(f"ttt_kernels {ttt_kernels.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print_table(results)
+    if args.out:
+        meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "repeats": repeats}
+        with open(args.out, "w") as f:
+            json.dump({"meta": meta, "results": results}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

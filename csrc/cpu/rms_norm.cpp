@@ -1,0 +1,188 @@
+// Fused RMSNorm CPU kernels (math and params: include/ttt_kernels/rms_norm.h).
+//
+// Rows are split over threads with at::parallel_for. Each row is handled in two vectorized passes (`omp simd`):
+// a reduction, then the element-wise output; the row is still in L1/L2 for the second pass. 16-bit inputs are
+// widened to float32 inside the loops. The backward accumulates grad_weight per chunk of rows into a private
+// [dim] partial and sums the partials in chunk order: no atomics, and the chunking does not depend on the thread
+// count, so the result is bitwise reproducible.
+#include "ttt_kernels/rms_norm.h"
+
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <fp16/fp16.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+
+namespace ttt::cpu {
+namespace {
+
+// Elements per parallel_for grain: large enough to amortize a task, small enough to split mid-sized inputs.
+constexpr int64_t kGrainElements = 1 << 15;
+// Backward row chunks: at most kMaxChunks (grad_weight partials of [dim] each), at least kMinChunkRows rows each.
+constexpr int64_t kMaxChunks = 64;
+constexpr int64_t kMinChunkRows = 16;
+
+template <typename T>
+using Accum = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Element <-> math type conversions, written so that `omp simd` loops vectorize: c10's BFloat16 and Half
+// conversions keep loops scalar (a NaN branch; F16C scalar intrinsics). BFloat16 rounds to nearest even with c10's
+// NaN handling; Half uses the branch-free IEEE conversions of the FP16 library that torch ships (fp16/fp16.h),
+// also round to nearest even.
+template <typename T>
+inline Accum<T> widen(T v) {
+  return static_cast<Accum<T>>(v);
+}
+template <>
+inline float widen(c10::BFloat16 v) {
+  return std::bit_cast<float>(uint32_t{v.x} << 16);
+}
+template <>
+inline float widen(c10::Half v) {
+  return fp16_ieee_to_fp32_value(v.x);
+}
+
+template <typename T>
+inline T narrow(Accum<T> v) {
+  return static_cast<T>(v);
+}
+template <>
+inline c10::BFloat16 narrow(float v) {
+  const uint32_t bits = std::bit_cast<uint32_t>(v);
+  const uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+  return c10::BFloat16(std::isnan(v) ? uint16_t{0x7FC0} : static_cast<uint16_t>(rounded), c10::BFloat16::from_bits());
+}
+template <>
+inline c10::Half narrow(float v) {
+  return c10::Half(fp16_ieee_from_fp32_value(v), c10::Half::from_bits());
+}
+
+// The row kernels take plain restrict-qualified pointers (not lambda captures) so that the compiler sees
+// independent, unit-stride accesses and vectorizes every loop.
+
+// out[i] = w[i] * x[i] * rstd for one row of `dim` elements; returns rstd = 1 / sqrt(mean(x^2) + eps).
+template <typename T>
+Accum<T> fwd_row(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ out, int64_t dim, Accum<T> eps) {
+  using A = Accum<T>;
+  A sumsq = 0;
+#pragma omp simd reduction(+ : sumsq)
+  for (int64_t i = 0; i < dim; ++i) {
+    const A v = widen(x[i]);
+    sumsq += v * v;
+  }
+  const A rstd = A(1) / std::sqrt(sumsq / static_cast<A>(dim) + eps);
+#pragma omp simd
+  for (int64_t i = 0; i < dim; ++i) out[i] = narrow<T>(widen(w[i]) * (widen(x[i]) * rstd));
+  return rstd;
+}
+
+// dx = rstd * g * w - x * rstd^3 * mean(g * w * x) for one row; adds g * x * rstd to the grad_weight partial dw.
+template <typename T>
+void bwd_row(const T* __restrict__ x, const T* __restrict__ g, const T* __restrict__ w, Accum<T> rstd,
+             T* __restrict__ dx, Accum<T>* __restrict__ dw, int64_t dim) {
+  using A = Accum<T>;
+  A dot = 0;
+#pragma omp simd reduction(+ : dot)
+  for (int64_t i = 0; i < dim; ++i) dot += widen(g[i]) * widen(w[i]) * widen(x[i]);
+  const A coef = rstd * rstd * rstd * dot / static_cast<A>(dim);
+#pragma omp simd
+  for (int64_t i = 0; i < dim; ++i) {
+    const A xi = widen(x[i]);
+    const A gi = widen(g[i]);
+    dx[i] = narrow<T>(rstd * gi * widen(w[i]) - coef * xi);
+    dw[i] += gi * xi * rstd;
+  }
+}
+
+template <typename T>
+void fwd(const RmsNormParams& p) {
+  using A = Accum<T>;
+  const int64_t dim = p.dim;
+  const T* x = static_cast<const T*>(p.x);
+  const T* w = static_cast<const T*>(p.weight);
+  T* out = static_cast<T*>(p.out);
+  A* rstd = static_cast<A*>(p.rstd);
+  const A eps = static_cast<A>(p.eps);
+  at::parallel_for(0, p.rows, std::max<int64_t>(1, kGrainElements / dim), [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) rstd[row] = fwd_row(x + row * dim, w, out + row * dim, dim, eps);
+  });
+}
+
+template <typename T>
+void bwd(const RmsNormParams& p) {
+  using A = Accum<T>;
+  const int64_t dim = p.dim;
+  const T* x = static_cast<const T*>(p.x);
+  const T* w = static_cast<const T*>(p.weight);
+  const T* g = static_cast<const T*>(p.grad_out);
+  const A* rstd = static_cast<const A*>(p.rstd);
+  T* dx = static_cast<T*>(p.grad_x);
+
+  const int64_t chunks = std::clamp<int64_t>(ceil_div(p.rows, kMinChunkRows), 1, kMaxChunks);
+  const int64_t chunk_rows = ceil_div(p.rows, chunks);
+  // [chunks, dim] grad_weight partials, one per chunk of rows.
+  const std::unique_ptr<A[]> partials(new A[chunks * dim]);
+  at::parallel_for(0, chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
+    for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
+      A* dw = partials.get() + chunk * dim;
+      std::fill_n(dw, dim, A(0));
+      const int64_t row_end = std::min(p.rows, (chunk + 1) * chunk_rows);
+      for (int64_t row = chunk * chunk_rows; row < row_end; ++row) {
+        const int64_t offset = row * dim;
+        bwd_row(x + offset, g + offset, w, rstd[row], dx + offset, dw, dim);
+      }
+    }
+  });
+
+  // grad_weight = sum of the partials in chunk order.
+  A* __restrict__ total = partials.get();
+  for (int64_t chunk = 1; chunk < chunks; ++chunk) {
+    const A* __restrict__ part = partials.get() + chunk * dim;
+#pragma omp simd
+    for (int64_t i = 0; i < dim; ++i) total[i] += part[i];
+  }
+  T* __restrict__ dw = static_cast<T*>(p.grad_weight);
+#pragma omp simd
+  for (int64_t i = 0; i < dim; ++i) dw[i] = narrow<T>(total[i]);
+}
+
+// Calls fn(T{}) with the element type of p.dtype.
+template <typename Fn>
+void dispatch_dtype(const RmsNormParams& p, const char* op, Fn&& fn) {
+  switch (p.dtype) {
+    case DType::kFloat32:
+      return fn(float{});
+    case DType::kFloat64:
+      return fn(double{});
+    case DType::kBFloat16:
+      return fn(c10::BFloat16{});
+    case DType::kFloat16:
+      return fn(c10::Half{});
+  }
+  throw std::runtime_error(std::string(op) + ": unsupported dtype enum value " +
+                           std::to_string(static_cast<int>(p.dtype)));
+}
+
+}  // namespace
+
+void rms_norm_fwd(const RmsNormParams& params) {
+  if (params.rows == 0 || params.dim == 0) return;
+  dispatch_dtype(params, "rms_norm_fwd", [&](auto tag) { fwd<decltype(tag)>(params); });
+}
+
+void rms_norm_bwd(const RmsNormParams& params) {
+  if (params.dim == 0) return;
+  dispatch_dtype(params, "rms_norm_bwd", [&](auto tag) { bwd<decltype(tag)>(params); });
+}
+
+}  // namespace ttt::cpu

@@ -1,0 +1,194 @@
+// torch glue for the fused RMSNorm kernels: schemas, argument checks, and the CPU / simulator / CUDA dispatch.
+//
+//   rms_norm_fwd(x [..., d], weight [d], eps) -> (out [..., d], rstd [rows])
+//   rms_norm_bwd(grad_out [..., d], x [..., d], weight [d], rstd [rows]) -> (grad_x [..., d], grad_weight [d])
+// rows = x.numel() / d; rstd is float32 (float64 for float64 x). Autograd, fake tensors and the Python API are in
+// python/ttt_kernels/ops/rms_norm.py.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/core/ScalarType.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <tuple>
+
+#include "ttt_kernels/rms_norm.h"
+
+#if defined(TTT_KERNELS_WITH_SIM)
+#include "ttt_kernels/sim/config.h"
+#endif
+
+#if defined(TTT_KERNELS_WITH_CUDA)
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
+namespace ttt {
+namespace {
+
+at::ScalarType rstd_dtype(const at::Tensor& x) {
+  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+DType to_dtype(const char* op, at::ScalarType t) {
+  switch (t) {
+    case at::kFloat:
+      return DType::kFloat32;
+    case at::kDouble:
+      return DType::kFloat64;
+    case at::kBFloat16:
+      return DType::kBFloat16;
+    case at::kHalf:
+      return DType::kFloat16;
+    default:
+      TORCH_CHECK(false, op, ": x must be float32, float64, bfloat16 or float16, got ", t);
+  }
+}
+
+// The checks of x and weight shared by both ops; `op` names the op in the messages.
+void check_inputs(const char* op, const at::Tensor& x, const at::Tensor& weight) {
+  TORCH_CHECK(x.dim() >= 1, op, ": x must have at least 1 dimension, got a 0-d tensor");
+  TORCH_CHECK(x.size(-1) > 0, op, ": x must have a non-empty last dimension, got shape ", x.sizes());
+  to_dtype(op, x.scalar_type());
+  TORCH_CHECK(x.is_contiguous(), op, ": x must be contiguous, got strides ", x.strides(), " for shape ", x.sizes());
+  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == x.size(-1), op, ": weight must have shape [", x.size(-1),
+              "] (the last dimension of x), got ", weight.sizes());
+  TORCH_CHECK(weight.scalar_type() == x.scalar_type(), op, ": weight must have x's dtype ", x.scalar_type(),
+              ", got ", weight.scalar_type());
+  TORCH_CHECK(weight.device() == x.device(), op, ": weight must be on x's device ", x.device(), ", got ",
+              weight.device());
+  TORCH_CHECK(weight.is_contiguous(), op, ": weight must be contiguous, got stride ", weight.strides());
+}
+
+void check_bwd_inputs(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
+                      const at::Tensor& rstd) {
+  check_inputs("rms_norm_bwd", x, weight);
+  TORCH_CHECK(grad_out.sizes() == x.sizes(), "rms_norm_bwd: grad_out must have x's shape ", x.sizes(), ", got ",
+              grad_out.sizes());
+  TORCH_CHECK(grad_out.scalar_type() == x.scalar_type(), "rms_norm_bwd: grad_out must have x's dtype ",
+              x.scalar_type(), ", got ", grad_out.scalar_type());
+  TORCH_CHECK(grad_out.device() == x.device(), "rms_norm_bwd: grad_out must be on x's device ", x.device(),
+              ", got ", grad_out.device());
+  TORCH_CHECK(grad_out.is_contiguous(), "rms_norm_bwd: grad_out must be contiguous, got strides ",
+              grad_out.strides());
+  const int64_t rows = x.numel() / x.size(-1);
+  TORCH_CHECK(rstd.dim() == 1 && rstd.size(0) == rows, "rms_norm_bwd: rstd must have shape [", rows,
+              "] (x.numel() / x.size(-1)), got ", rstd.sizes());
+  TORCH_CHECK(rstd.scalar_type() == rstd_dtype(x), "rms_norm_bwd: rstd must be ", rstd_dtype(x), " for ",
+              x.scalar_type(), " x, got ", rstd.scalar_type());
+  TORCH_CHECK(rstd.device() == x.device(), "rms_norm_bwd: rstd must be on x's device ", x.device(), ", got ",
+              rstd.device());
+  TORCH_CHECK(rstd.is_contiguous(), "rms_norm_bwd: rstd must be contiguous");
+}
+
+// The fields both directions share; each op then sets its own outputs (and eps / grad_out).
+void set_params(RmsNormParams& params, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& rstd) {
+  params.x = x.data_ptr();
+  params.weight = weight.data_ptr();
+  params.rstd = rstd.data_ptr();
+  params.dim = x.size(-1);
+  params.rows = x.numel() / params.dim;
+  params.dtype = to_dtype("rms_norm", x.scalar_type());
+}
+
+// Checks the arguments, allocates out and rstd, fills the params and runs launch(params) (a backend's kernel).
+template <typename Launch>
+std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& x, const at::Tensor& weight, double eps,
+                                           Launch&& launch) {
+  check_inputs("rms_norm_fwd", x, weight);
+  TORCH_CHECK(eps > 0.0 && std::isfinite(eps), "rms_norm_fwd: eps must be a finite number > 0, got ", eps);
+  at::Tensor out = at::empty(x.sizes(), x.options());
+  at::Tensor rstd = at::empty({x.numel() / x.size(-1)}, x.options().dtype(rstd_dtype(x)));
+  RmsNormParams params;
+  set_params(params, x, weight, rstd);
+  params.out = out.data_ptr();
+  params.eps = eps;
+  launch(params);
+  return {out, rstd};
+}
+
+// Checks the arguments, allocates grad_x and grad_weight, fills the params and runs launch(params).
+template <typename Launch>
+std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_out, const at::Tensor& x,
+                                            const at::Tensor& weight, const at::Tensor& rstd, Launch&& launch) {
+  check_bwd_inputs(grad_out, x, weight, rstd);
+  at::Tensor grad_x = at::empty(x.sizes(), x.options());
+  at::Tensor grad_weight = at::empty(weight.sizes(), weight.options());
+  RmsNormParams params;
+  set_params(params, x, weight, rstd);
+  params.grad_out = grad_out.data_ptr();
+  params.grad_x = grad_x.data_ptr();
+  params.grad_weight = grad_weight.data_ptr();
+  launch(params);
+  return {grad_x, grad_weight};
+}
+
+std::tuple<at::Tensor, at::Tensor> rms_norm_fwd_cpu(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  return forward(x, weight, eps, [](const RmsNormParams& params) {
+#if defined(TTT_KERNELS_WITH_SIM)
+    if (sim::config().enabled) {
+      cuda_sim::rms_norm_fwd(params, /*stream=*/nullptr);
+      return;
+    }
+#endif
+    cpu::rms_norm_fwd(params);
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> rms_norm_bwd_cpu(const at::Tensor& grad_out, const at::Tensor& x,
+                                                    const at::Tensor& weight, const at::Tensor& rstd) {
+  return backward(grad_out, x, weight, rstd, [&rstd](RmsNormParams& params) {
+#if defined(TTT_KERNELS_WITH_SIM)
+    if (sim::config().enabled) {
+      // The CUDA kernels reduce grad_weight through per-block partial sums: [workspace_rows, dim], rstd's dtype.
+      const at::Tensor workspace =
+          at::empty({cuda_sim::rms_norm_bwd_workspace_rows(params), params.dim}, rstd.options());
+      params.workspace = workspace.data_ptr();
+      cuda_sim::rms_norm_bwd(params, /*stream=*/nullptr);
+      return;
+    }
+#endif
+    cpu::rms_norm_bwd(params);
+  });
+}
+
+#if defined(TTT_KERNELS_WITH_CUDA)
+std::tuple<at::Tensor, at::Tensor> rms_norm_fwd_cuda(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  return forward(x, weight, eps, [](const RmsNormParams& params) {
+    cuda::rms_norm_fwd(params, c10::cuda::getCurrentCUDAStream().stream());
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> rms_norm_bwd_cuda(const at::Tensor& grad_out, const at::Tensor& x,
+                                                     const at::Tensor& weight, const at::Tensor& rstd) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  return backward(grad_out, x, weight, rstd, [&rstd](RmsNormParams& params) {
+    // Per-block partial sums of grad_weight: [workspace_rows, dim], rstd's dtype. Freed on return while the
+    // kernels may still run: safe, the caching allocator reuses it only for work queued later on this stream.
+    const at::Tensor workspace = at::empty({cuda::rms_norm_bwd_workspace_rows(params), params.dim}, rstd.options());
+    params.workspace = workspace.data_ptr();
+    cuda::rms_norm_bwd(params, c10::cuda::getCurrentCUDAStream().stream());
+  });
+}
+#endif
+
+}  // namespace
+}  // namespace ttt
+
+TORCH_LIBRARY_FRAGMENT(ttt_kernels, m) {
+  m.def("rms_norm_fwd(Tensor x, Tensor weight, float eps) -> (Tensor out, Tensor rstd)");
+  m.def("rms_norm_bwd(Tensor grad_out, Tensor x, Tensor weight, Tensor rstd) -> (Tensor grad_x, Tensor grad_weight)");
+}
+
+TORCH_LIBRARY_IMPL(ttt_kernels, CPU, m) {
+  m.impl("rms_norm_fwd", &ttt::rms_norm_fwd_cpu);
+  m.impl("rms_norm_bwd", &ttt::rms_norm_bwd_cpu);
+}
+
+#if defined(TTT_KERNELS_WITH_CUDA)
+TORCH_LIBRARY_IMPL(ttt_kernels, CUDA, m) {
+  m.impl("rms_norm_fwd", &ttt::rms_norm_fwd_cuda);
+  m.impl("rms_norm_bwd", &ttt::rms_norm_bwd_cuda);
+}
+#endif

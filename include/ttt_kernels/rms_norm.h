@@ -1,0 +1,62 @@
+// Fused RMSNorm over the last dimension of a contiguous [rows, dim] tensor:
+//   out  = weight * x * rstd,   rstd = 1 / sqrt(mean(x^2) + eps)     (one rstd per row)
+//   grad_x      = rstd * (grad_out * weight) - x * rstd^3 * mean(grad_out * weight * x)
+//   grad_weight = sum over rows of grad_out * x * rstd
+// Math runs in float32 (float64 for float64 tensors); out/grad_x/grad_weight are stored in the input dtype.
+//
+// Torch-free: the kernels (csrc/cpu/rms_norm.cpp, csrc/cuda/rms_norm.cu) see only this header; csrc/ops/rms_norm.cpp
+// fills the params from tensors.
+#pragma once
+
+#include <cstdint>
+
+namespace ttt {
+
+// Element type of x, weight, grad_out, out, grad_x and grad_weight (all the same).
+enum class DType : int32_t { kFloat32, kFloat64, kBFloat16, kFloat16 };
+
+struct RmsNormParams {
+  // Inputs: x and grad_out [rows, dim], weight [dim], all contiguous.
+  const void* x = nullptr;
+  const void* weight = nullptr;
+  const void* grad_out = nullptr;  // backward only
+  // [rows] float32 (float64 when dtype is kFloat64): written by the forward, read by the backward.
+  void* rstd = nullptr;
+  // Outputs: out and grad_x [rows, dim], grad_weight [dim], contiguous.
+  void* out = nullptr;          // forward only
+  void* grad_x = nullptr;       // backward only
+  void* grad_weight = nullptr;  // backward only
+  // CUDA backward only: [rms_norm_bwd_workspace_rows(params), dim] float32 (float64 for kFloat64) scratch holding
+  // one partial sum of grad_weight per thread block, reduced in a fixed order (deterministic, no atomics).
+  void* workspace = nullptr;
+  int64_t rows = 0;
+  int64_t dim = 0;
+  double eps = 0.0;  // forward only
+  DType dtype = DType::kFloat32;
+};
+
+// CPU kernels (at::parallel_for over rows). grad_weight is reduced over a thread-count-independent split of the
+// rows, so results are bitwise reproducible for any number of threads.
+namespace cpu {
+void rms_norm_fwd(const RmsNormParams& params);
+void rms_norm_bwd(const RmsNormParams& params);
+}  // namespace cpu
+
+// CUDA kernels and their launchers, compiled by nvcc (ttt::cuda: `stream` is a cudaStream_t) and for the CUDA
+// simulator (ttt::cuda_sim: `stream` is ignored). They throw std::runtime_error on a launch failure, and
+// rms_norm_bwd on a dim above 40960 (20480 for float64), whose grad_weight accumulators would not fit in a block's
+// shared memory. rms_norm_bwd_workspace_rows gives the rows of the float32 (float64) workspace that rms_norm_bwd
+// needs (>= 1); it depends on rows, dim and dtype only.
+namespace cuda {
+void rms_norm_fwd(const RmsNormParams& params, void* stream);
+int64_t rms_norm_bwd_workspace_rows(const RmsNormParams& params);
+void rms_norm_bwd(const RmsNormParams& params, void* stream);
+}  // namespace cuda
+
+namespace cuda_sim {
+void rms_norm_fwd(const RmsNormParams& params, void* stream);
+int64_t rms_norm_bwd_workspace_rows(const RmsNormParams& params);
+void rms_norm_bwd(const RmsNormParams& params, void* stream);
+}  // namespace cuda_sim
+
+}  // namespace ttt

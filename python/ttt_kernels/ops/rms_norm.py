@@ -1,0 +1,129 @@
+"""Fused RMSNorm with first and second derivatives.
+
+The native ops (csrc/ops/rms_norm.cpp) are ``torch.ops.ttt_kernels.rms_norm_fwd(x, weight, eps) -> (out, rstd)``
+and ``rms_norm_bwd(grad_out, x, weight, rstd) -> (grad_x, grad_weight)``, with rstd = 1 / sqrt(mean(x^2) + eps)
+per row ([rows], float32, float64 for float64 x). This module registers their fake tensor implementations (for
+torch.compile) and their autograd formulas: rms_norm_fwd's backward is rms_norm_bwd, and rms_norm_bwd's backward is
+a closed form written with differentiable torch ops, so gradients of gradients (and higher) are exact.
+"""
+
+import math
+
+import torch
+
+import ttt_kernels  # noqa: F401  (loads the native library that defines torch.ops.ttt_kernels)
+
+_ops = torch.ops.ttt_kernels
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """``weight * x / sqrt(mean(x^2, -1) + eps)`` over the last dimension of x.
+
+    Args:
+        x: [..., d] float32, float64, bfloat16 or float16.
+        weight: [d], x's dtype and device.
+        eps: a finite number > 0.
+
+    Math runs in float32 (float64 for float64 x); the result has x's dtype. Differentiable to any order in x and
+    weight.
+    """
+    if not isinstance(x, torch.Tensor) or not isinstance(weight, torch.Tensor):
+        raise ValueError(f"rms_norm: x and weight must be tensors, got {type(x).__name__}, {type(weight).__name__}")
+    if x.dim() < 1 or x.shape[-1] == 0:
+        raise ValueError(f"rms_norm: x must have a non-empty last dimension, got shape {tuple(x.shape)}")
+    if weight.shape != (x.shape[-1],):
+        raise ValueError(f"rms_norm: weight must have shape ({x.shape[-1]},), got {tuple(weight.shape)}")
+    if weight.dtype != x.dtype or weight.device != x.device:
+        raise ValueError(
+            f"rms_norm: weight must match x's dtype and device ({x.dtype}, {x.device}), "
+            f"got ({weight.dtype}, {weight.device})"
+        )
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (math.isfinite(eps) and eps > 0):
+        raise ValueError(f"rms_norm: eps must be a finite number > 0, got {eps!r}")
+    out, _ = _ops.rms_norm_fwd(x.contiguous(), weight.contiguous(), float(eps))
+    return out
+
+
+def _rstd_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@torch.library.register_fake("ttt_kernels::rms_norm_fwd")
+def _rms_norm_fwd_fake(x, weight, eps):
+    return x.new_empty(x.shape), x.new_empty(x.numel() // x.shape[-1], dtype=_rstd_dtype(x.dtype))
+
+
+@torch.library.register_fake("ttt_kernels::rms_norm_bwd")
+def _rms_norm_bwd_fake(grad_out, x, weight, rstd):
+    return x.new_empty(x.shape), weight.new_empty(weight.shape)
+
+
+def _rms_norm_fwd_setup_context(ctx, inputs, output):
+    x, weight, _ = inputs
+    _, rstd = output
+    ctx.save_for_backward(x, weight, rstd)
+    ctx.mark_non_differentiable(rstd)
+
+
+def _rms_norm_fwd_backward(ctx, grad_out, _grad_rstd):
+    x, weight, rstd = ctx.saved_tensors
+    grad_x, grad_weight = _ops.rms_norm_bwd(grad_out.contiguous(), x, weight, rstd)
+    return grad_x, grad_weight, None
+
+
+def _rms_norm_bwd_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _rstd_of(x: torch.Tensor, rstd: torch.Tensor) -> torch.Tensor:
+    """rstd [..., 1] as a differentiable function of x [..., d] (float32/64): 1 / sqrt(mean(x^2) + eps).
+
+    eps is not an input of rms_norm_bwd; it is recovered from rstd (detached), so the value is exactly rstd and the
+    derivatives of every order in x are those of the forward's rstd.
+    """
+    rstd = rstd.reshape(*x.shape[:-1], 1)
+    mean_sq = x.square().mean(-1, keepdim=True)
+    eps = (rstd.reciprocal().square() - mean_sq).detach()
+    r = torch.rsqrt(mean_sq + eps)
+    return rstd + (r - r.detach())
+
+
+def _rms_norm_bwd_backward(ctx, grad_grad_x, grad_grad_weight):
+    """Vector-Jacobian product of (grad_x, grad_weight) = rms_norm_bwd(g, x, w, rstd), per row of d elements:
+
+        grad_x = r a - (r^3 s / d) x,  a = g w,  s = sum(a x),  r = rstd(x)
+        grad_weight = sum over rows of g x r
+    With upstream U (for grad_x, [..., d]) and V (for grad_weight, [d]), t = sum(U x), q = sum(U a), p = sum(V g x),
+    h = r U - (r^3 t / d) x:
+        dg = w h + r V x
+        dw = sum over rows of g h
+        dx = ((3 r^5 s t / d^2) - (r^3 / d) (q + p)) x - (r^3 t / d) a - (r^3 s / d) U + r V g
+    (dr/dx = -r^3 x / d). rstd gets no gradient: its dependence on x is part of dx.
+    """
+    grad_out, x, weight, rstd = ctx.saved_tensors
+    d = x.shape[-1]
+    acc = rstd.dtype
+    xf, gf, wf = x.to(acc), grad_out.to(acc), weight.to(acc)
+    u, v = grad_grad_x.to(acc), grad_grad_weight.to(acc)
+
+    r = _rstd_of(xf, rstd)
+    r3_d = r**3 / d
+    a = gf * wf
+    s = (a * xf).sum(-1, keepdim=True)
+    t = (u * xf).sum(-1, keepdim=True)
+    q = (u * a).sum(-1, keepdim=True)
+    p = (v * gf * xf).sum(-1, keepdim=True)
+    h = r * u - (r3_d * t) * xf
+
+    dg = wf * h + r * v * xf
+    dw = (gf * h).reshape(-1, d).sum(0)
+    dx = (3 * r3_d * r * r * s * t / d - r3_d * (q + p)) * xf - (r3_d * t) * a - (r3_d * s) * u + r * v * gf
+    return dg.to(grad_out.dtype), dx.to(x.dtype), dw.to(weight.dtype), None
+
+
+torch.library.register_autograd(
+    "ttt_kernels::rms_norm_fwd", _rms_norm_fwd_backward, setup_context=_rms_norm_fwd_setup_context
+)
+torch.library.register_autograd(
+    "ttt_kernels::rms_norm_bwd", _rms_norm_bwd_backward, setup_context=_rms_norm_bwd_setup_context
+)

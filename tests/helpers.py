@@ -1,0 +1,65 @@
+"""Helpers shared by the tests."""
+
+import pytest
+import torch
+
+import ttt_kernels.sim
+
+SCHEDULES = ("in_order", "reverse", "shuffle")
+
+_BITS_DTYPES = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _as_bits(t: torch.Tensor) -> torch.Tensor:
+    """The tensor's bytes as integers of its element size: compares NaNs (and -0.0) bit for bit."""
+    t = t.detach().cpu().contiguous()
+    if t.dtype == torch.bool:
+        return t.to(torch.uint8)
+    if t.is_complex():
+        t = torch.view_as_real(t)
+    return t.view(_BITS_DTYPES[t.element_size()])
+
+
+def assert_bit_identical(a, b, what: str = "output") -> None:
+    """Asserts that a and b (tensors, or tuples/lists/dicts of them, or plain values) are identical bit for bit."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor), f"{what}: a tensor and a {type(b).__name__}"
+        assert a.dtype == b.dtype and a.shape == b.shape, (
+            f"{what}: {a.dtype}{list(a.shape)} vs {b.dtype}{list(b.shape)}"
+        )
+        differ = _as_bits(a) != _as_bits(b)
+        if differ.any():
+            first = tuple(int(i) for i in differ.nonzero()[0])
+            raise AssertionError(
+                f"{what}: {int(differ.sum())} of {a.numel()} elements differ, the first at index {first}: "
+                f"{a[first].item()} vs {b[first].item()}"
+            )
+    elif isinstance(a, (tuple, list)):
+        assert isinstance(b, (tuple, list)) and len(a) == len(b), f"{what}: {a!r} vs {b!r}"
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_bit_identical(x, y, f"{what}[{i}]")
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), f"{what}: keys {list(a)} vs {list(b)}"
+        for key in a:
+            assert_bit_identical(a[key], b[key], f"{what}[{key!r}]")
+    else:
+        assert a == b, f"{what}: {a!r} vs {b!r}"
+
+
+def run_in_simulator(fn, *args, schedules=SCHEDULES, seed=0, num_workers=0):
+    """Runs fn(*args) once per schedule inside ``ttt_kernels.sim.enabled(...)`` and returns the first run's output.
+
+    Ops called on CPU tensors inside fn run their CUDA kernel in the simulator. The outputs of all schedules must be
+    bit-identical: a kernel whose result depends on the order of its threads between barriers has a race. fn must not
+    modify its arguments (each run sees the same inputs). Exceptions (e.g. a kernel error the simulator found)
+    propagate. Skips the test when the package was built without the simulator.
+    """
+    if not ttt_kernels.sim.is_built():
+        pytest.skip("ttt_kernels was built without the CUDA simulator (TTT_KERNELS_SIM=OFF)")
+    outputs = []
+    for schedule in schedules:
+        with ttt_kernels.sim.enabled(schedule=schedule, seed=seed, num_workers=num_workers):
+            outputs.append(fn(*args))
+    for schedule, out in zip(schedules[1:], outputs[1:], strict=True):
+        assert_bit_identical(outputs[0], out, f"schedule {schedule!r} vs {schedules[0]!r}")
+    return outputs[0]

@@ -1,0 +1,198 @@
+"""Tests of the tensor-core and cp.async primitives of include/ttt_kernels/device/arch.h.
+
+1. The fragment layouts (include/ttt_kernels/device/fragment_layout.h) against CuTe's MMA/copy traits, by a host C++
+   program (tests/arch/cute_layout_check.cpp) compiled here with g++.
+2. The self-test kernels (csrc/cuda/arch_selftest.cu) through torch.ops.ttt_kernels._arch_selftest: in the simulator
+   (CPU tensors) under several schedules, and on a GPU when there is one. Expected values come from torch.matmul and
+   from the PTX ISA's fragment formulas written out below, independently of fragment_layout.h.
+"""
+
+import glob
+import importlib.util
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SENTINEL = 0xA5  # kArchSelftestSentinel: the cp.async kernel's shared buffer before any copy lands
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+# ---- fragment layouts vs CuTe ----------------------------------------------------------------------------------------
+
+
+def _cutlass_include():
+    spec = importlib.util.find_spec("cutlass_library")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(spec.submodule_search_locations[0]) / "source" / "include"
+    return path if (path / "cute" / "layout.hpp").is_file() else None
+
+
+def _cuda_include_dirs():
+    """CuTe's host headers include cuda_runtime_api.h and CCCL's cuda/std headers: the CUDA toolkit's include dirs."""
+    roots = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
+    roots += sorted(glob.glob("/usr/local/cuda-*"), reverse=True)
+    for root in filter(None, roots):
+        include = Path(root) / "include"
+        if (include / "cuda_runtime_api.h").is_file():
+            return [include] + ([include / "cccl"] if (include / "cccl").is_dir() else [])
+    return None
+
+
+def test_fragment_layouts_match_cute(tmp_path):
+    gxx = shutil.which("g++")
+    if gxx is None:
+        pytest.skip("g++ not found: it compiles the CuTe layout check")
+    cutlass = _cutlass_include()
+    if cutlass is None:
+        pytest.skip("the nvidia-cutlass wheel (cutlass_library/source/include/cute) is not installed")
+    cuda = _cuda_include_dirs()
+    if cuda is None:
+        pytest.skip("CUDA toolkit headers not found (CuTe's headers include cuda_runtime_api.h); set CUDA_HOME")
+    exe = tmp_path / "cute_layout_check"
+    system = [arg for d in [cutlass, *cuda] for arg in ("-isystem", str(d))]
+    build = subprocess.run(
+        [
+            gxx,
+            "-std=c++17",
+            "-O1",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            f"-I{ROOT / 'include'}",
+            *system,
+            str(ROOT / "tests" / "arch" / "cute_layout_check.cpp"),
+            "-o",
+            str(exe),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert build.returncode == 0, build.stderr
+    run = subprocess.run([str(exe)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.rstrip().endswith(" 0 mismatches"), run.stdout
+
+
+# ---- self-test kernels -----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def selftest():
+    import ttt_kernels  # noqa: F401  (registers the ops)
+
+    return torch.ops.ttt_kernels._arch_selftest
+
+
+def _run(selftest, device, kernel, inputs, make_outputs):
+    """Runs `kernel` on `device` with fresh outputs and returns them (on the CPU). In the simulator it runs under
+    every schedule, which must give bit-identical outputs."""
+    from helpers import run_in_simulator  # imports ttt_kernels: the CuTe check above runs without the package
+
+    inputs = [t.to(device) for t in inputs]
+
+    def run():
+        outputs = [t.to(device) for t in make_outputs()]
+        selftest(kernel, inputs + outputs)
+        return [t.cpu() for t in outputs]
+
+    return run_in_simulator(run, seed=1) if device == "cpu" else run()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("trans", [False, True], ids=["ldmatrix", "ldmatrix_trans"])
+def test_mma(selftest, device, dtype, trans):
+    g = torch.Generator().manual_seed(1 + trans)
+    a = torch.randn(16, 16, generator=g).to(dtype)  # (m, k)
+    b = torch.randn(16, 8, generator=g).to(dtype)  # (k, n)
+    c = torch.randn(16, 8, generator=g)
+    # mma stores A as (m, k) and B as B^T (n, k); mma_trans stores A^T (k, m) and B (k, n).
+    a_arg, b_arg = (a.t().contiguous(), b) if trans else (a, b.t().contiguous())
+    d, d16 = _run(
+        selftest,
+        device,
+        "mma_trans" if trans else "mma",
+        [a_arg, b_arg, c],
+        lambda: [torch.full((16, 8), float("nan")), torch.full((16, 8), float("nan"), dtype=dtype)],
+    )
+    expected = a.double() @ b.double() + c.double()
+    torch.testing.assert_close(d.double(), expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(d16, d.to(dtype)), "pack2 must round to nearest even, element 0 in the low half"
+    if device == "cpu":
+        # The simulator's documented rounding: fp32 sum in k order starting from C (every product is exact in fp32).
+        acc = c.clone()
+        for k in range(16):
+            acc = acc + a[:, k : k + 1].float() * b[k : k + 1, :].float()
+        assert torch.equal(d, acc)
+
+
+def _ptx_ldmatrix_fragment(src, num, trans):
+    """The PTX ISA's ldmatrix layout: lane l, register i holds matrix i (rows 8i..8i+7 of src), row l // 4, columns
+    2 (l % 4) and 2 (l % 4) + 1 in its low and high halves; with .trans, rows 2 (l % 4) and 2 (l % 4) + 1 of column
+    l // 4. Returns (low, high), each [32, num]."""
+    low = torch.empty(32, num, dtype=torch.int64)
+    high = torch.empty(32, num, dtype=torch.int64)
+    for lane in range(32):
+        group, tig = lane // 4, lane % 4
+        for i in range(num):
+            m = src[8 * i : 8 * i + 8].long()
+            if trans:
+                low[lane, i], high[lane, i] = m[2 * tig, group], m[2 * tig + 1, group]
+            else:
+                low[lane, i], high[lane, i] = m[group, 2 * tig], m[group, 2 * tig + 1]
+    return low, high
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("num", [1, 2, 4])
+@pytest.mark.parametrize("trans", [False, True], ids=["n", "trans"])
+def test_ldmatrix(selftest, device, num, trans):
+    rows = torch.arange(8 * num)[:, None]
+    src = (rows * 16 + torch.arange(8)[None, :]).to(torch.int16)  # element value = row * 16 + col
+    kernel = f"ldmatrix_x{num}" + ("_trans" if trans else "")
+    (out,) = _run(selftest, device, kernel, [src], lambda: [torch.full((32, num), -1, dtype=torch.int32)])
+    out = out.long() & 0xFFFFFFFF
+    low, high = _ptx_ldmatrix_fragment(src, num, trans)
+    assert torch.equal(out & 0xFFFF, low)
+    assert torch.equal(out >> 16, high)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "kernel,chunk", [("cp_async_ca4", 4), ("cp_async_ca8", 8), ("cp_async_ca16", 16), ("cp_async_cg16", 16)]
+)
+@pytest.mark.parametrize("valid", ["all", "partial", "none"])
+def test_cp_async(selftest, device, kernel, chunk, valid):
+    total = 64 * chunk  # 32 threads x 2 chunks; thread t copies chunk t (group 0), then chunk 32 + t (group 1)
+    src = ((torch.arange(total) * 7 + 1) % 251).to(torch.uint8)
+    src[src == SENTINEL] = 0x5A  # so that a copy that landed early is told apart from the untouched buffer
+    # "partial" ends inside a chunk of the first group: one chunk is partly zero-filled, later ones wholly.
+    valid_bytes = {"all": total, "partial": total // 4 + 3, "none": 0}[valid]
+    (out,) = _run(
+        selftest, device, kernel, [src, torch.tensor(valid_bytes)], lambda: [torch.zeros(3, total, dtype=torch.uint8)]
+    )
+    expected = torch.where(torch.arange(total) < valid_bytes, src, torch.zeros_like(src))
+    first = 32 * chunk  # bytes of the first group's chunks
+    assert torch.equal(out[2], expected), "after cp.async.wait_group 0"
+    assert torch.equal(out[1, :first], expected[:first]), "after cp.async.wait_group 1"
+    if device == "cpu":
+        # The simulator lands copies only at the wait that completes their group: reading before it sees stale data.
+        assert torch.all(out[0] == SENTINEL), "the simulator landed a copy before its wait"
+        assert torch.all(out[1, first:] == SENTINEL), "the simulator landed the second group at wait_group 1"
+
+
+def test_unknown_kernel_is_rejected(selftest):
+    with pytest.raises(RuntimeError, match="unknown kernel 'nope'"):
+        selftest("nope", [torch.zeros(1)])
+
+
+def test_bad_argument_is_rejected(selftest):
+    a = torch.zeros(16, 16, dtype=torch.float32)
+    with pytest.raises(RuntimeError, match=r"a must be bfloat16 or float16"):
+        selftest("mma", [a, a, torch.zeros(16, 8), torch.zeros(16, 8), torch.zeros(16, 8)])
