@@ -10,10 +10,9 @@
 
 #include <cstdint>
 
-namespace ttt {
+#include "ttt_kernels/dtype.h"
 
-// Element type of x, weight, grad_out, out, grad_x and grad_weight (all the same).
-enum class DType : int32_t { kFloat32, kFloat64, kBFloat16, kFloat16 };
+namespace ttt {
 
 struct RmsNormParams {
   // Inputs: x and grad_out [rows, dim], weight [dim], all contiguous.
@@ -32,7 +31,7 @@ struct RmsNormParams {
   int64_t rows = 0;
   int64_t dim = 0;
   double eps = 0.0;  // forward only
-  DType dtype = DType::kFloat32;
+  DType dtype = DType::kFloat32;  // of x, weight, grad_out, out, grad_x and grad_weight
 };
 
 // CPU kernels (at::parallel_for over rows). grad_weight is reduced over a thread-count-independent split of the

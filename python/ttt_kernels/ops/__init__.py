@@ -1,6 +1,8 @@
 """The package's ops: fused native kernels with autograd (including gradients of gradients) and torch.compile
 support."""
 
+from .mlp import clip_sgd_update, clip_sgd_update_, sgd_gemm_update_, swiglu_mlp
 from .rms_norm import rms_norm
+from .swa import swa_attention
 
-__all__ = ["rms_norm"]
+__all__ = ["clip_sgd_update", "clip_sgd_update_", "rms_norm", "sgd_gemm_update_", "swa_attention", "swiglu_mlp"]

@@ -1,0 +1,205 @@
+"""CPU benchmark of the TTT-E2E model: meta-training throughput, prefill latency against the sliding-window and
+full-attention baselines (same code path, TTT off / window >= context), and peak memory of meta-training vs T.
+
+- meta-train: tokens/s of one meta_loss forward + backward (full second order, batch 1), for TTT-E2E and, as the
+  cost floor, the same network with TTT off (plain SWA training step).
+- prefill: ms per 1K tokens of model.prefill over a context of 2K .. 32K (64K without --quick) tokens: TTT-E2E (one
+  first-order inner step per mini-batch), SWA (TTT off) and full attention (TTT off, window = context).
+- memory: peak RSS of a meta-training step above the process's baseline, one subprocess per (T, checkpoint mode):
+  no checkpointing, per-chunk checkpointing, two-level (groups of 4 chunks) + prefix-block checkpointing.
+
+    python bench/bench_model.py [--quick] [--presets tiny small] [--out bench/results/model.json]
+"""
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+import ttt_kernels
+from ttt_kernels.model import TTTE2EConfig, TTTE2EModel
+
+MEMORY_MODES = {
+    "none": dict(checkpoint=False),
+    "chunk": dict(checkpoint=True),
+    "group4+prefix": dict(checkpoint=True, checkpoint_group=4, checkpoint_prefix=True),
+}
+
+
+def _model(preset: str, **overrides) -> TTTE2EModel:
+    torch.manual_seed(0)
+    return TTTE2EModel(TTTE2EConfig.preset(preset, **overrides)).eval()
+
+
+def _tokens(length: int, vocab: int) -> torch.Tensor:
+    return torch.randint(0, vocab, (1, length), generator=torch.Generator().manual_seed(1))
+
+
+def _median_seconds(fn, repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench_meta_train(presets, lengths, repeats: int) -> list[dict]:
+    rows = []
+    for preset in presets:
+        for t in lengths:
+            for variant, overrides in (("ttt-e2e", {}), ("swa (ttt off)", dict(ttt=False))):
+                model = _model(preset, **overrides)
+                tokens = _tokens(t + 1, model.config.vocab_size)
+
+                def step(model=model, tokens=tokens):
+                    model.zero_grad(set_to_none=True)
+                    model.meta_loss(tokens)[0].backward()
+
+                seconds = _median_seconds(step, repeats)
+                rows.append(dict(preset=preset, variant=variant, tokens=t, seconds=seconds, tokens_per_s=t / seconds))
+                print(
+                    f"meta-train  {preset:<6} {variant:<14} T={t:<6} {t / seconds:10.0f} tokens/s "
+                    f"({seconds * 1e3:.0f} ms/step)",
+                    flush=True,
+                )
+    return rows
+
+
+def bench_prefill(presets, contexts, repeats: int) -> list[dict]:
+    rows = []
+    for preset in presets:
+        for ctx in contexts:
+            for variant, overrides in (
+                ("ttt-e2e", {}),
+                ("swa", dict(ttt=False)),
+                ("full attention", dict(ttt=False, window=ctx)),
+            ):
+                model = _model(preset, **overrides)
+                tokens = _tokens(ctx, model.config.vocab_size)
+                seconds = _median_seconds(
+                    lambda m=model, t=tokens: m.prefill(t), repeats, warmup=0 if ctx >= 16384 else 1
+                )
+                ms_per_1k = seconds * 1e3 / (ctx / 1024)
+                rows.append(dict(preset=preset, variant=variant, context=ctx, seconds=seconds, ms_per_1k=ms_per_1k))
+                print(
+                    f"prefill     {preset:<6} {variant:<14} ctx={ctx:<6} {ms_per_1k:9.1f} ms per 1K tokens", flush=True
+                )
+    return rows
+
+
+def _peak_rss_kib() -> int:
+    """This process's peak resident set size in KiB: VmHWM of its address space (getrusage's ru_maxrss would
+    include the parent's peak, which Linux carries over fork and exec)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def _memory_child(preset: str, t: int, mode: str) -> None:
+    """Runs one meta-training step and prints its peak RSS above the baseline (MiB), as JSON."""
+    model = _model(preset)
+    tokens = _tokens(t + 1, model.config.vocab_size)
+    model.meta_loss(tokens[:, : model.config.mini_batch_size + 1])[0].backward()  # warm up allocator and ops
+    model.zero_grad(set_to_none=True)
+    base = _peak_rss_kib()
+    start = time.perf_counter()
+    model.meta_loss(tokens, **MEMORY_MODES[mode])[0].backward()
+    seconds = time.perf_counter() - start
+    print(json.dumps(dict(peak_mib=(_peak_rss_kib() - base) / 1024, seconds=seconds)))
+
+
+def bench_memory(preset: str, lengths, modes) -> list[dict]:
+    rows = []
+    for t in lengths:
+        for mode in modes:
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--threads",
+                    str(torch.get_num_threads()),
+                    "--memory-child",
+                    preset,
+                    str(t),
+                    mode,
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            rows.append(dict(preset=preset, tokens=t, mode=mode, **r))
+            print(
+                f"memory      {preset:<6} {mode:<14} T={t:<6} peak {r['peak_mib']:8.0f} MiB above baseline "
+                f"({r['seconds']:.1f} s)",
+                flush=True,
+            )
+    return rows
+
+
+def _print_prefill_table(rows) -> None:
+    """Prefill ms per 1K tokens: one line per (preset, context), one column per variant, and full / TTT-E2E."""
+    table = {(r["preset"], r["context"]): {} for r in rows}
+    for r in rows:
+        table[(r["preset"], r["context"])][r["variant"]] = r["ms_per_1k"]
+    print(f"\n{'preset':<7}{'context':>8}{'ttt-e2e':>10}{'swa':>10}{'full':>10}{'full/ttt':>10}   (ms per 1K tokens)")
+    for (preset, ctx), v in table.items():
+        print(
+            f"{preset:<7}{ctx:>8}{v['ttt-e2e']:>10.1f}{v['swa']:>10.1f}{v['full attention']:>10.1f}"
+            f"{v['full attention'] / v['ttt-e2e']:>10.2f}"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, contexts up to 8K, memory up to 8K")
+    parser.add_argument("--presets", nargs="+", default=["tiny", "small"])
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["meta-train", "prefill", "memory"])
+    parser.add_argument("--out", default=None, help="write the results as JSON here")
+    parser.add_argument("--memory-child", nargs=3, metavar=("PRESET", "T", "MODE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.memory_child:
+        preset, t, mode = args.memory_child
+        _memory_child(preset, int(t), mode)
+        return
+
+    repeats = 1 if args.quick else 3
+    contexts = (2048, 4096, 8192) if args.quick else (2048, 4096, 8192, 16384, 32768, 65536)
+    mem_lengths = (1024, 4096, 8192) if args.quick else (1024, 4096, 8192, 16384, 32768)
+    print(
+        f"ttt_kernels {ttt_kernels.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{platform.processor() or platform.machine()}"
+    )
+    results = dict(
+        torch=torch.__version__, threads=torch.get_num_threads(), machine=platform.machine(), quick=args.quick
+    )
+    if "meta-train" not in args.skip:
+        results["meta_train"] = bench_meta_train(args.presets, (1024, 4096), repeats)
+    if "prefill" not in args.skip:
+        results["prefill"] = bench_prefill(args.presets, contexts, repeats)
+    if "memory" not in args.skip:
+        results["memory"] = bench_memory(args.presets[0], mem_lengths, list(MEMORY_MODES))
+    if "prefill" in results:
+        _print_prefill_table(results["prefill"])
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=2)
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,306 @@
+// CPU kernels of the dynamic SwiGLU MLP's element-wise parts and of the clipped SGD step (math, params and layouts:
+// include/ttt_kernels/mlp.h, include/ttt_kernels/mlp_math.h). The GEMMs around them are BLAS calls in the torch glue
+// (csrc/ops/mlp.cpp).
+//
+// Every kernel is one pass over its rows (at::parallel_for) with an `omp simd` inner loop over the row. The sigmoid
+// uses a branch-free float exp (below) so those loops vectorize; float64 uses std::exp (tests only).
+// The clipped update sums squares per fixed chunk of every tensor in float64 and adds the chunk sums in order: the
+// norm does not depend on the thread count.
+#include "ttt_kernels/mlp.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "ttt_kernels/mlp_math.h"
+
+namespace ttt::cpu {
+namespace {
+
+// Elements per parallel_for grain of the row kernels (torch's own grain size: smaller tensors run on the calling
+// thread).
+constexpr int64_t kGrainElements = 1 << 15;
+// Elements per chunk of the clipped update (the unit of parallelism and of the norm's partial sums).
+constexpr int64_t kClipChunk = 1 << 15;
+
+// exp(x) for float, branch-free so that it vectorizes (glibc's expf, std::floor and std::fmin do not, without
+// -ffast-math): x = n ln2 + r with n = round(x / ln2) (adding and subtracting 1.5 * 2^23 rounds to an integer),
+// |r| <= ln2 / 2 (Cody-Waite split of ln2 into an exact high part and a correction), e^r by a degree-7 polynomial
+// with Cephes' minimax coefficients, 2^n by building the exponent bits. Maximum relative error 8.2e-8 over the range.
+// x is clamped to [-87, 88], where 2^n stays a normal float: exp(-87) = 1.6e-38 instead of a subnormal or 0, which
+// changes a sigmoid by < 1e-37.
+inline float exp_f32(float x) {
+  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  const float n = (x * 1.44269504089f + 12582912.0f) - 12582912.0f;
+  float r = x - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  return p * std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);
+}
+
+inline float sigmoid(float z) { return 1.0f / (1.0f + exp_f32(-z)); }
+inline double sigmoid(double z) { return 1.0 / (1.0 + std::exp(-z)); }
+
+// The row kernels take restrict-qualified pointers so the compiler sees independent unit-stride (or stride-2 for the
+// interleaved h) accesses and vectorizes every loop.
+
+// a = silu(h1) h3 and h = interleave(h1, h3) for one row of `width` gates.
+template <typename A>
+void fwd_row(const A* __restrict__ h1, const A* __restrict__ h3, A* __restrict__ h, A* __restrict__ a,
+             int64_t width) {
+#pragma omp simd
+  for (int64_t j = 0; j < width; ++j) {
+    const A z = h1[j];
+    const A u = h3[j];
+    a[j] = mlp_math::silu(z, sigmoid(z)) * u;
+    h[2 * j] = z;
+    h[2 * j + 1] = u;
+  }
+}
+
+// (dh1, dh3, a) of one row from (h, da) and, when kExtra, the extra gradient e of h.
+template <typename A, bool kExtra>
+void bwd_row(const A* __restrict__ h, const A* __restrict__ e, const A* __restrict__ da, A* __restrict__ dh1,
+             A* __restrict__ dh3, A* __restrict__ a, int64_t width) {
+#pragma omp simd
+  for (int64_t j = 0; j < width; ++j) {
+    const A z = h[2 * j];
+    const A u = h[2 * j + 1];
+    const mlp_math::GateGrad<A> r =
+        mlp_math::gate_bwd(z, u, sigmoid(z), da[j], kExtra ? e[2 * j] : A(0), kExtra ? e[2 * j + 1] : A(0));
+    dh1[j] = r.dh1;
+    dh3[j] = r.dh3;
+    a[j] = r.a;
+  }
+}
+
+template <typename A>
+struct BwdBwdRow {
+  const A* __restrict__ h;
+  const A* __restrict__ da;
+  const A* __restrict__ e;
+  const A* __restrict__ c1;
+  const A* __restrict__ c3;
+  const A* __restrict__ ca;
+  A* __restrict__ cot_h;
+  A* __restrict__ cot_da;
+  A* __restrict__ dh1;
+  A* __restrict__ dh3;
+  A* __restrict__ a;
+};
+
+template <typename A, bool kExtra>
+void bwd_bwd_row(const BwdBwdRow<A> r, int64_t width) {
+  const A* __restrict__ h = r.h;
+  const A* __restrict__ da = r.da;
+  const A* __restrict__ e = r.e;
+  const A* __restrict__ c1 = r.c1;
+  const A* __restrict__ c3 = r.c3;
+  const A* __restrict__ ca = r.ca;
+  A* __restrict__ cot_h = r.cot_h;
+  A* __restrict__ cot_da = r.cot_da;
+  A* __restrict__ dh1 = r.dh1;
+  A* __restrict__ dh3 = r.dh3;
+  A* __restrict__ a = r.a;
+#pragma omp simd
+  for (int64_t j = 0; j < width; ++j) {
+    const A z = h[2 * j];
+    const A u = h[2 * j + 1];
+    const A s = sigmoid(z);
+    const mlp_math::GateGrad<A> g =
+        mlp_math::gate_bwd(z, u, s, da[j], kExtra ? e[2 * j] : A(0), kExtra ? e[2 * j + 1] : A(0));
+    const mlp_math::GateGradGrad<A> gg = mlp_math::gate_bwd_bwd(z, u, s, da[j], c1[j], c3[j], ca[j]);
+    cot_h[2 * j] = gg.cot_h1;
+    cot_h[2 * j + 1] = gg.cot_h3;
+    cot_da[j] = gg.cot_da;
+    dh1[j] = g.dh1;
+    dh3[j] = g.dh3;
+    a[j] = g.a;
+  }
+}
+
+int64_t row_grain(int64_t width) { return std::max<int64_t>(1, kGrainElements / std::max<int64_t>(width, 1)); }
+
+template <typename A>
+void fwd(const SwigluFwdParams& p) {
+  const int64_t m = p.width;
+  const A* h1 = static_cast<const A*>(p.h1);
+  const A* h3 = static_cast<const A*>(p.h3);
+  A* h = static_cast<A*>(p.h);
+  A* a = static_cast<A*>(p.a);
+  at::parallel_for(0, p.rows, row_grain(m), [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) fwd_row(h1 + n * m, h3 + n * m, h + 2 * n * m, a + n * m, m);
+  });
+}
+
+template <typename A>
+void bwd(const SwigluBwdParams& p) {
+  const int64_t m = p.width;
+  const A* h = static_cast<const A*>(p.h);
+  const A* e = static_cast<const A*>(p.grad_h);
+  const A* da = static_cast<const A*>(p.da);
+  A* dh = static_cast<A*>(p.dh);
+  A* a = static_cast<A*>(p.a);
+  at::parallel_for(0, p.rows, row_grain(m), [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      const int64_t pair = 2 * n * m;  // offset of row n in h, grad_h and dh
+      if (e != nullptr) {
+        bwd_row<A, true>(h + pair, e + pair, da + n * m, dh + pair, dh + pair + m, a + n * m, m);
+      } else {
+        bwd_row<A, false>(h + pair, nullptr, da + n * m, dh + pair, dh + pair + m, a + n * m, m);
+      }
+    }
+  });
+}
+
+template <typename A>
+void bwd_bwd(const SwigluBwdBwdParams& p) {
+  const int64_t m = p.width;
+  at::parallel_for(0, p.rows, row_grain(m), [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      const int64_t pair = 2 * n * m;
+      const int64_t row = n * m;
+      const A* e = static_cast<const A*>(p.grad_h);
+      const A* cot_dh = static_cast<const A*>(p.cot_dh) + pair;
+      A* dh = static_cast<A*>(p.dh) + pair;
+      const BwdBwdRow<A> r{static_cast<const A*>(p.h) + pair,
+                           static_cast<const A*>(p.da) + row,
+                           e != nullptr ? e + pair : nullptr,
+                           cot_dh,
+                           cot_dh + m,
+                           static_cast<const A*>(p.cot_a) + row,
+                           static_cast<A*>(p.cot_h) + pair,
+                           static_cast<A*>(p.cot_da) + row,
+                           dh,
+                           dh + m,
+                           static_cast<A*>(p.a) + row};
+      if (e != nullptr) {
+        bwd_bwd_row<A, true>(r, m);
+      } else {
+        bwd_bwd_row<A, false>(r, m);
+      }
+    }
+  });
+}
+
+// ---- clipped SGD ---------------------------------------------------------------------------------------------------
+
+struct Chunk {
+  int64_t tensor;
+  int64_t begin;
+  int64_t end;
+};
+
+template <typename A>
+double sum_squares(const A* __restrict__ g, int64_t n) {
+  double sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t i = 0; i < n; ++i) sum += static_cast<double>(g[i]) * static_cast<double>(g[i]);
+  return sum;
+}
+
+template <typename A>
+void axpy(const A* __restrict__ w, const A* __restrict__ g, A* __restrict__ out, A step, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) out[i] = w[i] - step * g[i];
+}
+
+// In-place (out == weight) needs the same element order for reads and writes, which axpy has; restrict would be a
+// lie for aliasing pointers, so that case uses this copy of the loop.
+template <typename A>
+void axpy_inplace(A* __restrict__ w, const A* __restrict__ g, A step, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) w[i] -= step * g[i];
+}
+
+template <typename A>
+void clip_sgd(const ClipSgdParams& p) {
+  std::vector<Chunk> chunks;
+  for (int64_t t = 0; t < p.count; ++t) {
+    for (int64_t b = 0; b < p.tensors[t].numel; b += kClipChunk) {
+      chunks.push_back({t, b, std::min(p.tensors[t].numel, b + kClipChunk)});
+    }
+  }
+  const int64_t num_chunks = static_cast<int64_t>(chunks.size());
+  std::vector<double> partial(chunks.size());
+  at::parallel_for(0, num_chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      const Chunk& k = chunks[c];
+      partial[c] = sum_squares(static_cast<const A*>(p.tensors[k.tensor].grad) + k.begin, k.end - k.begin);
+    }
+  });
+  double total = 0;
+  for (const double v : partial) total += v;
+  const A norm = static_cast<A>(std::sqrt(total));
+  const A max_norm = static_cast<A>(p.max_norm);
+  const A scale = norm < max_norm ? A(1) : max_norm / norm;
+  const A step = static_cast<A>(p.lr) * scale;
+  *static_cast<A*>(p.norm) = norm;
+
+  at::parallel_for(0, num_chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      const Chunk& k = chunks[c];
+      const ClipTensor& t = p.tensors[k.tensor];
+      const A* g = static_cast<const A*>(t.grad) + k.begin;
+      A* out = static_cast<A*>(t.out) + k.begin;
+      if (t.out == t.weight) {
+        axpy_inplace(out, g, step, k.end - k.begin);
+      } else {
+        axpy(static_cast<const A*>(t.weight) + k.begin, g, out, step, k.end - k.begin);
+      }
+    }
+  });
+}
+
+// Calls fn(A{}) for float32 / float64; the CPU kernels take no other dtype.
+template <typename Fn>
+void dispatch_float(DType dtype, const char* kernel, Fn&& fn) {
+  switch (dtype) {
+    case DType::kFloat32:
+      return fn(float{});
+    case DType::kFloat64:
+      return fn(double{});
+    case DType::kBFloat16:
+    case DType::kFloat16:
+      break;
+  }
+  throw std::invalid_argument(std::string("ttt::cpu::") + kernel +
+                              ": tensors must be float32 or float64 (16-bit inputs are widened by the caller), got "
+                              "dtype enum value " +
+                              std::to_string(static_cast<int>(dtype)));
+}
+
+}  // namespace
+
+void swiglu_fwd(const SwigluFwdParams& params) {
+  if (params.rows == 0 || params.width == 0) return;
+  dispatch_float(params.dtype, "swiglu_fwd", [&](auto tag) { fwd<decltype(tag)>(params); });
+}
+
+void swiglu_bwd(const SwigluBwdParams& params) {
+  if (params.rows == 0 || params.width == 0) return;
+  dispatch_float(params.dtype, "swiglu_bwd", [&](auto tag) { bwd<decltype(tag)>(params); });
+}
+
+void swiglu_bwd_bwd(const SwigluBwdBwdParams& params) {
+  if (params.rows == 0 || params.width == 0) return;
+  dispatch_float(params.dtype, "swiglu_bwd_bwd", [&](auto tag) { bwd_bwd<decltype(tag)>(params); });
+}
+
+void clip_sgd_update(const ClipSgdParams& params) {
+  dispatch_float(params.dtype, "clip_sgd_update", [&](auto tag) { clip_sgd<decltype(tag)>(params); });
+}
+
+}  // namespace ttt::cpu

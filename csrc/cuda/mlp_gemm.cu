@@ -1,0 +1,209 @@
+// ttt::cuda::mlp_gemm: the one entry point of every CUTLASS GEMM of the dynamic MLP (params: ttt_kernels/mlp.h).
+//
+// check_mlp_gemm validates a GemmParams (the same code in both builds) and mlp_gemm dispatches it:
+// - under nvcc to the CUTLASS instantiation for its (epilogue, dtype, layouts) (csrc/cuda/mlp_gemm_cutlass.cuh);
+// - in the simulator build to a host stand-in that evaluates the same GEMM with the same epilogue math in plain
+//   loops: CUTLASS kernels cannot run in the simulator. The stand-in reads A and B through exactly the (pointer,
+//   leading dimension, layout) triples CUTLASS would get, accumulates in float32 in order of k, and applies the
+//   epilogues' formulas (mlp_math.h), so the simulated MLP tests the operand mapping of the torch glue, the
+//   interleaved h / packed gate layout and the epilogue math; the CUTLASS kernels themselves are verified by
+//   compiling them for every arch with the resource report (no spills) and, on a GPU, by the same tests.
+#include "ttt_kernels/device/runtime.h"
+#include "ttt_kernels/mlp.h"
+
+#include <algorithm>
+#include <climits>
+#include <cstdint>
+#include <initializer_list>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+#if defined(__CUDACC__)
+#include "mlp_gemm_kernels.h"
+#else
+#include <vector>
+
+#include "ttt_kernels/mlp_math.h"
+#endif
+
+namespace ttt::TTT_CUDA_NS {
+namespace {
+
+const char* epilogue_name(GemmEpilogue e) {
+  switch (e) {
+    case GemmEpilogue::kStore:
+      return "store";
+    case GemmEpilogue::kSwiglu:
+      return "swiglu";
+    case GemmEpilogue::kAccumulate:
+      return "accumulate";
+  }
+  return "unknown epilogue";
+}
+
+const char* layout_name(GemmLayout l) { return l == GemmLayout::kRowMajor ? "row-major" : "column-major"; }
+
+bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
+
+// 16-byte accesses: elements per access of a 16-bit operand and of a float32 output.
+constexpr int64_t kVec16 = 8;
+constexpr int64_t kVec32 = 4;
+
+#if !defined(__CUDACC__)
+
+template <typename T>
+float to_float(T v) {
+  return static_cast<float>(v);
+}
+template <>
+float to_float(__nv_bfloat16 v) {
+  return __bfloat162float(v);
+}
+template <>
+float to_float(__half v) {
+  return __half2float(v);
+}
+template <typename T>
+T from_float(float v);
+template <>
+__nv_bfloat16 from_float(float v) {
+  return __float2bfloat16_rn(v);
+}
+template <>
+__half from_float(float v) {
+  return __float2half_rn(v);
+}
+
+// Element (i, j) of an operand as CUTLASS addresses it.
+template <typename T>
+float element(const GemmOperand& op, int64_t i, int64_t j) {
+  const T* ptr = static_cast<const T*>(op.ptr);
+  return to_float(op.layout == GemmLayout::kRowMajor ? ptr[i * op.ld + j] : ptr[j * op.ld + i]);
+}
+
+template <typename T>
+void reference_gemm(const GemmParams& p) {
+  // B as a float32 [k, n] row-major copy, then per row of A: acc[j] = sum over kk in order of A[i, kk] * B[kk, j].
+  std::vector<float> b(static_cast<size_t>(p.k * p.n));
+  for (int64_t kk = 0; kk < p.k; ++kk) {
+    for (int64_t j = 0; j < p.n; ++j) b[kk * p.n + j] = element<T>(p.b, kk, j);
+  }
+  const float scale = p.scale != nullptr ? p.alpha * *p.scale : p.alpha;
+  std::vector<float> acc(static_cast<size_t>(p.n));
+  for (int64_t i = 0; i < p.m; ++i) {
+    std::fill(acc.begin(), acc.end(), 0.0f);
+    for (int64_t kk = 0; kk < p.k; ++kk) {
+      const float a = element<T>(p.a, i, kk);
+      const float* brow = b.data() + kk * p.n;
+      for (int64_t j = 0; j < p.n; ++j) acc[j] += a * brow[j];
+    }
+    switch (p.epilogue) {
+      case GemmEpilogue::kStore:
+        for (int64_t j = 0; j < p.n; ++j) static_cast<T*>(p.d)[i * p.ldd + j] = from_float<T>(acc[j]);
+        break;
+      case GemmEpilogue::kSwiglu:
+        for (int64_t j = 0; j < p.n; ++j) static_cast<T*>(p.d)[i * p.ldd + j] = from_float<T>(acc[j]);
+        for (int64_t g = 0; g < p.n / 2; ++g) {
+          const float h1 = acc[2 * g];
+          const float s = 1.0f / (1.0f + __expf(-h1));
+          static_cast<T*>(p.t)[i * p.ldt + g] = from_float<T>(mlp_math::silu(h1, s) * acc[2 * g + 1]);
+        }
+        break;
+      case GemmEpilogue::kAccumulate:
+        for (int64_t j = 0; j < p.n; ++j) {
+          const float c = p.beta != 0.0f ? static_cast<const float*>(p.c)[i * p.ldc + j] : 0.0f;
+          static_cast<float*>(p.d)[i * p.ldd + j] = p.beta * c + scale * acc[j];
+        }
+        break;
+    }
+  }
+}
+
+#endif
+
+}  // namespace
+
+void check_mlp_gemm(const GemmParams& p) {
+  const std::string where = std::string("mlp_gemm(") + epilogue_name(p.epilogue) + "): ";
+  const auto fail = [&](const std::string& what) { throw std::invalid_argument(where + what); };
+  if (p.dtype != DType::kBFloat16 && p.dtype != DType::kFloat16) {
+    fail("A and B must be bfloat16 or float16 (tensor-core GEMMs), got dtype enum value " +
+         std::to_string(static_cast<int>(p.dtype)));
+  }
+  for (const auto& [name, v] : {std::pair{"m", p.m}, std::pair{"n", p.n}, std::pair{"k", p.k}}) {
+    if (v < 1 || v > INT_MAX) fail(std::string(name) + " must be in [1, 2^31), got " + std::to_string(v));
+  }
+  // Supported (A, B) layouts per epilogue: the MLP's GEMMs, each one CUTLASS instantiation per dtype.
+  const bool a_row = p.a.layout == GemmLayout::kRowMajor;
+  const bool b_row = p.b.layout == GemmLayout::kRowMajor;
+  const bool supported = (p.epilogue == GemmEpilogue::kSwiglu && a_row && !b_row) ||
+                         (p.epilogue == GemmEpilogue::kStore && a_row) ||
+                         (p.epilogue == GemmEpilogue::kAccumulate && !a_row && b_row);
+  if (!supported) {
+    fail(std::string("unsupported operand layouts: A ") + layout_name(p.a.layout) + ", B " +
+         layout_name(p.b.layout) + " (supported: swiglu A row-major, B column-major; store A row-major; "
+         "accumulate A column-major, B row-major)");
+  }
+  // An operand [rows, cols] with unit stride along its contiguous extent: 16-byte aligned base, leading dimension a
+  // multiple of the access width and at least the contiguous extent, which must itself be a multiple of the access
+  // width (CUTLASS predicates whole 16-byte accesses).
+  const auto check_operand = [&](const char* name, const void* ptr, int64_t ld, bool row_major, int64_t rows,
+                                 int64_t cols, int64_t vec) {
+    const int64_t contiguous = row_major ? cols : rows;
+    const std::string shape = std::string(name) + " [" + std::to_string(rows) + ", " + std::to_string(cols) + "] " +
+                              (row_major ? "row-major" : "column-major");
+    if (ptr == nullptr) fail(shape + ": null pointer");
+    if (!aligned16(ptr)) fail(shape + ": the base address must be 16-byte aligned");
+    if (contiguous % vec != 0) {
+      fail(shape + ": its contiguous extent " + std::to_string(contiguous) + " must be a multiple of " +
+           std::to_string(vec) + " elements");
+    }
+    if (ld < contiguous || ld % vec != 0 || ld > INT_MAX) {
+      fail(shape + ": leading dimension " + std::to_string(ld) + " must be >= " + std::to_string(contiguous) +
+           ", a multiple of " + std::to_string(vec) + " and < 2^31");
+    }
+  };
+  check_operand("A", p.a.ptr, p.a.ld, a_row, p.m, p.k, kVec16);
+  check_operand("B", p.b.ptr, p.b.ld, b_row, p.k, p.n, kVec16);
+  if (p.epilogue == GemmEpilogue::kAccumulate) {
+    check_operand("D", p.d, p.ldd, true, p.m, p.n, kVec32);
+    if (p.beta != 0.0f) check_operand("C", p.c, p.ldc, true, p.m, p.n, kVec32);
+  } else {
+    check_operand("D", p.d, p.ldd, true, p.m, p.n, kVec16);
+  }
+  if (p.epilogue == GemmEpilogue::kSwiglu) {
+    // T: kVec16 / 2 gate outputs per 16-byte D access -> 8-byte accesses of T.
+    check_operand("T", p.t, p.ldt, true, p.m, p.n / 2, kVec16 / 2);
+  }
+}
+
+void mlp_gemm(const GemmParams& p, void* stream) {
+  check_mlp_gemm(p);
+#if defined(__CUDACC__)
+  const bool bf16 = p.dtype == DType::kBFloat16;
+  switch (p.epilogue) {
+    case GemmEpilogue::kSwiglu:
+      return bf16 ? mlp_cutlass::swiglu_rc<__nv_bfloat16>(p, stream) : mlp_cutlass::swiglu_rc<__half>(p, stream);
+    case GemmEpilogue::kStore:
+      if (p.b.layout == GemmLayout::kRowMajor) {
+        return bf16 ? mlp_cutlass::store_r<__nv_bfloat16, true>(p, stream)
+                    : mlp_cutlass::store_r<__half, true>(p, stream);
+      }
+      return bf16 ? mlp_cutlass::store_r<__nv_bfloat16, false>(p, stream)
+                  : mlp_cutlass::store_r<__half, false>(p, stream);
+    case GemmEpilogue::kAccumulate:
+      return bf16 ? mlp_cutlass::accumulate_cr<__nv_bfloat16>(p, stream)
+                  : mlp_cutlass::accumulate_cr<__half>(p, stream);
+  }
+#else
+  (void)stream;
+  if (p.dtype == DType::kBFloat16) {
+    reference_gemm<__nv_bfloat16>(p);
+  } else {
+    reference_gemm<__half>(p);
+  }
+#endif
+}
+
+}  // namespace ttt::TTT_CUDA_NS

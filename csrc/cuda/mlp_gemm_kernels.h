@@ -1,0 +1,30 @@
+// The CUTLASS GEMM instantiations behind ttt::cuda::mlp_gemm (csrc/cuda/mlp_gemm.cu), one function per kernel.
+// Defined in csrc/cuda/mlp_gemm_cutlass.cuh and instantiated for bfloat16 and float16 in mlp_gemm_bf16.cu and
+// mlp_gemm_fp16.cu (one small translation unit per element type keeps each nvcc run short). nvcc only: this header
+// names no CUTLASS type, so the wrapper that includes it compiles in seconds.
+#pragma once
+
+#if !defined(__CUDACC__)
+#error "mlp_gemm_kernels.h declares CUTLASS kernels: nvcc only (the simulator build has a host stand-in)"
+#endif
+
+#include "ttt_kernels/mlp.h"
+
+namespace ttt::cuda::mlp_cutlass {
+
+// Each runs one GEMM of an already checked GemmParams (check_mlp_gemm) on `stream` and throws std::runtime_error
+// naming the kernel when CUTLASS rejects the problem or the launch fails. Element: __nv_bfloat16 or __half.
+
+// kSwiglu, A row-major, B column-major.
+template <typename Element>
+void swiglu_rc(const GemmParams& params, void* stream);
+
+// kStore, A row-major, B column-major (kBRowMajor false) or row-major (true).
+template <typename Element, bool kBRowMajor>
+void store_r(const GemmParams& params, void* stream);
+
+// kAccumulate, A column-major, B row-major.
+template <typename Element>
+void accumulate_cr(const GemmParams& params, void* stream);
+
+}  // namespace ttt::cuda::mlp_cutlass

@@ -1,0 +1,713 @@
+// Fused causal sliding-window attention, CUDA kernels for sm_80+ (math, layout and params: include/ttt_kernels/swa.h;
+// design, smem layouts and resource usage: docs/swa.md).
+//
+// FlashAttention-2 structure, bf16/fp16 inputs with fp32 accumulation, head_dim 64, 80, 96 or 128 (a template
+// parameter: every head_dim is a multiple of the mma k-granularity 16). A CTA has 4 warps; a warp owns 16 rows of every
+// tile and keeps its accumulators in mma C-fragment registers. Tiles live in shared memory as rows of head_dim
+// elements padded by 16 bytes (kPitch): the 8 row addresses of an ldmatrix then fall into distinct 16-byte bank
+// groups for every head_dim, without a swizzle.
+//
+// Forward, grid (query blocks of 64, heads_q, batch): Q tile [64, d] loaded once; K/V tiles [64, d] double-buffered
+//   with cp.async (tile n+1 is in flight while tile n is used); S = Q K^T by mma (ldmatrix for both operands),
+//   scaled by scale * log2(e) so that exp2f gives the softmax (any finite scale, negative too), online softmax in
+//   registers, P rounded to bf16/fp16 in registers and used directly as the A operand of O += P V (the accumulator
+//   layout of S equals the A-operand layout of P). Only the key blocks that intersect the block's windows are visited
+//   (work O(seqlen * window)); the element mask runs only on tiles that cross the causal diagonal, the window's left
+//   edge or the end of the keys. Epilogue: O / rowsum through the warp's smem rows to 16-byte global stores; lse in
+//   natural log.
+// Backward, three kernels, all deterministic (no atomics):
+//   1. swa_bwd_dot_do_o_kernel: D = rowsum(dout * out) in fp32 -> softmax_d [batch, heads_q, seqlen_q].
+//   2. swa_bwd_dkdv_kernel, grid (key blocks of 64, heads_kv, batch): K, V tiles stay in smem; the CTA walks every
+//      (query head of the kv head's group, query block whose windows touch the key block) pair with Q, dout, lse and D
+//      double-buffered. Warps own 16 keys, so everything is computed transposed: S^T = K Q^T, P^T = exp2(S^T - lse),
+//      dV += P^T dO, dP^T = V dO^T, dS^T = P^T (dP^T - D), dK += dS^T Q, with P^T and dS^T reused from registers as
+//      A operands. The group's query heads are summed inside the CTA, so dk/dv need no workspace.
+//   3. swa_bwd_dq_kernel, grid (query blocks of 64, heads_q, batch): the forward's loop recomputing S, P, dP = dO V^T
+//      and dS per key tile, dQ += dS K in registers. Recomputing S and dP costs two extra tile GEMMs per tile over an
+//      atomicAdd dq accumulation but makes dq bitwise reproducible, and needs no dq workspace.
+// Every loop over a compile-time trip count is unrolled (`#pragma unroll`; the simulator's host compiler ignores it),
+// so fragment arrays stay in registers (ptxas: 0-byte stack frames for every head_dim on sm_80 and sm_90a).
+#include "ttt_kernels/device/runtime.h"
+#include "ttt_kernels/device/arch.h"
+#include "ttt_kernels/device/launch.h"
+#include "ttt_kernels/swa.h"
+
+#include <cmath>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+
+namespace ttt::TTT_CUDA_NS {
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kThreads = 32 * kWarps;
+constexpr int kBlockM = 16 * kWarps;  // query rows of a forward / dq tile: 16 per warp
+constexpr int kBlockN = 64;           // key rows of a tile; in the dk/dv kernel 16 per warp
+// Query rows of a dk/dv kernel tile. A warp holds dK, dV [16, kD] and S^T, dP^T [16, kBwdBlockM] as fp32 fragments:
+// with 64 query rows, kD = 96 needs ~250 of the 255 registers a thread can have and kD = 128 spills.
+template <int kD>
+constexpr int kBwdBlockM = kD <= 80 ? 64 : 32;
+static_assert(kBlockN == 16 * kWarps, "the dk/dv kernel gives every warp 16 keys");
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+// Positions are int: the launchers reject longer sequences, so that position + window sums cannot overflow.
+constexpr int64_t kMaxSeqlen = int64_t{1} << 30;
+
+// Elements per smem row: head_dim plus 16 bytes of padding (bank-conflict-free ldmatrix / cp.async, see above).
+template <int kD>
+constexpr int kPitch = kD + 8;
+
+template <int kD>
+constexpr size_t fwd_smem_bytes() {  // Q [kBlockM] + K, V [2 stages][kBlockN], rows of kPitch 16-bit elements
+  return size_t{kBlockM + 4 * kBlockN} * kPitch<kD> * 2;
+}
+template <int kD>
+constexpr size_t dq_smem_bytes() {  // Q, dO [kBlockM] + K, V [2 stages][kBlockN]
+  return size_t{2 * kBlockM + 4 * kBlockN} * kPitch<kD> * 2;
+}
+template <int kD>
+constexpr size_t dkdv_smem_bytes() {  // K, V [kBlockN] + Q, dO [2 stages][kBwdBlockM] + lse, D [2 stages][kBwdBlockM]
+  return size_t{2 * kBlockN + 4 * kBwdBlockM<kD>} * kPitch<kD> * 2 + 4 * kBwdBlockM<kD> * sizeof(float);
+}
+
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+
+// The window geometry of one (batch, head) problem. Query i sits at position t = i + offset and sees the keys
+// t - window + 1 .. t; window is clamped to seqlen_k, which changes nothing and keeps sums of positions in int.
+struct Geometry {
+  int seqlen_q;
+  int seqlen_k;
+  int offset;  // seqlen_k - seqlen_q
+  int window;
+
+  __device__ explicit Geometry(const SwaParams& p)
+      : seqlen_q(static_cast<int>(p.seqlen_q)),
+        seqlen_k(static_cast<int>(p.seqlen_k)),
+        offset(static_cast<int>(p.seqlen_k - p.seqlen_q)),
+        window(static_cast<int>(p.window < p.seqlen_k ? p.window : p.seqlen_k)) {}
+
+  __device__ bool visible(int query, int key) const {
+    const int t = query + offset;
+    return key <= t && key > t - window;
+  }
+
+  // Whether some (query, key) of queries [m0, m0 + rows) x keys [n0, n0 + kBlockN) is masked: the tile crosses the
+  // causal diagonal or the window's left edge. Key tiles reaching past seqlen_k always cross the diagonal (every
+  // query sits at t < seqlen_k), so their zero-filled keys are masked too.
+  __device__ bool tile_needs_mask(int m0, int rows, int n0) const {
+    return n0 + kBlockN - 1 > m0 + offset || n0 <= m0 + rows - 1 + offset - window;
+  }
+};
+
+// Copies rows [0, rows) of a [kRows, kD] global tile (row stride `stride` elements, 16-byte aligned rows) to smem
+// rows of kPitch elements with 16-byte cp.async, zero-filling rows >= rows. All kThreads threads call it; the caller
+// commits the group. Thread i copies column chunk i % kD/8 of the rows i / (kD/8) + pass * kRowsPerPass (threads past
+// kRowsPerPass full rows idle): its source pointer only advances by a constant between passes, which keeps the
+// address registers few.
+template <int kRows, int kD, typename Elem>
+__device__ __forceinline__ void load_tile(Elem* smem, const Elem* gmem, int64_t stride, int rows) {
+  constexpr int kChunksPerRow = kD / 8;
+  constexpr int kRowsPerPass = kThreads / kChunksPerRow;
+  const int col = threadIdx.x % kChunksPerRow * 8;
+  int r = threadIdx.x / kChunksPerRow;
+  if (r >= kRowsPerPass) return;
+  const Elem* src = gmem + r * stride + col;
+  Elem* dst = smem + r * kPitch<kD> + col;
+  for (; r < kRows; r += kRowsPerPass) {
+    const bool in = r < rows;
+    arch::cp_async_cg(dst, in ? src : gmem, in ? 16 : 0);
+    src += kRowsPerPass * stride;
+    dst += kRowsPerPass * kPitch<kD>;
+  }
+}
+
+// One warp: acc[16, kN] += A B^T with A = the 16 smem rows at `a` and B = the kN smem rows at `b` (both [., kD],
+// row-major, kPitch apart). acc[j] holds columns 8j .. 8j + 7 in the mma C layout.
+template <typename Elem, int kD, int kN>
+__device__ __forceinline__ void gemm_abt(float (&acc)[kN / 8][4], const Elem* a, const Elem* b, int lane) {
+#pragma unroll
+  for (int k = 0; k < kD; k += 16) {
+    uint32_t fa[4];
+    arch::ldmatrix(fa, a + (lane % 16) * kPitch<kD> + k + lane / 16 * 8);
+#pragma unroll
+    for (int n = 0; n < kN; n += 16) {
+      // Matrices 0, 1: B rows n .. n+7 at columns k, k+8 (one n8 fragment); 2, 3: rows n+8 .. n+15.
+      uint32_t fb[4];
+      arch::ldmatrix(fb, b + (n + lane % 8 + lane / 16 * 8) * kPitch<kD> + k + lane / 8 % 2 * 8);
+      const uint32_t b0[2] = {fb[0], fb[1]};
+      const uint32_t b1[2] = {fb[2], fb[3]};
+      arch::mma_m16n8k16<Elem>(acc[n / 8], fa, b0, acc[n / 8]);
+      arch::mma_m16n8k16<Elem>(acc[n / 8 + 1], fa, b1, acc[n / 8 + 1]);
+    }
+  }
+}
+
+// One warp: acc[16, kD] += A B with A [16, kK] in registers (mma A fragments, from to_a_operand) and B = the kK smem
+// rows at `b` ([kK, kD] row-major, kPitch apart), read with ldmatrix.trans.
+template <typename Elem, int kD, int kK>
+__device__ __forceinline__ void gemm_rb(float (&acc)[kD / 8][4], const uint32_t (&a)[kK / 16][4], const Elem* b,
+                                        int lane) {
+#pragma unroll
+  for (int k = 0; k < kK / 16; ++k) {
+#pragma unroll
+    for (int n = 0; n < kD; n += 16) {
+      // Matrices 0, 1: B rows 16k .. 16k+15 at column n (one n8 fragment); 2, 3: the same rows at column n + 8.
+      uint32_t fb[4];
+      arch::ldmatrix_trans(fb, b + (16 * k + lane % 16) * kPitch<kD> + n + lane / 16 * 8);
+      const uint32_t b0[2] = {fb[0], fb[1]};
+      const uint32_t b1[2] = {fb[2], fb[3]};
+      arch::mma_m16n8k16<Elem>(acc[n / 8], a[k], b0, acc[n / 8]);
+      arch::mma_m16n8k16<Elem>(acc[n / 8 + 1], a[k], b1, acc[n / 8 + 1]);
+    }
+  }
+}
+
+// An fp32 accumulator [16, kN] (C layout) rounded to kN / 16 A fragments [16, 16]: the C fragments of columns
+// 16k .. 16k+7 and 16k+8 .. 16k+15 are exactly the A registers {0, 1} and {2, 3} of k-block k.
+template <typename Elem, int kN>
+__device__ __forceinline__ void to_a_operand(uint32_t (&a)[kN / 16][4], const float (&c)[kN / 8][4]) {
+#pragma unroll
+  for (int k = 0; k < kN / 16; ++k) {
+    a[k][0] = arch::pack2<Elem>(c[2 * k][0], c[2 * k][1]);
+    a[k][1] = arch::pack2<Elem>(c[2 * k][2], c[2 * k][3]);
+    a[k][2] = arch::pack2<Elem>(c[2 * k + 1][0], c[2 * k + 1][1]);
+    a[k][3] = arch::pack2<Elem>(c[2 * k + 1][2], c[2 * k + 1][3]);
+  }
+}
+
+// Max / sum over the 4 lanes (threadID_in_group) that hold one accumulator row.
+__device__ __forceinline__ float quad_max(float v) {
+  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+  return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+__device__ __forceinline__ float quad_sum(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+// One warp: writes rows [0, rows) of acc[16, kD] (row g scaled by row_scale[0], row g + 8 by row_scale[1]) to
+// global memory (row stride `stride`), staged in the warp's 16 smem rows `stage` (which no other warp reads) so that
+// the global stores are 16-byte vectors.
+template <typename Elem, int kD>
+__device__ __forceinline__ void store_rows(const float (&acc)[kD / 8][4], const float (&row_scale)[2], Elem* stage,
+                                           Elem* gmem, int64_t stride, int rows, int lane) {
+  const int g = lane / 4;
+  const int t = lane % 4;
+#pragma unroll
+  for (int j = 0; j < kD / 8; ++j) {
+    *reinterpret_cast<uint32_t*>(stage + g * kPitch<kD> + 8 * j + 2 * t) =
+        arch::pack2<Elem>(acc[j][0] * row_scale[0], acc[j][1] * row_scale[0]);
+    *reinterpret_cast<uint32_t*>(stage + (g + 8) * kPitch<kD> + 8 * j + 2 * t) =
+        arch::pack2<Elem>(acc[j][2] * row_scale[1], acc[j][3] * row_scale[1]);
+  }
+  __syncwarp();
+  constexpr int kChunksPerRow = kD / 8;
+  static_assert(16 * kChunksPerRow % 32 == 0, "every lane stores the same number of chunks");
+#pragma unroll
+  for (int i = 0; i < 16 * kChunksPerRow / 32; ++i) {
+    const int c = i * 32 + lane;
+    const int r = c / kChunksPerRow;
+    const int col = c % kChunksPerRow * 8;
+    if (r < rows) {
+      *reinterpret_cast<uint4*>(gmem + r * stride + col) =
+          *reinterpret_cast<const uint4*>(stage + r * kPitch<kD> + col);
+    }
+  }
+}
+
+// ---- forward ---------------------------------------------------------------------------------------------------
+
+// out, lse of the queries [blockIdx.x * kBlockM, +kBlockM) of head blockIdx.y, batch blockIdx.z.
+// Dynamic smem: fwd_smem_bytes<kD>().
+template <typename Elem, int kD>
+__global__ void __launch_bounds__(kThreads, 1) swa_fwd_kernel(const SwaParams p) {
+  constexpr int kP = kPitch<kD>;
+  const Geometry geo(p);
+  const int h = blockIdx.y;
+  const int b = blockIdx.z;
+  const int hk = h / (static_cast<int>(p.heads_q) / static_cast<int>(p.heads_kv));
+  const int m0 = blockIdx.x * kBlockM;
+  const int rows = min(kBlockM, geo.seqlen_q - m0);
+  // Key blocks holding the keys of the block's windows, keys (m0 + offset - window, m0 + rows - 1 + offset].
+  const int n_first = max(0, m0 + geo.offset - geo.window + 1) / kBlockN;
+  const int n_last = (m0 + rows - 1 + geo.offset) / kBlockN;
+
+  Elem* s_q = dynamic_smem<Elem>();
+  Elem* s_k = s_q + kBlockM * kP;  // [2][kBlockN][kP]
+  Elem* s_v = s_k + 2 * kBlockN * kP;
+  const Elem* q = static_cast<const Elem*>(p.q) + b * p.q_batch_stride + h * p.q_head_stride;
+  const Elem* k = static_cast<const Elem*>(p.k) + b * p.k_batch_stride + hk * p.k_head_stride;
+  const Elem* v = static_cast<const Elem*>(p.v) + b * p.v_batch_stride + hk * p.v_head_stride;
+  const auto load_kv = [&](int n_block, int stage) {
+    const int n0 = n_block * kBlockN;
+    const int valid = min(kBlockN, geo.seqlen_k - n0);
+    load_tile<kBlockN, kD>(s_k + stage * kBlockN * kP, k + n0 * p.k_row_stride, p.k_row_stride, valid);
+    load_tile<kBlockN, kD>(s_v + stage * kBlockN * kP, v + n0 * p.v_row_stride, p.v_row_stride, valid);
+  };
+  load_tile<kBlockM, kD>(s_q, q + m0 * p.q_row_stride, p.q_row_stride, rows);
+  load_kv(n_last, 0);
+  arch::cp_async_commit();
+
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  const int g = lane / 4;
+  const int t = lane % 4;
+  const Elem* s_q_warp = s_q + warp * 16 * kP;
+  const float scale_log2 = static_cast<float>(p.scale) * kLog2e;
+
+  float o[kD / 8][4] = {};
+  // Running max (in scaled log2 units) and this lane's partial sum of exp2(s - max) of rows g and g + 8.
+  float row_max[2] = {-INFINITY, -INFINITY};
+  float row_sum[2] = {0.0f, 0.0f};
+  // Right to left, as FlashAttention-2: the first tile holds the diagonal.
+  for (int n_block = n_last, stage = 0; n_block >= n_first; --n_block, stage ^= 1) {
+    if (n_block > n_first) {
+      load_kv(n_block - 1, stage ^ 1);
+      arch::cp_async_commit();
+      arch::cp_async_wait<1>();
+    } else {
+      arch::cp_async_wait<0>();
+    }
+    __syncthreads();
+
+    const int n0 = n_block * kBlockN;
+    float s[kBlockN / 8][4] = {};
+    gemm_abt<Elem, kD, kBlockN>(s, s_q_warp, s_k + stage * kBlockN * kP, lane);
+    const bool mask = geo.tile_needs_mask(m0, rows, n0);
+#pragma unroll
+    for (int j = 0; j < kBlockN / 8; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        s[j][e] *= scale_log2;
+        if (mask && !geo.visible(m0 + warp * 16 + g + e / 2 * 8, n0 + 8 * j + 2 * t + e % 2)) s[j][e] = -INFINITY;
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float tile_max = row_max[r];
+#pragma unroll
+      for (int j = 0; j < kBlockN / 8; ++j) tile_max = fmaxf(tile_max, fmaxf(s[j][2 * r], s[j][2 * r + 1]));
+      tile_max = quad_max(tile_max);
+      // A row without a visible key so far keeps max -inf: exponentiate against 0 instead (giving 0, not NaN).
+      const float base = tile_max == -INFINITY ? 0.0f : tile_max;
+      const float rescale = exp2f(row_max[r] - base);
+      row_max[r] = tile_max;
+      row_sum[r] *= rescale;
+#pragma unroll
+      for (int j = 0; j < kD / 8; ++j) {
+        o[j][2 * r] *= rescale;
+        o[j][2 * r + 1] *= rescale;
+      }
+#pragma unroll
+      for (int j = 0; j < kBlockN / 8; ++j) {
+        s[j][2 * r] = exp2f(s[j][2 * r] - base);
+        s[j][2 * r + 1] = exp2f(s[j][2 * r + 1] - base);
+        row_sum[r] += s[j][2 * r] + s[j][2 * r + 1];
+      }
+    }
+    uint32_t pa[kBlockN / 16][4];
+    to_a_operand<Elem, kBlockN>(pa, s);
+    gemm_rb<Elem, kD, kBlockN>(o, pa, s_v + stage * kBlockN * kP, lane);
+    __syncthreads();  // the next iteration's loads overwrite this stage
+  }
+
+  // Every query sees at least its own key, so rows < seqlen_q have row_sum >= 1 (the max element contributes 1);
+  // rows past seqlen_q are not stored.
+  float inv_sum[2];
+  float* lse = static_cast<float*>(p.softmax_lse) + (static_cast<int64_t>(b) * p.heads_q + h) * geo.seqlen_q;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    row_sum[r] = quad_sum(row_sum[r]);
+    inv_sum[r] = 1.0f / row_sum[r];
+    const int row = m0 + warp * 16 + g + 8 * r;
+    if (t == 0 && row < geo.seqlen_q) lse[row] = (row_max[r] + log2f(row_sum[r])) * kLn2;
+  }
+  Elem* out = static_cast<Elem*>(p.out) + b * p.o_batch_stride + h * p.o_head_stride;
+  store_rows<Elem, kD>(o, inv_sum, s_q + warp * 16 * kP, out + (m0 + warp * 16) * p.o_row_stride, p.o_row_stride,
+                       rows - warp * 16, lane);
+}
+
+// ---- backward --------------------------------------------------------------------------------------------------
+
+// softmax_d[b, h, i] = sum over head_dim of dout * out (fp32), for the (b, i, h) rows blockIdx.x * 8 + threadIdx.x /
+// 16: 16 lanes share a row (head_dim <= 128 = 16 vectors of 8), each loading one 16-byte vector of dout and of out.
+template <typename Elem>
+__global__ void __launch_bounds__(kThreads) swa_bwd_dot_do_o_kernel(const SwaParams p) {
+  struct alignas(16) Vec {
+    Elem v[8];
+  };
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * (kThreads / 16) + threadIdx.x / 16;
+  const int lane16 = threadIdx.x % 16;
+  const int64_t rows = p.batch * p.seqlen_q * p.heads_q;
+  const int64_t h = row % p.heads_q;
+  const int64_t i = row / p.heads_q % p.seqlen_q;
+  const int64_t b = row / (p.heads_q * p.seqlen_q);
+  float acc = 0.0f;
+  if (row < rows && lane16 * 8 < p.head_dim) {
+    const Vec d = *reinterpret_cast<const Vec*>(static_cast<const Elem*>(p.dout) + b * p.do_batch_stride +
+                                                i * p.do_row_stride + h * p.do_head_stride + lane16 * 8);
+    const Vec o = *reinterpret_cast<const Vec*>(static_cast<const Elem*>(p.out) + b * p.o_batch_stride +
+                                                i * p.o_row_stride + h * p.o_head_stride + lane16 * 8);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) acc += to_float(d.v[e]) * to_float(o.v[e]);
+  }
+#pragma unroll
+  for (int offset = 8; offset > 0; offset /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, offset);
+  if (row < rows && lane16 == 0) static_cast<float*>(p.softmax_d)[(b * p.heads_q + h) * p.seqlen_q + i] = acc;
+}
+
+// dk, dv of the keys [blockIdx.x * kBlockN, +kBlockN) of kv head blockIdx.y, batch blockIdx.z, summed over the
+// heads_q / heads_kv query heads of the kv head. Warp w owns keys 16w .. 16w + 15 of the block.
+// Dynamic smem: dkdv_smem_bytes<kD>().
+template <typename Elem, int kD>
+__global__ void __launch_bounds__(kThreads, 1) swa_bwd_dkdv_kernel(const SwaParams p) {
+  constexpr int kP = kPitch<kD>;
+  constexpr int kBM = kBwdBlockM<kD>;
+  const Geometry geo(p);
+  const int hk = blockIdx.y;
+  const int b = blockIdx.z;
+  const int group = static_cast<int>(p.heads_q) / static_cast<int>(p.heads_kv);
+  const int n0 = blockIdx.x * kBlockN;
+  const int keys = min(kBlockN, geo.seqlen_k - n0);
+  // Queries whose windows touch keys [n0, n0 + keys): t in [n0, n0 + keys - 1 + window - 1].
+  const int i_first = max(0, n0 - geo.offset);
+  const int i_last = min(geo.seqlen_q - 1, n0 + keys + geo.window - 2 - geo.offset);
+  const int m_first = i_first / kBM;
+  const int m_blocks = i_last >= i_first ? i_last / kBM - m_first + 1 : 0;
+  const int steps = group * m_blocks;  // (query head, query block) pairs, head-major
+
+  Elem* s_k = dynamic_smem<Elem>();  // [kBlockN][kP]
+  Elem* s_v = s_k + kBlockN * kP;
+  Elem* s_q = s_v + kBlockN * kP;    // [2][kBM][kP]
+  Elem* s_do = s_q + 2 * kBM * kP;   // [2][kBM][kP]
+  float* s_lse = reinterpret_cast<float*>(s_do + 2 * kBM * kP);  // [2][kBM]
+  float* s_dd = s_lse + 2 * kBM;                                 // [2][kBM]: D
+
+  const float* lse = static_cast<const float*>(p.softmax_lse);
+  const float* dd = static_cast<const float*>(p.softmax_d);
+  const auto step_head = [&](int step) { return hk * group + step / m_blocks; };
+  const auto step_m0 = [&](int step) { return (m_first + step % m_blocks) * kBM; };
+  // Q, dout, lse and D of a step's query block into `stage`; rows past seqlen_q are zero-filled, which makes their
+  // P = exp2(0 - 0) = 1 meet zero dout and D: they add exactly nothing to dk and dv.
+  const auto load_step = [&](int step, int stage) {
+    const int h = step_head(step);
+    const int m0 = step_m0(step);
+    const int rows = min(kBM, geo.seqlen_q - m0);
+    load_tile<kBM, kD>(s_q + stage * kBM * kP,
+                       static_cast<const Elem*>(p.q) + b * p.q_batch_stride + h * p.q_head_stride +
+                           m0 * p.q_row_stride,
+                       p.q_row_stride, rows);
+    load_tile<kBM, kD>(s_do + stage * kBM * kP,
+                       static_cast<const Elem*>(p.dout) + b * p.do_batch_stride + h * p.do_head_stride +
+                           m0 * p.do_row_stride,
+                       p.do_row_stride, rows);
+    const int64_t stats = (static_cast<int64_t>(b) * p.heads_q + h) * geo.seqlen_q + m0;
+    static_assert(kBM <= kThreads, "one thread per query row copies its lse and D");
+    const int r = threadIdx.x;
+    if (r < kBM) {
+      const bool in = r < rows;
+      arch::cp_async_ca<4>(s_lse + stage * kBM + r, lse + (in ? stats + r : 0), in ? 4 : 0);
+      arch::cp_async_ca<4>(s_dd + stage * kBM + r, dd + (in ? stats + r : 0), in ? 4 : 0);
+    }
+  };
+
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  const int g = lane / 4;
+  const int t = lane % 4;
+  const Elem* s_k_warp = s_k + warp * 16 * kP;
+  const Elem* s_v_warp = s_v + warp * 16 * kP;
+  const float scale_log2 = static_cast<float>(p.scale) * kLog2e;
+
+  float dk[kD / 8][4] = {};
+  float dv[kD / 8][4] = {};
+  if (steps > 0) {
+    const Elem* k = static_cast<const Elem*>(p.k) + b * p.k_batch_stride + hk * p.k_head_stride;
+    const Elem* v = static_cast<const Elem*>(p.v) + b * p.v_batch_stride + hk * p.v_head_stride;
+    load_tile<kBlockN, kD>(s_k, k + n0 * p.k_row_stride, p.k_row_stride, keys);
+    load_tile<kBlockN, kD>(s_v, v + n0 * p.v_row_stride, p.v_row_stride, keys);
+    load_step(0, 0);
+    arch::cp_async_commit();
+  }
+  for (int step = 0, stage = 0; step < steps; ++step, stage ^= 1) {
+    if (step + 1 < steps) {
+      load_step(step + 1, stage ^ 1);
+      arch::cp_async_commit();
+      arch::cp_async_wait<1>();
+    } else {
+      arch::cp_async_wait<0>();
+    }
+    __syncthreads();
+
+    const int m0 = step_m0(step);
+    const Elem* q_tile = s_q + stage * kBM * kP;
+    const Elem* do_tile = s_do + stage * kBM * kP;
+    const float* lse_tile = s_lse + stage * kBM;
+    const float* d_tile = s_dd + stage * kBM;
+    // S^T [16 keys, kBM queries] -> P^T = exp2(S^T * scale * log2(e) - lse * log2(e)), 0 where masked.
+    float s[kBM / 8][4] = {};
+    gemm_abt<Elem, kD, kBM>(s, s_k_warp, q_tile, lane);
+    const bool mask = geo.tile_needs_mask(m0, min(kBM, geo.seqlen_q - m0), n0);
+#pragma unroll
+    for (int j = 0; j < kBM / 8; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int col = 8 * j + 2 * t + e % 2;
+        const float p_val = exp2f(s[j][e] * scale_log2 - lse_tile[col] * kLog2e);
+        s[j][e] = mask && !geo.visible(m0 + col, n0 + warp * 16 + g + e / 2 * 8) ? 0.0f : p_val;
+      }
+    }
+    uint32_t pa[kBM / 16][4];
+    to_a_operand<Elem, kBM>(pa, s);
+    gemm_rb<Elem, kD, kBM>(dv, pa, do_tile, lane);
+    // dS^T = P^T (dP^T - D) with dP^T = V dO^T.
+    float dp[kBM / 8][4] = {};
+    gemm_abt<Elem, kD, kBM>(dp, s_v_warp, do_tile, lane);
+#pragma unroll
+    for (int j = 0; j < kBM / 8; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) dp[j][e] = s[j][e] * (dp[j][e] - d_tile[8 * j + 2 * t + e % 2]);
+    }
+    to_a_operand<Elem, kBM>(pa, dp);
+    gemm_rb<Elem, kD, kBM>(dk, pa, q_tile, lane);
+    __syncthreads();  // the next iteration's loads overwrite this stage
+  }
+
+  // Each warp stages its results in its own K and V rows, which only it has read.
+  const float dk_scale[2] = {static_cast<float>(p.scale), static_cast<float>(p.scale)};
+  const float dv_scale[2] = {1.0f, 1.0f};
+  Elem* dk_out = static_cast<Elem*>(p.dk) + b * p.dk_batch_stride + hk * p.dk_head_stride +
+                 (n0 + warp * 16) * p.dk_row_stride;
+  Elem* dv_out = static_cast<Elem*>(p.dv) + b * p.dv_batch_stride + hk * p.dv_head_stride +
+                 (n0 + warp * 16) * p.dv_row_stride;
+  store_rows<Elem, kD>(dk, dk_scale, s_k + warp * 16 * kP, dk_out, p.dk_row_stride, keys - warp * 16, lane);
+  store_rows<Elem, kD>(dv, dv_scale, s_v + warp * 16 * kP, dv_out, p.dv_row_stride, keys - warp * 16, lane);
+}
+
+// dq of the queries [blockIdx.x * kBlockM, +kBlockM) of head blockIdx.y, batch blockIdx.z: the forward's loop over
+// the key tiles, with dS = P (dO V^T - D) and dQ += dS K. Dynamic smem: dq_smem_bytes<kD>().
+template <typename Elem, int kD>
+__global__ void __launch_bounds__(kThreads, 1) swa_bwd_dq_kernel(const SwaParams p) {
+  constexpr int kP = kPitch<kD>;
+  const Geometry geo(p);
+  const int h = blockIdx.y;
+  const int b = blockIdx.z;
+  const int hk = h / (static_cast<int>(p.heads_q) / static_cast<int>(p.heads_kv));
+  const int m0 = blockIdx.x * kBlockM;
+  const int rows = min(kBlockM, geo.seqlen_q - m0);
+  const int n_first = max(0, m0 + geo.offset - geo.window + 1) / kBlockN;
+  const int n_last = (m0 + rows - 1 + geo.offset) / kBlockN;
+
+  Elem* s_q = dynamic_smem<Elem>();
+  Elem* s_do = s_q + kBlockM * kP;
+  Elem* s_k = s_do + kBlockM * kP;  // [2][kBlockN][kP]
+  Elem* s_v = s_k + 2 * kBlockN * kP;
+  const Elem* k = static_cast<const Elem*>(p.k) + b * p.k_batch_stride + hk * p.k_head_stride;
+  const Elem* v = static_cast<const Elem*>(p.v) + b * p.v_batch_stride + hk * p.v_head_stride;
+  const auto load_kv = [&](int n_block, int stage) {
+    const int n0 = n_block * kBlockN;
+    const int valid = min(kBlockN, geo.seqlen_k - n0);
+    load_tile<kBlockN, kD>(s_k + stage * kBlockN * kP, k + n0 * p.k_row_stride, p.k_row_stride, valid);
+    load_tile<kBlockN, kD>(s_v + stage * kBlockN * kP, v + n0 * p.v_row_stride, p.v_row_stride, valid);
+  };
+  load_tile<kBlockM, kD>(s_q,
+                         static_cast<const Elem*>(p.q) + b * p.q_batch_stride + h * p.q_head_stride +
+                             m0 * p.q_row_stride,
+                         p.q_row_stride, rows);
+  load_tile<kBlockM, kD>(s_do,
+                         static_cast<const Elem*>(p.dout) + b * p.do_batch_stride + h * p.do_head_stride +
+                             m0 * p.do_row_stride,
+                         p.do_row_stride, rows);
+  load_kv(n_last, 0);
+  arch::cp_async_commit();
+
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  const int g = lane / 4;
+  const int t = lane % 4;
+  const Elem* s_q_warp = s_q + warp * 16 * kP;
+  const Elem* s_do_warp = s_do + warp * 16 * kP;
+  const float scale_log2 = static_cast<float>(p.scale) * kLog2e;
+  // lse * log2(e) and D of rows g and g + 8 (0 past seqlen_q: those rows are not stored).
+  float lse_log2[2];
+  float d_row[2];
+  const int64_t stats = (static_cast<int64_t>(b) * p.heads_q + h) * geo.seqlen_q;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = m0 + warp * 16 + g + 8 * r;
+    const bool in = row < geo.seqlen_q;
+    lse_log2[r] = in ? static_cast<const float*>(p.softmax_lse)[stats + row] * kLog2e : 0.0f;
+    d_row[r] = in ? static_cast<const float*>(p.softmax_d)[stats + row] : 0.0f;
+  }
+
+  float dq[kD / 8][4] = {};
+  for (int n_block = n_last, stage = 0; n_block >= n_first; --n_block, stage ^= 1) {
+    if (n_block > n_first) {
+      load_kv(n_block - 1, stage ^ 1);
+      arch::cp_async_commit();
+      arch::cp_async_wait<1>();
+    } else {
+      arch::cp_async_wait<0>();
+    }
+    __syncthreads();
+
+    const int n0 = n_block * kBlockN;
+    const Elem* k_tile = s_k + stage * kBlockN * kP;
+    float s[kBlockN / 8][4] = {};
+    gemm_abt<Elem, kD, kBlockN>(s, s_q_warp, k_tile, lane);
+    float dp[kBlockN / 8][4] = {};
+    gemm_abt<Elem, kD, kBlockN>(dp, s_do_warp, s_v + stage * kBlockN * kP, lane);
+    const bool mask = geo.tile_needs_mask(m0, rows, n0);
+#pragma unroll
+    for (int j = 0; j < kBlockN / 8; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = e / 2;
+        const float p_val = exp2f(s[j][e] * scale_log2 - lse_log2[r]);
+        const bool hidden = mask && !geo.visible(m0 + warp * 16 + g + 8 * r, n0 + 8 * j + 2 * t + e % 2);
+        dp[j][e] = hidden ? 0.0f : p_val * (dp[j][e] - d_row[r]);
+      }
+    }
+    uint32_t ds[kBlockN / 16][4];
+    to_a_operand<Elem, kBlockN>(ds, dp);
+    gemm_rb<Elem, kD, kBlockN>(dq, ds, k_tile, lane);
+    __syncthreads();  // the next iteration's loads overwrite this stage
+  }
+
+  const float dq_scale[2] = {static_cast<float>(p.scale), static_cast<float>(p.scale)};
+  Elem* dq_out = static_cast<Elem*>(p.dq) + b * p.dq_batch_stride + h * p.dq_head_stride;
+  store_rows<Elem, kD>(dq, dq_scale, s_q + warp * 16 * kP, dq_out + (m0 + warp * 16) * p.dq_row_stride,
+                       p.dq_row_stride, rows - warp * 16, lane);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Host side
+// ---------------------------------------------------------------------------------------------------------------
+
+// Grid of ceil(x_items / x_per_block) x y x z blocks (check_supported keeps y and z <= 65535).
+dim3 grid_of(int64_t x_items, int x_per_block, int64_t y, int64_t z) {
+  return dim3(static_cast<unsigned>((x_items + x_per_block - 1) / x_per_block), static_cast<unsigned>(y),
+              static_cast<unsigned>(z));
+}
+
+const char* dtype_name(DType t) {
+  switch (t) {
+    case DType::kFloat32:
+      return "float32";
+    case DType::kFloat64:
+      return "float64";
+    case DType::kBFloat16:
+      return "bfloat16";
+    case DType::kFloat16:
+      return "float16";
+  }
+  return "an unknown dtype";
+}
+
+// `name` points to 16-byte aligned rows: cp.async and the epilogue's vector stores move 16 bytes at a time.
+void check_rows_aligned(const char* op, const char* name, const void* ptr, int64_t batch_stride, int64_t row_stride,
+                        int64_t head_stride) {
+  const bool aligned = reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && batch_stride % 8 == 0 && row_stride % 8 == 0 &&
+                       head_stride % 8 == 0;
+  if (!aligned) {
+    throw std::runtime_error(std::string(op) + " (CUDA): " + name +
+                             " must be 16-byte aligned with batch, row and head strides that are multiples of 8 "
+                             "elements, got strides (" +
+                             std::to_string(batch_stride) + ", " + std::to_string(row_stride) + ", " +
+                             std::to_string(head_stride) + ")");
+  }
+}
+
+// What the kernels support, checked before any launch: 16-bit dtypes, the compiled head dims, int positions, the
+// grid's y/z limits, 16-byte aligned rows of q, k, v and out.
+void check_supported(const char* op, const SwaParams& p) {
+  const std::string prefix = std::string(op) + " (CUDA): ";
+  if (p.dtype != DType::kBFloat16 && p.dtype != DType::kFloat16) {
+    throw std::runtime_error(prefix + "the CUDA kernels take bfloat16 or float16 tensors, got " +
+                             dtype_name(p.dtype));
+  }
+  if (p.head_dim != 64 && p.head_dim != 80 && p.head_dim != 96 && p.head_dim != 128) {
+    throw std::runtime_error(prefix + "head_dim must be 64, 80, 96 or 128, got " + std::to_string(p.head_dim));
+  }
+  if (p.seqlen_k > kMaxSeqlen || p.seqlen_q > p.seqlen_k || p.window < 1) {
+    throw std::runtime_error(prefix + "need 1 <= window and seqlen_q <= seqlen_k <= 2^30, got seqlen_q " +
+                             std::to_string(p.seqlen_q) + ", seqlen_k " + std::to_string(p.seqlen_k) + ", window " +
+                             std::to_string(p.window));
+  }
+  if (p.heads_kv < 1 || p.heads_q % p.heads_kv != 0 || p.heads_q > 65535 || p.batch > 65535) {
+    throw std::runtime_error(prefix + "need heads_q a multiple of heads_kv, heads_q <= 65535 and batch <= 65535, got " +
+                             "heads_q " + std::to_string(p.heads_q) + ", heads_kv " + std::to_string(p.heads_kv) +
+                             ", batch " + std::to_string(p.batch));
+  }
+  check_rows_aligned(op, "q", p.q, p.q_batch_stride, p.q_row_stride, p.q_head_stride);
+  check_rows_aligned(op, "k", p.k, p.k_batch_stride, p.k_row_stride, p.k_head_stride);
+  check_rows_aligned(op, "v", p.v, p.v_batch_stride, p.v_row_stride, p.v_head_stride);
+  check_rows_aligned(op, "out", p.out, p.o_batch_stride, p.o_row_stride, p.o_head_stride);
+}
+
+// Calls fn(Elem{}, std::integral_constant<int, head_dim>{}); check_supported has validated both.
+template <typename Fn>
+void dispatch(const SwaParams& p, Fn&& fn) {
+  const auto with_head_dim = [&](auto elem) {
+    switch (p.head_dim) {
+      case 64:
+        return fn(elem, std::integral_constant<int, 64>{});
+      case 80:
+        return fn(elem, std::integral_constant<int, 80>{});
+      case 96:
+        return fn(elem, std::integral_constant<int, 96>{});
+      default:
+        return fn(elem, std::integral_constant<int, 128>{});
+    }
+  };
+  if (p.dtype == DType::kBFloat16) {
+    with_head_dim(__nv_bfloat16{});
+  } else {
+    with_head_dim(__half{});
+  }
+}
+
+}  // namespace
+
+void swa_fwd(const SwaParams& p, void* stream) {
+  check_supported("swa_fwd", p);
+  if (p.batch == 0 || p.heads_q == 0 || p.seqlen_q == 0) return;
+  dispatch(p, [&](auto elem, auto head_dim) {
+    using Elem = decltype(elem);
+    constexpr int kD = decltype(head_dim)::value;
+    launch(swa_fwd_kernel<Elem, kD>, grid_of(p.seqlen_q, kBlockM, p.heads_q, p.batch), dim3(kThreads),
+           fwd_smem_bytes<kD>(), stream, p);
+  });
+}
+
+void swa_bwd(const SwaParams& p, void* stream) {
+  check_supported("swa_bwd", p);
+  check_rows_aligned("swa_bwd", "dout", p.dout, p.do_batch_stride, p.do_row_stride, p.do_head_stride);
+  check_rows_aligned("swa_bwd", "dq", p.dq, p.dq_batch_stride, p.dq_row_stride, p.dq_head_stride);
+  check_rows_aligned("swa_bwd", "dk", p.dk, p.dk_batch_stride, p.dk_row_stride, p.dk_head_stride);
+  check_rows_aligned("swa_bwd", "dv", p.dv, p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride);
+  if (p.softmax_d == nullptr && p.batch * p.heads_q * p.seqlen_q > 0) {
+    throw std::runtime_error("swa_bwd (CUDA): softmax_d must point to a float32 [batch, heads_q, seqlen_q] workspace");
+  }
+  if (p.batch == 0 || p.heads_q == 0 || p.seqlen_k == 0) return;
+  dispatch(p, [&](auto elem, auto head_dim) {
+    using Elem = decltype(elem);
+    constexpr int kD = decltype(head_dim)::value;
+    if (p.seqlen_q > 0) {
+      launch(swa_bwd_dot_do_o_kernel<Elem>, grid_of(p.batch * p.seqlen_q * p.heads_q, kThreads / 16, 1, 1),
+             dim3(kThreads), 0, stream, p);
+    }
+    // Key blocks no query sees (seqlen_q < seqlen_k) still get their zero dk, dv written.
+    launch(swa_bwd_dkdv_kernel<Elem, kD>, grid_of(p.seqlen_k, kBlockN, p.heads_kv, p.batch), dim3(kThreads),
+           dkdv_smem_bytes<kD>(), stream, p);
+    if (p.seqlen_q > 0) {
+      launch(swa_bwd_dq_kernel<Elem, kD>, grid_of(p.seqlen_q, kBlockM, p.heads_q, p.batch), dim3(kThreads),
+             dq_smem_bytes<kD>(), stream, p);
+    }
+  });
+}
+
+}  // namespace ttt::TTT_CUDA_NS

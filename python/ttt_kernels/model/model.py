@@ -1,0 +1,693 @@
+"""The TTT-E2E network ("End-to-End Test-Time Training for Long Context", Tandon et al. 2025; docs/model.md).
+
+Shapes: B sequences, T tokens, d model width, H query heads and Hkv key/value heads of hd, m MLP width, V vocabulary,
+L blocks of which the last S are suffix blocks, k the attention window, b the mini-batch (chunk) size.
+Activations are [B, n, d]; attention tensors [B, n, heads, hd] (FlashAttention layout).
+Fast weights are a flat tuple (w1, w3, w2 of suffix block 0, w1, w3, w2 of suffix block 1, ...), each with a leading
+batch dim ([B, m, d], [B, m, d], [B, d, m], torch Linear convention per sequence), in float32 (float64 for a float64
+model).
+"""
+
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+import torch.utils.checkpoint
+from torch import nn
+
+from . import official
+from .config import TTTE2EConfig
+from .opset import OPSETS
+
+KV = tuple[torch.Tensor, torch.Tensor]  # keys (after QK-norm and RoPE) and values, [B, n, Hkv, hd] each
+
+
+class _Norm(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+
+
+class _MLP(nn.Module):
+    def __init__(self, d: int, m: int):
+        super().__init__()
+        self.w1 = nn.Linear(d, m, bias=False)  # gate (silu)
+        self.w3 = nn.Linear(d, m, bias=False)  # up
+        self.w2 = nn.Linear(m, d, bias=False)  # down
+
+
+class _Attention(nn.Module):
+    def __init__(self, c: TTTE2EConfig):
+        super().__init__()
+        d, hd = c.hidden_size, c.head_dim
+        self.wq = nn.Linear(d, c.num_heads * hd, bias=False)
+        self.wk = nn.Linear(d, c.kv_heads * hd, bias=False)
+        self.wv = nn.Linear(d, c.kv_heads * hd, bias=False)
+        self.wo = nn.Linear(c.num_heads * hd, d, bias=False)
+        self.q_norm = _Norm(hd)  # shared by all heads, applied before RoPE
+        self.k_norm = _Norm(hd)
+
+
+class _Block(nn.Module):
+    """x += PostNorm(Sublayer(PreNorm(x))) for attention, [the dynamic MLP,] the static MLP."""
+
+    def __init__(self, c: TTTE2EConfig, suffix: bool):
+        super().__init__()
+        d = c.hidden_size
+        self.seq_norm, self.attn, self.seq_post_norm = _Norm(d), _Attention(c), _Norm(d)
+        if suffix:
+            # prime.* are W_0, the meta-learned initial fast weights.
+            self.prime_norm, self.prime, self.prime_post_norm = _Norm(d), _MLP(d, c.mlp_size), _Norm(d)
+        self.ffn_norm, self.ffn, self.ffn_post_norm = _Norm(d), _MLP(d, c.mlp_size), _Norm(d)
+
+
+@dataclasses.dataclass
+class TTTE2EState:
+    """Inference state of a batch of sequences (see :meth:`TTTE2EModel.prefill`).
+
+    ``kv[l]`` holds the last k-1 keys/values of block l; for a suffix block only those before the pending chunk.
+    The pending chunk is the inputs read since the last inner step (fewer than b, or b waiting for their next token):
+    their prefix outputs ``pending_h`` [B, p, d], tokens ``pending_tokens`` [B, p] and suffix keys/values
+    ``pending_kv`` (computed with the current fast weights). ``logits`` [B, V] are those of the last token read.
+    """
+
+    batch_size: int
+    pos: int
+    kv: list
+    fast: tuple | None
+    pending_h: torch.Tensor | None
+    pending_tokens: torch.Tensor | None
+    pending_kv: list
+    logits: torch.Tensor | None
+    inner_lr: float
+
+
+def _last(items, n: int):
+    """The last n items (none for n = 0)."""
+    return items[max(len(items) - n, 0) :]
+
+
+def _append(old: torch.Tensor | None, new: torch.Tensor) -> torch.Tensor:
+    """old and new concatenated along the sequence (dim 1)."""
+    return new if old is None else torch.cat((old, new), 1)
+
+
+def _flatten_kv(kvs: list) -> tuple:
+    """[[(k, v) per chunk] per suffix block] -> (k, v, k, v, ...), block-major."""
+    return tuple(t for per_block in kvs for kv in per_block for t in kv)
+
+
+def _unflatten_kv(flat, n_blocks: int, n_chunks: int) -> list:
+    return [
+        [(flat[2 * (j * n_chunks + i)], flat[2 * (j * n_chunks + i) + 1]) for i in range(n_chunks)]
+        for j in range(n_blocks)
+    ]
+
+
+@dataclasses.dataclass
+class _MetaArgs:
+    inner_lr: float
+    first_order: bool
+    n_hist: int  # chunks of keys a chunk can see: ceil((k-1)/b)
+    params: list  # parameters the suffix chunks read (see TTTE2EModel._chunk_params)
+
+
+class _Recompute(torch.autograd.Function):
+    """Runs ``run(*inputs, create_graph=False)`` without keeping its graph; the backward recomputes it with
+    ``create_graph=True`` (so gradients of inner gradients are available) and back-propagates through it.
+
+    ``params`` are the module parameters ``run`` reads directly (listed so that their gradients are returned).
+    Unlike torch.utils.checkpoint(use_reentrant=False), an inner torch.autograd.grad in ``run`` does not trigger a
+    second forward during the forward pass.
+    """
+
+    @staticmethod
+    def forward(ctx, run, n_inputs, *args):
+        ctx.run, ctx.n_inputs = run, n_inputs
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(*args[:n_inputs])
+        ctx.params = args[n_inputs:]
+        with torch.enable_grad():
+            outs = run(*(a.detach().requires_grad_(a.requires_grad) for a in args[:n_inputs]), create_graph=False)
+        return tuple(o.detach() for o in outs)
+
+    @staticmethod
+    def backward(ctx, *grad_outs):
+        inputs = [a.detach().requires_grad_(a.requires_grad) for a in ctx.saved_tensors]
+        with torch.enable_grad():
+            outs = ctx.run(*inputs, create_graph=True)
+        pairs = [(o, g) for o, g in zip(outs, grad_outs) if g is not None and o.requires_grad]
+        wrt = [t for t in (*inputs, *ctx.params) if t.requires_grad]
+        grads = iter(
+            torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs], allow_unused=True)
+            if pairs and wrt
+            else [None] * len(wrt)
+        )
+        return (None, None, *(next(grads) if t.requires_grad else None for t in (*inputs, *ctx.params)))
+
+
+class TTTE2EModel(nn.Module):
+    """TTT-E2E: a sliding-window Transformer whose suffix blocks' dynamic MLPs train on the context (docs/model.md).
+
+    ``ops="package"`` runs the fused ops of :mod:`ttt_kernels.ops`, ``ops="reference"`` the same code on the
+    pure-PyTorch references (:attr:`ops` can be changed later).
+    """
+
+    def __init__(self, config: TTTE2EConfig, *, ops: str = "package"):
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.ops = ops
+        c = config
+        self.embed = nn.Embedding(c.vocab_size, c.hidden_size)  # tied with the LM head
+        self.blocks = nn.ModuleList(_Block(c, suffix=i >= c.num_prefix_layers) for i in range(c.num_layers))
+        self.norm_f = _Norm(c.hidden_size)
+        self.reset_parameters()
+
+    @property
+    def ops(self) -> str:
+        return self._opset.name
+
+    @ops.setter
+    def ops(self, name: str) -> None:
+        if name not in OPSETS:
+            raise ValueError(f"TTTE2EModel: ops must be one of {sorted(OPSETS)}, got {name!r}")
+        self._opset = OPSETS[name]
+
+    def reset_parameters(self) -> None:
+        """N(0, init_std) for the embedding and every linear weight (the dynamic MLP's W_0 too), 1 for norms."""
+        for mod in self.modules():
+            if isinstance(mod, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(mod.weight, 0.0, self.config.init_std)
+            elif isinstance(mod, _Norm):
+                nn.init.ones_(mod.weight)
+
+    @property
+    def prefix_blocks(self):
+        return self.blocks[: self.config.num_prefix_layers]
+
+    @property
+    def suffix_blocks(self):
+        return self.blocks[self.config.num_prefix_layers :]
+
+    def initial_fast_weights(self, batch_size: int) -> tuple:
+        """W_0 for every sequence: (w1, w3, w2) per suffix block, [batch_size, ...] views, float32 (float64)."""
+        dt = self._fast_dtype()
+        return tuple(
+            w.to(dt).unsqueeze(0).expand(batch_size, *w.shape)
+            for blk in self.suffix_blocks
+            for w in (blk.prime.w1.weight, blk.prime.w3.weight, blk.prime.w2.weight)
+        )
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # Building blocks
+
+    def _fast_dtype(self) -> torch.dtype:
+        return torch.float64 if self.embed.weight.dtype == torch.float64 else torch.float32
+
+    def _norm(self, x: torch.Tensor, norm: _Norm) -> torch.Tensor:
+        return self._opset.rms_norm(x, norm.weight, self.config.norm_eps)
+
+    def _rope(self, x: torch.Tensor, pos0: int) -> torch.Tensor:
+        """Interleaved RoPE: pairs (x[2i], x[2i+1]) of x [B, n, heads, hd] at positions pos0 .. pos0+n-1 rotated by
+        pos * theta^(-2i/hd)."""
+        n, hd = x.shape[1], x.shape[-1]
+        dt = torch.float32 if self.config.rope_float32_angles else torch.float64
+        inv_freq = 1.0 / self.config.rope_theta ** (torch.arange(0, hd, 2, dtype=dt, device=x.device) / hd)
+        angles = torch.arange(pos0, pos0 + n, dtype=dt, device=x.device)[:, None] * inv_freq  # [n, hd/2]
+        compute = torch.promote_types(x.dtype, torch.float32)  # 16-bit activations are rotated in float32
+        cos, sin = angles.cos().to(compute)[:, None], angles.sin().to(compute)[:, None]  # [n, 1, hd/2]
+        a, b = x.to(compute).unflatten(-1, (hd // 2, 2)).unbind(-1)
+        return torch.stack((a * cos - b * sin, a * sin + b * cos), -1).flatten(-2).to(x.dtype)
+
+    def _attention(self, blk: _Block, x: torch.Tensor, pos0: int, past: list, attend) -> tuple[torch.Tensor, KV]:
+        """Sliding-window attention of x's n tokens (positions pos0..) over the keys in ``past`` (earlier positions,
+        a list of key/value pairs in order, at most k-1 of them used) and their own keys. Returns (out, (k, v))."""
+        c, att = self.config, blk.attn
+        bsz, n, _ = x.shape
+        q = F.linear(x, att.wq.weight).view(bsz, n, c.num_heads, c.head_dim)
+        k = F.linear(x, att.wk.weight).view(bsz, n, c.kv_heads, c.head_dim)
+        v = F.linear(x, att.wv.weight).view(bsz, n, c.kv_heads, c.head_dim)
+        q = self._rope(self._norm(q, att.q_norm), pos0)
+        k = self._rope(self._norm(k, att.k_norm), pos0)
+        keys, values = k, v
+        if past:
+            # Keys beyond the window are masked anyway; dropping them keeps the problem [n x (k-1+n)].
+            keys = torch.cat([p[0] for p in past] + [k], 1)[:, -(c.window - 1 + n) :]
+            values = torch.cat([p[1] for p in past] + [v], 1)[:, -(c.window - 1 + n) :]
+        out = attend(q, keys, values, c.window)
+        return F.linear(out.reshape(bsz, n, -1), att.wo.weight), (k, v)
+
+    def _block(self, blk: _Block, x: torch.Tensor, pos0: int, past: list, attend, fast=None) -> tuple:
+        """One block over x [B, n, d]; ``fast``: this suffix block's (w1, w3, w2), batched (fast weights) or not
+        (W_0 itself, TTT off). Returns (x, (k, v))."""
+        a, kv = self._attention(blk, self._norm(x, blk.seq_norm), pos0, past, attend)
+        x = x + self._norm(a, blk.seq_post_norm)
+        if fast is not None:
+            y = self._norm(x, blk.prime_norm)
+            if fast[0].dim() == 3:  # fast weights: each sequence its own
+                y = torch.stack([self._opset.swiglu_mlp(y[s], *(w[s] for w in fast)) for s in range(y.shape[0])])
+            else:
+                y = self._opset.swiglu_mlp(y, *fast)
+            x = x + self._norm(y, blk.prime_post_norm)
+        y = self._opset.swiglu_mlp(self._norm(x, blk.ffn_norm), blk.ffn.w1.weight, blk.ffn.w3.weight, blk.ffn.w2.weight)
+        return x + self._norm(y, blk.ffn_post_norm), kv
+
+    def _static_fast(self, blk: _Block):
+        """The dynamic MLP's weights when TTT is off: W_0, unbatched."""
+        return (blk.prime.w1.weight, blk.prime.w3.weight, blk.prime.w2.weight)
+
+    def _suffix(self, h: torch.Tensor, pos0: int, fast: tuple, past: list, second_order: bool) -> tuple:
+        """Suffix blocks over h [B, n, d] (prefix output at positions pos0..) with fast weights ``fast``; ``past[j]``
+        the earlier key/value pairs of suffix block j. ``second_order``: the inner gradient will be differentiated,
+        so the attention of every suffix block after the first needs a double backward. Returns (x, [kv per
+        block])."""
+        kvs = []
+        for j, blk in enumerate(self.suffix_blocks):
+            attend = self._opset.swa_attention_twice if second_order and j > 0 else self._opset.swa_attention
+            h, kv = self._block(blk, h, pos0, past[j], attend, fast[3 * j : 3 * j + 3])
+            kvs.append(kv)
+        return h, kvs
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Final norm and tied LM head, in float32 (float64 for a float64 model): [B, n, d] -> [B, n, V]."""
+        logits = F.linear(self._norm(x, self.norm_f), self.embed.weight)
+        return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+    def _token_losses(self, x: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-entropy of each target [B, n] (0 where masked) and the mask of counted targets."""
+        logits = self._logits(x)
+        ce = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
+        if self.config.bos_token_id is None:
+            return ce, torch.ones_like(targets, dtype=torch.bool)
+        valid = targets != self.config.bos_token_id
+        return ce * valid, valid
+
+    def _chunk_loss(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Per-sequence loss of a chunk: sum of CE over its valid targets / their number (0 if none). [B]."""
+        ce, valid = self._token_losses(x, targets)
+        return ce.sum(1) / valid.sum(1).clamp(min=1)
+
+    def _inner_step(
+        self, fast: tuple, loss: torch.Tensor, lr: float, create_graph: bool, retain_graph: bool = False
+    ) -> tuple:
+        """W - lr * clip(dloss/dW), per sequence (loss [B]: sequence s's loss depends on its fast weights only).
+        ``create_graph``: the step is differentiable through the gradient (second order); ``retain_graph``: the loss's
+        graph is kept for the outer gradient."""
+        grads = torch.autograd.grad(
+            loss.sum(), fast, create_graph=create_graph, retain_graph=retain_graph or create_graph
+        )
+        max_norm = self.config.inner_max_norm
+        steps = [
+            self._opset.clip_sgd_update([w[s] for w in fast], [g[s] for g in grads], lr, max_norm)
+            for s in range(loss.shape[0])
+        ]
+        return tuple(torch.stack(ws) for ws in zip(*steps))
+
+    def _embed_prefix(self, tokens: torch.Tensor, pos0: int = 0, kv: list | None = None) -> tuple:
+        """Embedding and prefix blocks over tokens [B, n]; kv[l]: earlier key/value pairs of block l (or None).
+        Returns (h [B, n, d], [(k, v) per prefix block])."""
+        h = self.embed(tokens)
+        kvs = []
+        for i, blk in enumerate(self.prefix_blocks):
+            h, kv_i = self._block(blk, h, pos0, [kv[i]] if kv and kv[i] is not None else [], self._opset.swa_attention)
+            kvs.append(kv_i)
+        return h, kvs
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # Training
+
+    def _check_tokens(self, tokens: torch.Tensor, what: str, min_len: int) -> None:
+        if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.dtype != torch.int64:
+            desc = f"{tokens.dtype}{list(tokens.shape)}" if isinstance(tokens, torch.Tensor) else type(tokens)
+            raise ValueError(f"TTTE2EModel.{what}: tokens must be an int64 tensor [batch, length], got {desc}")
+        if tokens.shape[0] < 1 or tokens.shape[1] < min_len:
+            raise ValueError(
+                f"TTTE2EModel.{what}: tokens must have >= 1 sequence of >= {min_len} tokens, got shape "
+                f"{tuple(tokens.shape)}"
+            )
+        if tokens.device != self.embed.weight.device:
+            raise ValueError(
+                f"TTTE2EModel.{what}: tokens are on {tokens.device}, the model on {self.embed.weight.device}"
+            )
+
+    def meta_loss(
+        self,
+        tokens: torch.Tensor,
+        inner_lr: float = 1.0,
+        *,
+        first_order: bool = False,
+        checkpoint: bool = True,
+        checkpoint_group: int = 1,
+        checkpoint_prefix: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The outer (meta-learning) loss of a batch and the per-chunk losses.
+
+        tokens [B, T+1] int64: inputs tokens[:, :-1], targets tokens[:, 1:], T a multiple of b. Chunk i is predicted
+        with the fast weights W_{i-1}, then W_i = W_{i-1} - inner_lr * clip(g_i) (per sequence). Returns (loss, the
+        mean over sequences and chunks; per_chunk_losses [B, T/b]). loss.backward() differentiates through every
+        inner step: second order, unless ``first_order`` (the inner gradients are then treated as constants).
+
+        ``checkpoint``: keep only each chunk's inputs (prefix output, fast weights, earlier keys/values) and
+        recompute the chunk in the backward. ``checkpoint_group`` > 1 adds a second level: only every
+        ``checkpoint_group``-th chunk's fast weights are kept; a group of chunks is recomputed in the backward,
+        chunk by chunk. ``checkpoint_prefix``: also recompute each prefix block in the backward (ordinary activation
+        checkpointing; only the blocks' outputs are kept). With ``config.ttt`` False (the baselines) every block runs
+        over the whole sequence in one pass (and ``checkpoint_prefix`` checkpoints each of them).
+        """
+        c = self.config
+        self._check_tokens(tokens, "meta_loss", 2)
+        inputs, targets = tokens[:, :-1], tokens[:, 1:]
+        bsz, t = inputs.shape
+        b = c.mini_batch_size
+        if t % b != 0:
+            raise ValueError(
+                f"TTTE2EModel.meta_loss: the number of input tokens ({t} = tokens.shape[1] - 1) must be "
+                f"a multiple of mini_batch_size ({b})"
+            )
+        if isinstance(checkpoint_group, bool) or not isinstance(checkpoint_group, int) or checkpoint_group < 1:
+            raise ValueError(f"TTTE2EModel.meta_loss: checkpoint_group must be an int >= 1, got {checkpoint_group!r}")
+        n_chunks = t // b
+
+        # Blocks that run once over the whole sequence: the prefix, or every block with TTT off.
+        h = self.embed(inputs)
+        for blk in self.prefix_blocks if c.ttt else self.blocks:
+            # No inner gradient inside, so torch's non-reentrant checkpoint recomputes the block only once.
+            h = (
+                torch.utils.checkpoint.checkpoint(self._whole_sequence_block, blk, h, use_reentrant=False)
+                if checkpoint_prefix and torch.is_grad_enabled()
+                else self._whole_sequence_block(blk, h)
+            )
+        if not c.ttt:
+            ce, valid = self._token_losses(h, targets)
+            per_chunk = ce.view(bsz, n_chunks, b).sum(2) / valid.view(bsz, n_chunks, b).sum(2).clamp(min=1)
+            return per_chunk.mean(), per_chunk
+
+        if checkpoint:
+            levels = (checkpoint_group, 1) if checkpoint_group > 1 else (1,)
+        else:
+            levels = ()
+        fast = self.initial_fast_weights(bsz)
+        hist = [[] for _ in range(c.num_suffix_layers)]
+        meta = _MetaArgs(inner_lr, first_order, -(-(c.window - 1) // b), self._chunk_params())
+        losses, _, _ = self._segment(h, targets, 0, fast, hist, meta, False, torch.is_grad_enabled(), levels)
+        per_chunk = torch.stack(losses, 1)
+        return per_chunk.mean(), per_chunk
+
+    def _whole_sequence_block(self, blk: _Block, h: torch.Tensor) -> torch.Tensor:
+        """A block over a whole sequence from position 0 (a dynamic MLP, with TTT off, applies W_0)."""
+        fast = self._static_fast(blk) if hasattr(blk, "prime") else None
+        return self._block(blk, h, 0, [], self._opset.swa_attention, fast)[0]
+
+    def _chunk_params(self) -> list:
+        """Parameters the suffix chunks read directly: all but the prefix blocks' and W_0 (which enters as the fast
+        weights)."""
+        w0 = {id(w) for blk in self.suffix_blocks for w in blk.prime.parameters()}
+        params = [p for blk in self.suffix_blocks for p in blk.parameters() if id(p) not in w0]
+        return [p for p in (*params, self.norm_f.weight, self.embed.weight) if p.requires_grad]
+
+    def _segment(
+        self,
+        h,
+        targets,
+        pos0: int,
+        fast: tuple,
+        hist: list,
+        meta: _MetaArgs,
+        step_last: bool,
+        create_graph: bool,
+        levels: tuple,
+    ) -> tuple:
+        """Inner loop over the chunks of h [B, n*b, d] (prefix output at positions pos0..) and targets [B, n*b],
+        starting from ``fast``; hist[j]: the earlier (k, v) chunk pairs of suffix block j (the last meta.n_hist).
+
+        ``levels`` are checkpoint group sizes in chunks, outermost first: each group of levels[0] chunks runs as
+        one _Recompute (which recomputes it, with levels[1:], in the backward); () runs the chunks plainly.
+        ``step_last``: take the last chunk's inner step (its W is never used otherwise). ``create_graph``: the outer
+        gradient will be taken (the inner gradients then get a graph, unless meta.first_order).
+        Returns ([loss [B] per chunk], fast, [[(k, v) per chunk] per suffix block]).
+        """
+        b, s = self.config.mini_batch_size, self.config.num_suffix_layers
+        n = h.shape[1] // b
+        size = levels[0] if levels else 1
+        losses, new_kv = [], [[] for _ in range(s)]
+        for g0 in range(0, n, size):
+            count = min(size, n - g0)
+            lo, hi = g0 * b, (g0 + count) * b
+            past = [_last(hist[j] + new_kv[j], meta.n_hist) for j in range(s)]
+            step = step_last or g0 + count < n
+            if levels:
+                run = self._segment_runner(pos0 + lo, len(past[0]), count, meta, step, levels[1:])
+                args = (h[:, lo:hi], targets[:, lo:hi], *fast, *_flatten_kv(past))
+                outs = _Recompute.apply(run, len(args), *args, *meta.params)
+                group_losses, fast, kvs = self._unflatten_segment(outs, count, step, fast)
+            else:
+                loss, fast, kv = self._meta_chunk(
+                    h[:, lo:hi], targets[:, lo:hi], pos0 + lo, fast, past, meta, step, create_graph
+                )
+                group_losses, kvs = [loss], [[x] for x in kv]
+            losses.extend(group_losses)
+            for j in range(s):
+                new_kv[j].extend(kvs[j])
+        return losses, fast, new_kv
+
+    def _segment_runner(self, pos0: int, n_past: int, count: int, meta: _MetaArgs, step_last: bool, levels: tuple):
+        """_segment over flat tensors, for _Recompute: run(h, targets, *fast, *past k/v, create_graph) ->
+        (*losses, [*fast,] *(k, v) per suffix block per chunk)."""
+        s = self.config.num_suffix_layers
+
+        def run(h, targets, *flat, create_graph):
+            fast, past = flat[: 3 * s], _unflatten_kv(flat[3 * s :], s, n_past)
+            losses, fast, kvs = self._segment(h, targets, pos0, fast, past, meta, step_last, create_graph, levels)
+            return (*losses, *(fast if step_last else ()), *_flatten_kv(kvs))
+
+        return run
+
+    def _unflatten_segment(self, outs: tuple, count: int, step: bool, fast: tuple) -> tuple:
+        s = self.config.num_suffix_layers
+        losses, rest = list(outs[:count]), outs[count:]
+        if step:
+            fast, rest = rest[: 3 * s], rest[3 * s :]
+        return losses, fast, _unflatten_kv(rest, s, count)
+
+    def _meta_chunk(
+        self, h, targets, pos0: int, fast: tuple, past: list, meta: _MetaArgs, step: bool, create_graph: bool
+    ) -> tuple:
+        """One chunk of the inner loop: its loss [B] under ``fast``, the next fast weights (if ``step``) and its
+        (k, v) per suffix block. Without an outer gradient (torch.no_grad) it still needs the inner one."""
+        if not torch.is_grad_enabled():
+            with torch.enable_grad():
+                loss, fast, kvs = self._meta_chunk(h, targets, pos0, fast, past, meta, step, False)
+            return loss.detach(), tuple(w.detach() for w in fast), [(k.detach(), v.detach()) for k, v in kvs]
+        if step:  # the inner gradient needs fast weights that require grad, even if W_0 is frozen
+            fast = tuple(w if w.requires_grad else w.detach().requires_grad_() for w in fast)
+        second_order = create_graph and not meta.first_order
+        x, kvs = self._suffix(h, pos0, fast, past, second_order)
+        loss = self._chunk_loss(x, targets)
+        if step:
+            fast = self._inner_step(fast, loss, meta.inner_lr, second_order, retain_graph=create_graph)
+        return loss, fast, kvs
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # Inference
+
+    def new_state(self, batch_size: int, *, inner_lr: float = 1.0) -> TTTE2EState:
+        """An empty inference state: fast weights W_0, no keys, nothing pending."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"TTTE2EModel.new_state: batch_size must be an int >= 1, got {batch_size!r}")
+        with torch.no_grad():
+            fast = tuple(w.clone() for w in self.initial_fast_weights(batch_size)) if self.config.ttt else None
+        return TTTE2EState(
+            batch_size=batch_size,
+            pos=0,
+            kv=[None] * self.config.num_layers,
+            fast=fast,
+            pending_h=None,
+            pending_tokens=None,
+            pending_kv=[None] * self.config.num_suffix_layers,
+            logits=None,
+            inner_lr=float(inner_lr),
+        )
+
+    @torch.no_grad()
+    def prefill(
+        self,
+        tokens: torch.Tensor,
+        state: TTTE2EState | None = None,
+        *,
+        inner_lr: float = 1.0,
+        return_logits: bool = False,
+    ):
+        """Reads a prompt [B, n] (continuing ``state`` if given, else from a new state with ``inner_lr``).
+
+        Prefix blocks run over the whole prompt in one pass; suffix blocks chunk by chunk, with one first-order TTT
+        step for every chunk of b tokens whose next token is known. Returns the state (its ``logits`` are the last
+        token's), or (state, logits [B, n, V]) with ``return_logits``.
+        """
+        self._check_tokens(tokens, "prefill", 1)
+        state = self.new_state(tokens.shape[0], inner_lr=inner_lr) if state is None else state
+        logits = self._feed(state, tokens, return_logits)
+        return (state, logits) if return_logits else state
+
+    @torch.no_grad()
+    def decode(self, state: TTTE2EState, token: torch.Tensor) -> torch.Tensor:
+        """Reads one token per sequence ([B] or [B, 1]) and returns the logits of the next one, [B, V] (float32).
+
+        Sliding-window decoding with the current fast weights; when b tokens are pending and ``token`` is the one
+        after them, takes their TTT step first (exactly like a prefill chunk).
+        """
+        token = token.reshape(-1, 1) if isinstance(token, torch.Tensor) and token.dim() <= 1 else token
+        self._check_tokens(token, "decode", 1)
+        if token.shape[1] != 1:
+            raise ValueError(f"TTTE2EModel.decode: expected one token per sequence, got shape {tuple(token.shape)}")
+        self._check_state(state, token.shape[0])
+        return self._feed(state, token, False)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        *,
+        inner_lr: float = 1.0,
+    ) -> torch.Tensor:
+        """Prefills ``prompt`` ([n] or [B, n]) and samples ``max_new_tokens`` tokens (temperature 0: greedy; top_p:
+        nucleus sampling), decoding (and test-time training) as it goes. Returns prompt + new tokens, [B, n + new]
+        ([n + new] for a 1-d prompt). Deterministic for a given seed."""
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise ValueError(f"TTTE2EModel.generate: max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
+            raise ValueError(f"TTTE2EModel.generate: temperature must be a finite number >= 0, got {temperature!r}")
+        if not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+            raise ValueError(f"TTTE2EModel.generate: top_p must be in (0, 1], got {top_p!r}")
+        squeeze = isinstance(prompt, torch.Tensor) and prompt.dim() == 1
+        tokens = prompt[None] if squeeze else prompt
+        gen = torch.Generator(device=self.embed.weight.device)
+        if seed is None:
+            gen.seed()
+        else:
+            gen.manual_seed(seed)
+        state = self.prefill(tokens, inner_lr=inner_lr)
+        out, logits = [tokens], state.logits
+        for i in range(max_new_tokens):
+            tok = _sample(logits, temperature, top_p, gen)
+            out.append(tok[:, None])
+            if i + 1 < max_new_tokens:
+                logits = self.decode(state, tok)
+        result = torch.cat(out, 1)
+        return result[0] if squeeze else result
+
+    def _check_state(self, state, batch_size: int) -> None:
+        if not isinstance(state, TTTE2EState):
+            raise ValueError(
+                f"TTTE2EModel: state must be a TTTE2EState (from prefill or new_state), got {type(state).__name__}"
+            )
+        if state.batch_size != batch_size:
+            raise ValueError(f"TTTE2EModel: the state holds {state.batch_size} sequences, got tokens for {batch_size}")
+
+    def _keep_window(self, old: KV | None, new: KV) -> KV:
+        """The last k-1 keys/values of old followed by new (all a later query can see)."""
+        keep = self.config.window - 1
+        k, v = new if old is None else (torch.cat((old[0], new[0]), 1), torch.cat((old[1], new[1]), 1))
+        start = max(k.shape[1] - keep, 0)
+        return k[:, start:], v[:, start:]
+
+    def _feed(self, state: TTTE2EState, tokens: torch.Tensor, all_logits: bool) -> torch.Tensor:
+        """Reads tokens [B, n] into the state; returns the logits of every token [B, n, V] or of the last [B, V]."""
+        self._check_state(state, tokens.shape[0])
+        c, b = self.config, self.config.mini_batch_size
+        n_pre, n = c.num_prefix_layers, tokens.shape[1]
+        if not c.ttt:
+            h = self.embed(tokens)
+            for i, blk in enumerate(self.blocks):
+                fast = self._static_fast(blk) if hasattr(blk, "prime") else None
+                h, kv = self._block(
+                    blk, h, state.pos, [state.kv[i]] if state.kv[i] else [], self._opset.swa_attention, fast
+                )
+                state.kv[i] = self._keep_window(state.kv[i], kv)
+            state.pos += n
+            logits = self._logits(h if all_logits else h[:, -1:])
+            state.logits = logits[:, -1]
+            return logits if all_logits else state.logits
+
+        h, kvs = self._embed_prefix(tokens, state.pos, state.kv[:n_pre])
+        for i in range(n_pre):
+            state.kv[i] = self._keep_window(state.kv[i], kvs[i])
+        outs, i = [], 0
+        while i < n:
+            p = 0 if state.pending_h is None else state.pending_h.shape[1]
+            if p == b:  # the pending chunk's last target is tokens[:, i]: its inner step
+                targets = torch.cat((state.pending_tokens[:, 1:], tokens[:, i : i + 1]), 1)
+                self._ttt_step(state, state.pending_h, targets, state.pos - b)
+                state.pending_h = state.pending_tokens = None
+                state.pending_kv = [None] * c.num_suffix_layers
+            elif p == 0 and n - i > b:  # a whole chunk and its next token: forward and inner step in one pass
+                x = self._ttt_step(state, h[:, i : i + b], tokens[:, i + 1 : i + b + 1], state.pos)
+                outs.append(self._logits(x if all_logits else x[:, -1:]))
+                state.pos, i = state.pos + b, i + b
+            else:  # tokens of a chunk whose step must wait: forward with the current fast weights
+                m = min(b - p, n - i)
+                past = [
+                    [kv for kv in (state.kv[n_pre + j], state.pending_kv[j]) if kv is not None]
+                    for j in range(c.num_suffix_layers)
+                ]
+                x, new_kv = self._suffix(h[:, i : i + m], state.pos, state.fast, past, second_order=False)
+                outs.append(self._logits(x if all_logits else x[:, -1:]))
+                state.pending_h = _append(state.pending_h, h[:, i : i + m])
+                state.pending_tokens = _append(state.pending_tokens, tokens[:, i : i + m])
+                state.pending_kv = [
+                    kv if old is None else (_append(old[0], kv[0]), _append(old[1], kv[1]))
+                    for old, kv in zip(state.pending_kv, new_kv)
+                ]
+                state.pos, i = state.pos + m, i + m
+        state.logits = outs[-1][:, -1]
+        return torch.cat(outs, 1) if all_logits else state.logits
+
+    def _ttt_step(self, state: TTTE2EState, h: torch.Tensor, targets: torch.Tensor, pos0: int) -> torch.Tensor:
+        """Suffix forward of one chunk (prefix output h [B, b, d] at positions pos0..) with the state's fast weights,
+        its first-order inner step, and the commit of its keys/values. Returns the suffix output [B, b, d]."""
+        n_pre = self.config.num_prefix_layers
+        past = [[kv] if kv is not None else [] for kv in state.kv[n_pre:]]
+        with torch.enable_grad():
+            fast = tuple(w.detach().requires_grad_() for w in state.fast)
+            x, kvs = self._suffix(h, pos0, fast, past, second_order=False)
+            new_fast = self._inner_step(fast, self._chunk_loss(x, targets), state.inner_lr, create_graph=False)
+        state.fast = tuple(w.detach() for w in new_fast)
+        for j, (k, v) in enumerate(kvs):
+            state.kv[n_pre + j] = self._keep_window(state.kv[n_pre + j], (k.detach(), v.detach()))
+        return x.detach()
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # Official (JAX) parameter layout
+
+    @classmethod
+    def from_official(
+        cls, arrays, config: TTTE2EConfig, *, dtype: torch.dtype = torch.float32, ops: str = "package"
+    ) -> "TTTE2EModel":
+        """A model with the parameters of a flat mapping pytree path -> array in the official layout (docs/model.md).
+        Keys may carry leading path components before ``language_model.model.`` (e.g. ``params.``)."""
+        model = cls(config, ops=ops).to(dtype)
+        official.load(model, arrays)
+        return model
+
+    def to_official(self, grad: bool = False) -> dict:
+        """The parameters (``grad=True``: their current .grad, zeros where None) as a flat mapping
+        ``language_model.model.<path>`` -> numpy array in the official layout ([in, out] weights, stacked layers)."""
+        return official.dump(self, grad)
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator) -> torch.Tensor:
+    """One token per row of logits [B, V]: argmax for temperature 0, else from softmax(logits / temperature)
+    restricted to the smallest set of most likely tokens whose probability reaches top_p."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.double() / temperature, -1)
+    if top_p < 1:
+        p_sorted, idx = probs.sort(-1, descending=True)
+        drop = p_sorted.cumsum(-1) - p_sorted >= top_p  # tokens after the nucleus is complete
+        probs = torch.zeros_like(probs).scatter(-1, idx, p_sorted.masked_fill(drop, 0))
+    return torch.multinomial(probs, 1, generator=gen)[:, 0]

@@ -1,0 +1,113 @@
+"""Fused causal sliding-window attention (FlashAttention layout) with first derivatives.
+
+The native ops (csrc/ops/swa.cpp) are ``torch.ops.ttt_kernels.swa_fwd(q, k, v, window, scale) -> (out, lse)`` and
+``swa_bwd(dout, q, k, v, out, lse, window, scale) -> (dq, dk, dv)``, lse being the logsumexp of each row of scores
+([batch, heads_q, seqlen_q], float32, float64 for float64 inputs). This module registers their fake tensor
+implementations (for torch.compile) and swa_fwd's autograd formula (its backward is swa_bwd). swa_bwd has no
+derivative yet: differentiating it (a gradient of a gradient) raises.
+"""
+
+import math
+
+import torch
+
+import ttt_kernels  # noqa: F401  (loads the native library that defines torch.ops.ttt_kernels)
+
+_ops = torch.ops.ttt_kernels
+
+
+def swa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, *, scale=None) -> torch.Tensor:
+    """Causal sliding-window attention ``softmax(scale * q k^T + mask) v``.
+
+    Args:
+        q: [batch, seqlen_q, heads_q, head_dim] float32, float64, bfloat16 or float16.
+        k, v: [batch, seqlen_k, heads_kv, head_dim], q's dtype and device; seqlen_q <= seqlen_k, heads_q a multiple
+            of heads_kv (query head h reads kv head h // (heads_q // heads_kv)).
+        window: keys per query (>= 1): query i sits at t = i + seqlen_k - seqlen_q and sees the keys t - window + 1
+            .. t (FlashAttention window_size=(window - 1, 0)); window >= seqlen_k is plain causal attention.
+        scale: softmax scale, 1 / sqrt(head_dim) when None.
+
+    Returns out [batch, seqlen_q, heads_q, head_dim] in q's dtype (16-bit inputs are computed in float32 on CPU).
+    Differentiable once in q, k and v.
+    """
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(
+                f"swa_attention: {name} must be a 4-d tensor (batch, seqlen, heads, head_dim), not {shape}"
+            )
+        if t.dtype != q.dtype or t.device != q.device:
+            raise ValueError(
+                f"swa_attention: {name} must have q's dtype and device ({q.dtype}, {q.device}), "
+                f"got ({t.dtype}, {t.device})"
+            )
+    if q.dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+        raise ValueError(f"swa_attention: q must be float32, float64, bfloat16 or float16, got {q.dtype}")
+    if k.shape != v.shape:
+        raise ValueError(f"swa_attention: k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+    (b, sq, hq, d), (bk, sk, hkv, dk) = q.shape, k.shape
+    if bk != b or dk != d or d == 0:
+        raise ValueError(
+            f"swa_attention: k must have q's batch size and (non-zero) head_dim, "
+            f"got q {tuple(q.shape)}, k {tuple(k.shape)}"
+        )
+    if sq > sk:
+        raise ValueError(f"swa_attention: seqlen_q ({sq}) must not exceed seqlen_k ({sk})")
+    if hkv == 0 or hq == 0 or hq % hkv != 0:
+        raise ValueError(f"swa_attention: heads_q ({hq}) must be a positive multiple of heads_kv ({hkv})")
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValueError(f"swa_attention: window must be an int >= 1, got {window!r}")
+    if scale is None:
+        scale = d**-0.5
+    elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValueError(f"swa_attention: scale must be a finite number or None, got {scale!r}")
+    out, _ = _ops.swa_fwd(_inner_contiguous(q), _inner_contiguous(k), _inner_contiguous(v), window, float(scale))
+    return out
+
+
+def _inner_contiguous(t: torch.Tensor) -> torch.Tensor:
+    """t with a contiguous last dimension (the ops accept any other strides)."""
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _lse_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@torch.library.register_fake("ttt_kernels::swa_fwd")
+def _swa_fwd_fake(q, k, v, window, scale):
+    b, sq, hq, _ = q.shape
+    return q.new_empty(q.shape), q.new_empty((b, hq, sq), dtype=_lse_dtype(q.dtype))
+
+
+@torch.library.register_fake("ttt_kernels::swa_bwd")
+def _swa_bwd_fake(dout, q, k, v, out, lse, window, scale):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _swa_fwd_setup_context(ctx, inputs, output):
+    q, k, v, window, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse)
+    ctx.window, ctx.scale = window, scale
+    ctx.mark_non_differentiable(lse)
+
+
+def _swa_fwd_backward(ctx, grad_out, _grad_lse):
+    q, k, v, out, lse = ctx.saved_tensors
+    dq, dk, dv = _ops.swa_bwd(_inner_contiguous(grad_out), q, k, v, out, lse, ctx.window, ctx.scale)
+    return dq, dk, dv, None, None
+
+
+def _swa_bwd_setup_context(ctx, inputs, output):
+    pass
+
+
+def _swa_bwd_backward(ctx, *grads):
+    raise NotImplementedError(
+        "ttt_kernels::swa_bwd: the double backward of swa_attention (gradients of gradients) is not implemented yet"
+    )
+
+
+torch.library.register_autograd("ttt_kernels::swa_fwd", _swa_fwd_backward, setup_context=_swa_fwd_setup_context)
+torch.library.register_autograd("ttt_kernels::swa_bwd", _swa_bwd_backward, setup_context=_swa_bwd_setup_context)

@@ -1,0 +1,626 @@
+"""Dynamic SwiGLU MLP and clipped SGD step (ttt_kernels.ops.swiglu_mlp, clip_sgd_update[_], sgd_gemm_update_).
+
+The CPU path (BLAS GEMMs + fused element-wise kernels) against the pure PyTorch reference in float64; autograd to
+second order (gradcheck, gradgradcheck, and a meta-learning step through a clipped inner update); the clipped update
+against hand-computed values; the CUDA path in the simulator (hand-written kernels simulated, the CUTLASS GEMMs
+replaced by the wrapper's host stand-in) under several schedules; the GEMM wrapper's operand mapping and argument
+checks; opcheck; torch.compile.
+
+Tolerances of 16-bit results follow FlashAttention's tests: the error against the float64 result on the same
+(rounded) inputs must stay within twice the error of eager PyTorch computing the same math in that 16-bit dtype,
+plus one ulp of the dtype relative to the result's magnitude.
+"""
+
+import math
+
+import pytest
+import torch
+from helpers import run_in_simulator
+
+import ttt_kernels
+from ttt_kernels import ops, reference
+
+fwd_op = torch.ops.ttt_kernels.swiglu_mlp_fwd
+bwd_op = torch.ops.ttt_kernels.swiglu_mlp_bwd
+gate_op = torch.ops.ttt_kernels.swiglu_gate_bwd_bwd
+clip_op = torch.ops.ttt_kernels.clip_sgd_update
+clip_inplace_op = torch.ops.ttt_kernels.clip_sgd_update_
+gemm_update_op = torch.ops.ttt_kernels.sgd_gemm_update_
+gemm_op = torch.ops.ttt_kernels._mlp_gemm
+
+ROWS = (1, 7, 1025)
+
+
+def _mlp_inputs(lead, d, m, dtype=torch.float64, weight_dtype=None, device="cpu", seed=0):
+    """x [*lead, d], w1, w3 [m, d], w2 [d, m] (N(0, 1/d) and N(0, 1/m): unit-scale activations), grad_y like x."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(*lead, d, generator=gen, dtype=torch.float64)
+    w1 = torch.randn(m, d, generator=gen, dtype=torch.float64) / math.sqrt(d)
+    w3 = torch.randn(m, d, generator=gen, dtype=torch.float64) / math.sqrt(d)
+    w2 = torch.randn(d, m, generator=gen, dtype=torch.float64) / math.sqrt(m)
+    gy = torch.randn(*lead, d, generator=gen, dtype=torch.float64)
+    wd = weight_dtype or dtype
+    return (x.to(device, dtype), w1.to(device, wd), w3.to(device, wd), w2.to(device, wd), gy.to(device, dtype))
+
+
+def _results(fn, x, w1, w3, w2, gy):
+    """(y, dx, dw1, dw3, dw2) of fn by autograd."""
+    leaves = [t.detach().clone().requires_grad_() for t in (x, w1, w3, w2)]
+    y = fn(*leaves)
+    return (y.detach(), *torch.autograd.grad(y, leaves, gy))
+
+
+def _eager_16bit(x, w1, w3, w2, gy):
+    """The reference's math run by eager PyTorch in x's 16-bit dtype (the weights cast to it)."""
+
+    def fn(x, w1, w3, w2):
+        return torch.nn.functional.silu(x @ w1.to(x.dtype).T) * (x @ w3.to(x.dtype).T) @ w2.to(x.dtype).T
+
+    return _results(fn, x, w1, w3, w2, gy)
+
+
+def _assert_close_to_reference(inputs, got):
+    """got = (y, dx, dw1, dw3, dw2) from `inputs` (x, w1, w3, w2, gy); float64 results tight, others bounded by the
+    error of eager PyTorch in x's dtype."""
+    exact = _results(reference.swiglu_mlp, *(t.detach().cpu().double() for t in inputs))
+    names = ("y", "dx", "dw1", "dw3", "dw2")
+    got = [t.detach().cpu() for t in got]
+    for name, g, inp in zip(names, got, (inputs[0], inputs[0], inputs[1], inputs[2], inputs[3])):
+        assert g.dtype == inp.dtype and g.shape == inp.shape, name
+    if inputs[0].dtype == torch.float64:
+        for name, g, want in zip(names, got, exact):
+            torch.testing.assert_close(g, want, rtol=1e-10, atol=1e-11, msg=name)
+        return
+    if inputs[0].dtype == torch.float32:
+        for name, g, want in zip(names, got, exact):
+            torch.testing.assert_close(g.double(), want, rtol=2e-5, atol=2e-5 * want.abs().max().item(), msg=name)
+        return
+    eager = _eager_16bit(*(t.detach().cpu() for t in inputs))
+    eps = torch.finfo(inputs[0].dtype).eps
+    for name, g, ref, want in zip(names, got, eager, exact):
+        err = (g.double() - want).abs().max().item()
+        ref_err = (ref.double() - want).abs().max().item()
+        assert err <= 2 * ref_err + eps * want.abs().max().item(), f"{name}: error {err:.3e}, eager {ref_err:.3e}"
+
+
+def _op_results(x, w1, w3, w2, gy):
+    y, h = fwd_op(x, w1, w3, w2)
+    return (y, *bwd_op(gy, x, w1, w3, w2, h, None))
+
+
+# ---- CPU ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["native", "blas"])
+def cpu_gemm(request, monkeypatch):
+    """Runs a test with the CPU path's float32 GEMMs on the AVX-512 sgemm (where built) and on BLAS."""
+    monkeypatch.setenv("TTT_KERNELS_CPU_GEMM", request.param)
+    return request.param
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("d, m", [(16, 24), (13, 7), (64, 96)])
+def test_cpu_matches_reference(dtype, d, m, cpu_gemm):
+    for rows in ROWS:
+        inputs = _mlp_inputs((rows,), d, m, dtype, seed=rows + d)
+        _assert_close_to_reference(inputs, _op_results(*inputs))
+
+
+def test_cpu_sgemm_blocking_edges_and_threads(monkeypatch):
+    """The sgemm's k blocks (> 256), partial 6 x 64 tiles, many panels; bitwise equal for any thread count."""
+    monkeypatch.setenv("TTT_KERNELS_CPU_GEMM", "native")
+    gen = torch.Generator().manual_seed(11)
+    for k, m, n in [(300, 13, 4100), (1, 6, 64), (257, 97, 130), (0, 5, 7), (600, 200, 70)]:
+        w = torch.randn(m, n, generator=gen)
+        a, b = torch.randn(k, m, generator=gen), torch.randn(k, n, generator=gen)
+        want = w.double() - 0.3 * (a.double().T @ b.double())
+        threads = torch.get_num_threads()
+        results = []
+        try:
+            for t in (1, 2, 3):
+                torch.set_num_threads(t)
+                got = w.clone()
+                ops.sgd_gemm_update_(got, a, b, torch.tensor(0.3))
+                results.append(got)
+        finally:
+            torch.set_num_threads(threads)
+        torch.testing.assert_close(results[0].double(), want, rtol=1e-5, atol=1e-5 * (1 + want.abs().max().item()))
+        assert all(torch.equal(r, results[0]) for r in results[1:])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("weight_dtype", [None, torch.float32])
+def test_cpu_16bit_and_master_weights(dtype, weight_dtype, cpu_gemm):
+    """16-bit x (computed in float32 on the CPU), with 16-bit or float32 weights; batch dimensions."""
+    inputs = _mlp_inputs((3, 5), 24, 40, dtype, weight_dtype)
+    _assert_close_to_reference(inputs, _results(ops.swiglu_mlp, *inputs))
+
+
+def test_empty_rows_and_layouts():
+    x, w1, w3, w2, _ = _mlp_inputs((0, 4), 16, 8)
+    y, h = fwd_op(x, w1, w3, w2)
+    assert y.shape == (0, 4, 16) and h.shape == (0, 8, 2)
+    dx, dw1, dw3, dw2 = bwd_op(y, x, w1, w3, w2, h, None)
+    assert dx.shape == x.shape and all(torch.equal(g, torch.zeros_like(g)) for g in (dw1, dw3, dw2))
+    # Non-contiguous inputs through the Python API.
+    x, w1, w3, w2, gy = _mlp_inputs((6,), 16, 8)
+    xt = x.T.contiguous().T
+    got = _results(ops.swiglu_mlp, xt, w1.T.contiguous().T, w3, w2, gy)
+    _assert_close_to_reference((x, w1, w3, w2, gy), got)
+
+
+def test_gradcheck_and_gradgradcheck():
+    x, w1, w3, w2, _ = _mlp_inputs((2, 3), 6, 5)
+    args = [t.requires_grad_() for t in (x, w1, w3, w2)]
+    assert torch.autograd.gradcheck(ops.swiglu_mlp, args)
+    assert torch.autograd.gradgradcheck(ops.swiglu_mlp, args)
+
+
+def test_backward_with_grad_h_matches_autograd():
+    """swiglu_mlp_bwd's grad_h input (the gradient reaching h, nonzero in double backward) against autograd."""
+    x, w1, w3, w2, gy = _mlp_inputs((7,), 16, 24)
+    _, h = fwd_op(x, w1, w3, w2)
+    grad_h = torch.randn_like(h)
+    leaves = [t.clone().requires_grad_() for t in (x, w1, w3, w2)]
+    xl, w1l, w3l, w2l = leaves
+    h1, h3 = xl @ w1l.T, xl @ w3l.T
+    y = (torch.nn.functional.silu(h1) * h3) @ w2l.T
+    want = torch.autograd.grad((y * gy).sum() + (h1 * grad_h[..., 0]).sum() + (h3 * grad_h[..., 1]).sum(), leaves)
+    for g, w in zip(bwd_op(gy, x, w1, w3, w2, h, grad_h), want):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+
+
+def _meta_step(mlp, clip, x, w1, w3, w2, gy, lr=0.7, max_norm=0.05):
+    """A TTT-E2E inner step and its outer loss: W1 = W0 - lr clip(dL/dW0), outer = L(W1) on the same x."""
+    w = [w1, w3, w2]
+    inner = (mlp(x, *w) * gy).sum()
+    grads = torch.autograd.grad(inner, w, create_graph=True)
+    new_w = clip(w, list(grads), lr, max_norm)
+    return (mlp(x, *new_w).square()).sum()
+
+
+def test_meta_learning_second_order_matches_reference():
+    """The outer gradient through an inner clipped SGD step (second order in the MLP and through the clip's norm)."""
+    inputs = _mlp_inputs((9,), 16, 24, seed=3)
+
+    def outer_grads(mlp, clip):
+        leaves = [t.clone().requires_grad_() for t in inputs[:4]]
+        return torch.autograd.grad(_meta_step(mlp, clip, *leaves, inputs[4]), leaves)
+
+    got = outer_grads(ops.swiglu_mlp, ops.clip_sgd_update)
+    want = outer_grads(reference.swiglu_mlp, reference.clip_sgd_update)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-11)
+
+
+def test_third_order_raises():
+    x, w1, w3, w2, gy = (t.requires_grad_() for t in _mlp_inputs((3,), 8, 8))
+    grads = torch.autograd.grad((ops.swiglu_mlp(x, w1, w3, w2) * gy).sum(), (x, w1, w3, w2), create_graph=True)
+    second = torch.autograd.grad(sum(g.square().sum() for g in grads), (x, w1), create_graph=True)
+    with pytest.raises(NotImplementedError, match="third order"):
+        torch.autograd.grad(second[0].sum(), x)
+
+
+# ---- clipped SGD ---------------------------------------------------------------------------------------------------
+
+
+def _clip_by_hand(weights, grads, lr, max_norm):
+    norm = math.sqrt(sum(float((g.double() ** 2).sum()) for g in grads))
+    scale = 1.0 if norm < max_norm else max_norm / norm
+    return [w.double() - lr * scale * g.double() for w, g in zip(weights, grads)], norm
+
+
+def _clip_cases():
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(16, 24), (24, 16), (7,), (3, 5, 2), (1,), (0, 4)]
+    many = [torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes]
+    grads = [torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes]
+    norm = math.sqrt(sum(float((g**2).sum()) for g in grads))
+    single_w, single_g = [torch.randn(40, generator=gen, dtype=torch.float64)], [torch.full((40,), 0.25)]
+    exact = [torch.tensor([0.375, 0.5], dtype=torch.float64)]  # norm 0.625, exact in binary
+    return {
+        "below": (many, grads, 0.5, 2 * norm),
+        "above": (many, grads, 0.5, norm / 3),
+        "at": ([torch.ones(2, dtype=torch.float64)], exact, 0.5, 0.625),
+        "zero_grads": (many, [torch.zeros_like(g) for g in grads], 0.5, 1.0),
+        "single": (single_w, [g.double() for g in single_g], 1.0, 1.0),
+        "no_clip": (many, grads, 0.3, math.inf),
+    }
+
+
+@pytest.mark.parametrize("case", list(_clip_cases()))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_clip_sgd_update_matches_hand_computed(case, dtype):
+    weights, grads, lr, max_norm = _clip_cases()[case]
+    weights, grads = [w.to(dtype) for w in weights], [g.to(dtype) for g in grads]
+    want, want_norm = _clip_by_hand(weights, grads, lr, max_norm)
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-6, atol=1e-6)
+    new, norm = clip_op(weights, grads, lr, max_norm)
+    assert norm.dtype == dtype and norm.shape == ()
+    torch.testing.assert_close(norm.double(), torch.tensor(want_norm, dtype=torch.float64), **tol)
+    for got, w in zip(new, want):
+        torch.testing.assert_close(got.double(), w, **tol)
+    for got, w in zip(
+        ops.clip_sgd_update(weights, grads, lr, max_norm), reference.clip_sgd_update(weights, grads, lr, max_norm)
+    ):
+        torch.testing.assert_close(got, w, **tol)
+    inplace = [w.clone() for w in weights]
+    norm2 = ops.clip_sgd_update_(inplace, grads, lr, max_norm)
+    assert torch.equal(norm2, norm)
+    for got, ref in zip(inplace, new):
+        assert torch.equal(got, ref)
+
+
+def test_clip_norm_is_reproducible_across_thread_counts():
+    gen = torch.Generator().manual_seed(1)
+    weights = [torch.randn(300, 700, generator=gen) for _ in range(3)]
+    grads = [torch.randn(300, 700, generator=gen) for _ in range(3)]
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            results.append(clip_op(weights, grads, 0.1, 10.0))
+    finally:
+        torch.set_num_threads(threads)
+    for new, norm in results[1:]:
+        assert torch.equal(norm, results[0][1]) and all(torch.equal(a, b) for a, b in zip(new, results[0][0]))
+
+
+@pytest.mark.parametrize("case", ["below", "above", "zero_grads", "no_clip"])
+def test_clip_gradcheck_and_gradgradcheck(case):
+    gen = torch.Generator().manual_seed(10)
+    weights = [torch.randn(s, generator=gen, dtype=torch.float64) for s in ((3, 4), (5,), (2, 1, 3))]
+    grads = [torch.randn(w.shape, generator=gen, dtype=torch.float64) for w in weights]
+    norm = math.sqrt(sum(float((g**2).sum()) for g in grads))
+    max_norm = {"below": 2 * norm, "above": norm / 3, "zero_grads": 1.0, "no_clip": math.inf}[case]
+    if case == "zero_grads":
+        grads = [torch.zeros_like(g) for g in grads]
+    n = len(weights)
+
+    def fn(*tensors):
+        return ops.clip_sgd_update(list(tensors[:n]), list(tensors[n:]), 0.7, max_norm)
+
+    args = [t.requires_grad_() for t in weights + grads]
+    assert torch.autograd.gradcheck(fn, args)
+    assert torch.autograd.gradgradcheck(fn, args)
+
+
+def test_clip_derivative_at_the_threshold_takes_the_clipped_branch():
+    """At norm == max_norm optax selects g / norm * max_norm: the derivative includes the norm's."""
+    g = torch.tensor([0.375, 0.5], dtype=torch.float64, requires_grad=True)
+    w = torch.ones(2, dtype=torch.float64, requires_grad=True)
+    u = torch.tensor([1.0, -2.0], dtype=torch.float64)
+    (new,) = ops.clip_sgd_update([w], [g], 0.5, 0.625)
+    (grad_g,) = torch.autograd.grad(new, g, u)
+    gd = g.detach()
+    want = -0.5 * (u - (u @ gd) / (gd @ gd) * gd)  # s = 1 at the threshold
+    torch.testing.assert_close(grad_g, want, rtol=1e-12, atol=1e-12)
+
+
+def test_clip_zero_gradients_have_finite_second_derivatives():
+    weights = [torch.randn(4, dtype=torch.float64, requires_grad=True)]
+    grads = [torch.zeros(4, dtype=torch.float64, requires_grad=True)]
+    (new,) = ops.clip_sgd_update(weights, grads, 0.5, 1.0)
+    (dg,) = torch.autograd.grad(new.square().sum(), grads, create_graph=True)
+    (ddg,) = torch.autograd.grad(dg.sum(), grads)
+    assert torch.isfinite(dg).all() and torch.isfinite(ddg).all()
+    torch.testing.assert_close(ddg, torch.full((4,), 0.5, dtype=torch.float64))  # d/dg of -lr * 2 (w - lr g)
+
+
+# ---- sgd_gemm_update_ ----------------------------------------------------------------------------------------------
+
+
+def test_sgd_gemm_update_cpu():
+    gen = torch.Generator().manual_seed(2)
+    w = torch.randn(24, 16, generator=gen)
+    a, b = torch.randn(7, 24, generator=gen), torch.randn(7, 16, generator=gen)
+    want = reference.sgd_gemm_update(w, a, b, 0.25)
+    ops.sgd_gemm_update_(w, a, b, torch.tensor(0.25))
+    torch.testing.assert_close(w, want, rtol=1e-6, atol=1e-6)
+
+
+# ---- op checks, compile, argument errors ----------------------------------------------------------------------------
+
+
+def test_opcheck():
+    x, w1, w3, w2, gy = (t.float().requires_grad_() for t in _mlp_inputs((2, 3), 16, 8))
+    torch.library.opcheck(fwd_op, (x, w1, w3, w2))
+    _, h = fwd_op(x.detach(), w1.detach(), w3.detach(), w2.detach())
+    torch.library.opcheck(bwd_op, (gy, x, w1, w3, w2, h.requires_grad_(), None))
+    torch.library.opcheck(bwd_op, (gy, x, w1, w3, w2, h, torch.randn_like(h).requires_grad_()))
+    hd = h.detach()
+    torch.library.opcheck(gate_op, (hd, torch.randn(6, 8), None, torch.randn(6, 2, 8), torch.randn(6, 8)))
+    weights = [torch.randn(5, 3, requires_grad=True), torch.randn(4, requires_grad=True)]
+    grads = [torch.randn(5, 3, requires_grad=True), torch.randn(4, requires_grad=True)]
+    torch.library.opcheck(clip_op, (weights, grads, 0.5, 1.0))
+    torch.library.opcheck(
+        clip_inplace_op, ([w.detach().clone() for w in weights], [g.detach() for g in grads], 0.5, 1.0)
+    )
+    torch.library.opcheck(
+        gemm_update_op, (torch.randn(8, 16), torch.randn(5, 8), torch.randn(5, 16), torch.tensor(0.5))
+    )
+
+
+def test_torch_compile_fullgraph():
+    class TTTBlock(torch.nn.Module):
+        """A dynamic MLP whose fast weights take one clipped step from given gradients."""
+
+        def __init__(self, d, m):
+            super().__init__()
+            self.w1 = torch.nn.Parameter(torch.randn(m, d) / d**0.5)
+            self.w3 = torch.nn.Parameter(torch.randn(m, d) / d**0.5)
+            self.w2 = torch.nn.Parameter(torch.randn(d, m) / m**0.5)
+
+        def forward(self, x, grads):
+            w = ops.clip_sgd_update([self.w1, self.w3, self.w2], grads, 0.5, 1.0)
+            return x + ops.swiglu_mlp(x, *w)
+
+    torch.manual_seed(0)
+    model = TTTBlock(16, 24)
+    x = torch.randn(2, 9, 16, requires_grad=True)
+    grads = [torch.randn_like(p, requires_grad=True) for p in model.parameters()]
+    leaves = [x, *model.parameters(), *grads]
+    out = torch.compile(model, fullgraph=True)(x, grads)
+    got = (out.detach(), *torch.autograd.grad(out.square().sum(), leaves))
+    w = reference.clip_sgd_update([model.w1, model.w3, model.w2], grads, 0.5, 1.0)
+    out = x + reference.swiglu_mlp(x, *w)
+    want = (out.detach(), *torch.autograd.grad(out.square().sum(), leaves))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_python_api_rejects_bad_arguments():
+    x, w1, w3, w2, _ = _mlp_inputs((4,), 8, 16, torch.float32)
+    bad = [
+        ((x.tolist(), w1, w3, w2), "x must be a tensor"),
+        ((x.int(), w1, w3, w2), "x must be float32"),
+        ((torch.empty(4, 0), w1, w3, w2), "non-empty last dimension"),
+        ((x, w1[:, :7], w3, w2), r"w1 must have shape \(m, 8\)"),
+        ((x, w1, w3[:8], w2), "w3 must have w1's shape"),
+        ((x, w1, w3, w2.T), r"w2 must have shape \(8, 16\)"),
+        ((x, w1.double(), w3.double(), w2.double()), "must share one dtype"),
+        ((x.bfloat16(), w1.half(), w3.half(), w2.half()), "must share one dtype"),
+    ]
+    for args, message in bad:
+        with pytest.raises(ValueError, match=message):
+            ops.swiglu_mlp(*args)
+    weights, grads = [torch.ones(3)], [torch.ones(3)]
+    clip_bad = [
+        ((weights, grads + grads, 1.0, 1.0), "same length"),
+        ((weights, [torch.ones(4)], 1.0, 1.0), "must have the shape"),
+        (([torch.ones(3).bfloat16()], [torch.ones(3).bfloat16()], 1.0, 1.0), "float32 or all float64"),
+        ((weights, [torch.ones(3).double()], 1.0, 1.0), "float32 or all float64"),
+        ((weights, grads, float("nan"), 1.0), "lr must be a finite number"),
+        ((weights, grads, 1.0, 0.0), "max_norm must be a number > 0"),
+        ((weights, grads, 1.0, -1.0), "max_norm must be a number > 0"),
+    ]
+    for args, message in clip_bad:
+        with pytest.raises(ValueError, match=message):
+            ops.clip_sgd_update(*args)
+    with pytest.raises(ValueError, match="must be contiguous"):
+        ops.clip_sgd_update_([torch.ones(3, 2).T], [torch.ones(2, 3)], 1.0, 1.0)
+
+
+def test_ops_reject_bad_arguments():
+    x, w1, w3, w2, gy = _mlp_inputs((4,), 8, 16, torch.float32)
+    _, h = fwd_op(x, w1, w3, w2)
+    for args, message in [
+        ((x, w1, w3, w2.T.contiguous()), r"w2 must have shape \[8, 16\]"),
+        ((x.T, w1[:, :4].contiguous(), w3[:, :4].contiguous(), w2[:4].contiguous()), "x must be contiguous"),
+        ((x.bfloat16(), w1.half(), w3.half(), w2.half()), "the weights must have x's dtype"),
+    ]:
+        with pytest.raises(RuntimeError, match=message):
+            fwd_op(*args)
+    for args, message in [
+        ((gy[:3], x, w1, w3, w2, h, None), "grad_y must have x's shape"),
+        ((gy, x, w1, w3, w2, h[:3], None), r"h must have shape \[4, 16, 2\]"),
+        ((gy, x, w1, w3, w2, h, h.double()), "grad_h must have x's dtype"),
+    ]:
+        with pytest.raises(RuntimeError, match=message):
+            bwd_op(*args)
+    with pytest.raises(RuntimeError, match="max_norm must be > 0"):
+        clip_op([torch.ones(2)], [torch.ones(2)], 1.0, 0.0)
+    with pytest.raises(RuntimeError, match=r"need weight \[M, N\], a \[K, M\], b \[K, N\]"):
+        gemm_update_op(torch.ones(3, 4), torch.ones(2, 4), torch.ones(2, 4), torch.tensor(1.0))
+
+
+# ---- the CUDA path in the simulator ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_simulated_cuda_mlp_matches_reference(dtype):
+    """Forward and backward of the CUDA pipeline: pack_rows and swiglu_bwd simulated, CUTLASS GEMMs by the stand-in."""
+    cases = [((rows,), 16, 24, None) for rows in ROWS] + [((2, 3), 32, 16, torch.float32)]
+    for lead, d, m, weight_dtype in cases:
+        inputs = _mlp_inputs(lead, d, m, dtype, weight_dtype, seed=sum(lead) + d)
+        got = run_in_simulator(lambda inputs=inputs: _op_results(*inputs))
+        _assert_close_to_reference(inputs, got)
+
+
+def test_simulated_cuda_mlp_second_order():
+    """The double backward through the simulated CUDA forward/backward and the simulated gate kernel."""
+    inputs = _mlp_inputs((5,), 16, 8, torch.bfloat16, torch.float32, seed=5)
+
+    def outer():
+        leaves = [t.clone().requires_grad_() for t in inputs[:4]]
+        return torch.autograd.grad(_meta_step(ops.swiglu_mlp, ops.clip_sgd_update, *leaves, inputs[4]), leaves)
+
+    got = run_in_simulator(outer)
+    want = outer()  # the CPU path on the same 16-bit inputs
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.float(), w.float(), rtol=0.05, atol=0.05 * w.abs().max().item())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_simulated_gate_bwd_bwd_kernel(dtype):
+    gen = torch.Generator().manual_seed(4)
+    rows, m = 33, 20
+    args = [
+        torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
+        for shape in ((rows, m, 2), (rows, m), (rows, m, 2), (rows, 2, m), (rows, m))
+    ]
+    for grad_h in (None, args[2]):
+        inputs = (args[0], args[1], grad_h, args[3], args[4])
+        got = run_in_simulator(lambda inputs=inputs: gate_op(*inputs))
+        want = gate_op(*(None if t is None else t.double() for t in inputs))
+        for g, w in zip(got, want):
+            assert g.dtype == dtype
+            tol = 1e-12 if dtype == torch.float64 else (2e-6 if dtype == torch.float32 else 2e-2)
+            torch.testing.assert_close(g.double(), w, rtol=tol, atol=tol * w.abs().max().item())
+
+
+def test_simulated_clip_sgd_update():
+    """Two launches' worth of tensors (16 per launch), grid-stride loops (> 64 * 256 elements), empty tensors."""
+    gen = torch.Generator().manual_seed(6)
+    shapes = [(40000,), (0,)] + [(i + 1, 3) for i in range(17)]
+    weights = [torch.randn(s, generator=gen) for s in shapes]
+    grads = [torch.randn(s, generator=gen) for s in shapes]
+    norm_all = math.sqrt(sum(float((g.double() ** 2).sum()) for g in grads))
+    for max_norm in (2 * norm_all, norm_all / 2):
+        new, norm = run_in_simulator(lambda max_norm=max_norm: clip_op(weights, grads, 0.3, max_norm))
+        want, want_norm = _clip_by_hand(weights, grads, 0.3, max_norm)
+        torch.testing.assert_close(norm.double(), torch.tensor(want_norm, dtype=torch.float64), rtol=1e-6, atol=0)
+        for g, w in zip(new, want):
+            torch.testing.assert_close(g.double(), w, rtol=1e-6, atol=1e-6)
+        inplace = [w.clone() for w in weights]
+        with ttt_kernels.sim.enabled():
+            clip_inplace_op(inplace, grads, 0.3, max_norm)
+        assert all(torch.equal(a, b) for a, b in zip(inplace, new))
+
+
+def test_simulated_cuda_rejects_unsupported_shapes():
+    x, w1, w3, w2, _ = _mlp_inputs((4,), 12, 16, torch.bfloat16)
+    with ttt_kernels.sim.enabled():
+        with pytest.raises(RuntimeError, match="d and m must be multiples of 8 .* got d=12, m=16"):
+            fwd_op(x, w1, w3, w2)
+        x, w1, w3, w2, _ = _mlp_inputs((4,), 16, 16, torch.float32)
+        with pytest.raises(RuntimeError, match="x must be bfloat16 or float16"):
+            fwd_op(x, w1, w3, w2)
+
+
+# ---- the GEMM wrapper (host side: operand mapping, epilogues, argument checks) -------------------------------------
+
+
+def _gemm_operands(layout_a, layout_b, m, n, k, dtype, gen):
+    """A [m, k] and B [k, n] as views with the requested layouts and leading dimensions above their extents."""
+
+    def view(rows, cols, layout):
+        if layout == "row":
+            return torch.randn(rows, cols + 8, generator=gen).to(dtype)[:, :cols]
+        return torch.randn(cols, rows + 8, generator=gen).to(dtype)[:, :rows].T
+
+    return view(m, k, layout_a), view(k, n, layout_b)
+
+
+@pytest.mark.parametrize(
+    "epilogue, layout_a, layout_b",
+    [("store", "row", "col"), ("store", "row", "row"), ("swiglu", "row", "col"), ("accumulate", "col", "row")],
+)
+def test_gemm_wrapper_in_simulator(epilogue, layout_a, layout_b):
+    gen = torch.Generator().manual_seed(7)
+    m, n, k = 24, 16, 40
+    a, b = _gemm_operands(layout_a, layout_b, m, n, k, torch.bfloat16, gen)
+    exact = a.double() @ b.double()
+    if epilogue == "accumulate":
+        c = torch.randn(m, n + 4, generator=gen)[:, :n]
+        d, scale = c.clone(), torch.tensor([0.5])
+        run_in_simulator(lambda: gemm_op(a, b, d, c, None, epilogue, -2.0, 1.0, scale), schedules=("in_order",))
+        torch.testing.assert_close(d.double(), c.double() - exact, rtol=1e-5, atol=1e-4)
+        return
+    d = torch.empty(m, n + 8, dtype=torch.bfloat16)[:, :n]
+    t = torch.empty(m, n // 2 + 4, dtype=torch.bfloat16)[:, : n // 2] if epilogue == "swiglu" else None
+    with ttt_kernels.sim.enabled():
+        gemm_op(a, b, d, None, t, epilogue, 1.0, 0.0, None)
+    torch.testing.assert_close(d.double(), exact.bfloat16().double(), rtol=0.01, atol=0.01)
+    if t is not None:
+        h1, h3 = exact[:, 0::2], exact[:, 1::2]
+        torch.testing.assert_close(t.double(), torch.nn.functional.silu(h1) * h3, rtol=0.02, atol=0.02)
+
+
+def test_gemm_wrapper_rejects_bad_operands():
+    gen = torch.Generator().manual_seed(8)
+    a, b = _gemm_operands("row", "col", 8, 16, 16, torch.bfloat16, gen)
+    d = torch.empty(8, 16, dtype=torch.bfloat16)
+    misaligned = torch.zeros(129, dtype=torch.bfloat16)[1:].view(8, 16)
+    # check_mlp_gemm's std::invalid_argument arrives as ValueError; the glue's TORCH_CHECKs as RuntimeError.
+    cases = [
+        ((a, b, d, None, None, "accumulate"), ValueError, "unsupported operand layouts: A row-major, B column-major"),
+        ((a[:, :12], b[:12], d, None, None, "store"), ValueError, "contiguous extent 12 must be a multiple of 8"),
+        ((misaligned, b, d, None, None, "store"), ValueError, "base address must be 16-byte aligned"),
+        ((a, b, d, None, None, "swiglu"), ValueError, "T .* null pointer"),
+        ((a, b, d, None, None, "fused"), RuntimeError, "epilogue must be 'store'"),
+        ((a.float(), b.float(), d, None, None, "store"), RuntimeError, "bfloat16 or float16"),
+    ]
+    with ttt_kernels.sim.enabled():
+        for args, error, message in cases:
+            with pytest.raises(error, match=message):
+                gemm_op(*args, 1.0, 0.0, None)
+    with pytest.raises(RuntimeError, match="inside ttt_kernels.sim.enabled"):
+        gemm_op(a, b, d, None, None, "store", 1.0, 0.0, None)
+
+
+def test_simulated_sgd_gemm_update():
+    gen = torch.Generator().manual_seed(9)
+    w = torch.randn(24, 16, generator=gen)
+    a, b = (torch.randn(7, n, generator=gen).bfloat16() for n in (24, 16))
+    want = reference.sgd_gemm_update(w, a, b, 0.25)
+    with ttt_kernels.sim.enabled():
+        ops.sgd_gemm_update_(w, a, b, torch.tensor(0.25))
+    torch.testing.assert_close(w, want, rtol=1e-5, atol=1e-5)
+
+
+# ---- CUDA -----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not ttt_kernels.build_info()["cuda_dispatch"], reason="built without CUDA dispatch")
+def test_cuda_dispatch_is_registered():
+    for op in (
+        "swiglu_mlp_fwd",
+        "swiglu_mlp_bwd",
+        "swiglu_gate_bwd_bwd",
+        "clip_sgd_update",
+        "clip_sgd_update_",
+        "sgd_gemm_update_",
+        "_mlp_gemm",
+    ):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"ttt_kernels::{op}", "CUDA"), op
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gpu_mlp_matches_reference(dtype):
+    for lead, d, m, weight_dtype in [((1,), 16, 24, None), ((1025,), 768, 1664, torch.float32), ((3, 7), 64, 96, None)]:
+        inputs = _mlp_inputs(lead, d, m, dtype, weight_dtype, device="cuda")
+        first = _op_results(*inputs)
+        _assert_close_to_reference(inputs, first)
+        assert all(torch.equal(a, b) for a, b in zip(first, _op_results(*inputs))), "deterministic"
+
+
+@pytest.mark.gpu
+def test_gpu_wrapper_clip_and_second_order():
+    gen = torch.Generator().manual_seed(7)
+    for epilogue, la, lb in [("store", "row", "col"), ("store", "row", "row"), ("swiglu", "row", "col")]:
+        a, b = (t.cuda() for t in _gemm_operands(la, lb, 130, 264, 72, torch.bfloat16, gen))
+        d = torch.empty(130, 264, dtype=torch.bfloat16, device="cuda")
+        t = torch.empty(130, 132, dtype=torch.bfloat16, device="cuda") if epilogue == "swiglu" else None
+        gemm_op(a, b, d, None, t, epilogue, 1.0, 0.0, None)
+        exact = a.double() @ b.double()
+        torch.testing.assert_close(d.double(), exact, rtol=0.01, atol=0.05)
+        if t is not None:
+            torch.testing.assert_close(
+                t.double(), torch.nn.functional.silu(exact[:, 0::2]) * exact[:, 1::2], rtol=0.02, atol=0.05
+            )
+    w = torch.randn(64, 48, device="cuda")
+    a, b = torch.randn(33, 64, device="cuda").bfloat16(), torch.randn(33, 48, device="cuda").bfloat16()
+    want = reference.sgd_gemm_update(w, a, b, 0.25)
+    ops.sgd_gemm_update_(w, a, b, torch.tensor(0.25, device="cuda"))
+    torch.testing.assert_close(w, want, rtol=1e-4, atol=1e-4)
+    weights, grads, lr, max_norm = _clip_cases()["above"]
+    new = ops.clip_sgd_update([w.cuda() for w in weights], [g.cuda() for g in grads], lr, max_norm)
+    for g, w in zip(new, reference.clip_sgd_update(weights, grads, lr, max_norm)):
+        torch.testing.assert_close(g.cpu(), w)
+    inputs = _mlp_inputs((5,), 16, 8, torch.bfloat16, torch.float32, device="cuda")
+    leaves = [t.requires_grad_() for t in inputs[:4]]
+    loss = _meta_step(ops.swiglu_mlp, ops.clip_sgd_update, *leaves, inputs[4])
+    assert all(torch.isfinite(g).all() for g in torch.autograd.grad(loss, leaves))
