@@ -35,6 +35,7 @@
 #include <utility>
 #include <vector>
 
+#include "common.h"
 #include "ttt_kernels/mlp.h"
 
 #if defined(TTT_KERNELS_WITH_SIM)
@@ -59,20 +60,8 @@ bool sim_enabled() {
 #endif
 }
 
-DType to_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat:
-      return DType::kFloat32;
-    case at::kDouble:
-      return DType::kFloat64;
-    case at::kBFloat16:
-      return DType::kBFloat16;
-    case at::kHalf:
-      return DType::kFloat16;
-    default:
-      TORCH_CHECK(false, "ttt_kernels: unsupported dtype ", t);
-  }
-}
+// Dtypes reaching the kernels were checked against the op's schema rules already.
+DType to_dtype(at::ScalarType t) { return ops::to_dtype("mlp", "tensor", t); }
 
 bool is_float(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf;

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <tuple>
 
+#include "common.h"
 #include "ttt_kernels/rms_norm.h"
 
 #if defined(TTT_KERNELS_WITH_SIM)
@@ -26,30 +27,15 @@
 namespace ttt {
 namespace {
 
-at::ScalarType rstd_dtype(const at::Tensor& x) {
-  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
+using ops::to_dtype;
 
-DType to_dtype(const char* op, at::ScalarType t) {
-  switch (t) {
-    case at::kFloat:
-      return DType::kFloat32;
-    case at::kDouble:
-      return DType::kFloat64;
-    case at::kBFloat16:
-      return DType::kBFloat16;
-    case at::kHalf:
-      return DType::kFloat16;
-    default:
-      TORCH_CHECK(false, op, ": x must be float32, float64, bfloat16 or float16, got ", t);
-  }
-}
+at::ScalarType rstd_dtype(const at::Tensor& x) { return ops::stats_dtype(x.scalar_type()); }
 
 // The checks of x and weight shared by both ops; `op` names the op in the messages.
 void check_inputs(const char* op, const at::Tensor& x, const at::Tensor& weight) {
   TORCH_CHECK(x.dim() >= 1, op, ": x must have at least 1 dimension, got a 0-d tensor");
   TORCH_CHECK(x.size(-1) > 0, op, ": x must have a non-empty last dimension, got shape ", x.sizes());
-  to_dtype(op, x.scalar_type());
+  to_dtype(op, "x", x.scalar_type());
   TORCH_CHECK(x.is_contiguous(), op, ": x must be contiguous, got strides ", x.strides(), " for shape ", x.sizes());
   TORCH_CHECK(weight.dim() == 1 && weight.size(0) == x.size(-1), op, ": weight must have shape [", x.size(-1),
               "] (the last dimension of x), got ", weight.sizes());
@@ -88,7 +74,7 @@ void set_params(RmsNormParams& params, const at::Tensor& x, const at::Tensor& we
   params.rstd = rstd.data_ptr();
   params.dim = x.size(-1);
   params.rows = x.numel() / params.dim;
-  params.dtype = to_dtype("rms_norm", x.scalar_type());
+  params.dtype = to_dtype("rms_norm", "x", x.scalar_type());
 }
 
 // Checks the arguments, allocates out and rstd, fills the params and runs launch(params) (a backend's kernel).

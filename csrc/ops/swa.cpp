@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <tuple>
 
+#include "common.h"
 #include "ttt_kernels/swa.h"
 
 #if defined(TTT_KERNELS_WITH_SIM)
@@ -32,22 +33,7 @@
 namespace ttt {
 namespace {
 
-DType to_dtype(const char* op, at::ScalarType t) {
-  switch (t) {
-    case at::kFloat:
-      return DType::kFloat32;
-    case at::kDouble:
-      return DType::kFloat64;
-    case at::kBFloat16:
-      return DType::kBFloat16;
-    case at::kHalf:
-      return DType::kFloat16;
-    default:
-      TORCH_CHECK(false, op, ": q must be float32, float64, bfloat16 or float16, got ", t);
-  }
-}
-
-at::ScalarType lse_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+using ops::to_dtype;
 
 // t has q's dtype and device and a contiguous last dimension.
 void check_like_q(const char* op, const char* name, const at::Tensor& t, const at::Tensor& q) {
@@ -64,7 +50,7 @@ void check_inputs(const char* op, const at::Tensor& q, const at::Tensor& k, cons
               q.sizes());
   TORCH_CHECK(k.dim() == 4, op, ": k must have 4 dimensions (batch, seqlen_k, heads_kv, head_dim), got shape ",
               k.sizes());
-  to_dtype(op, q.scalar_type());
+  to_dtype(op, "q", q.scalar_type());
   check_like_q(op, "q", q, q);
   check_like_q(op, "k", k, q);
   check_like_q(op, "v", v, q);
@@ -93,7 +79,8 @@ void check_bwd_inputs(const at::Tensor& dout, const at::Tensor& q, const at::Ten
   const at::IntArrayRef lse_shape(lse_sizes);
   TORCH_CHECK(lse.sizes() == lse_shape, op, ": lse must have shape ", lse_shape, " (batch, heads_q, seqlen_q), got ",
               lse.sizes());
-  TORCH_CHECK(lse.scalar_type() == lse_dtype(q.scalar_type()), op, ": lse must be ", lse_dtype(q.scalar_type()),
+  const at::ScalarType lse_dtype = ops::stats_dtype(q.scalar_type());
+  TORCH_CHECK(lse.scalar_type() == lse_dtype, op, ": lse must be ", lse_dtype,
               " for ", q.scalar_type(), " inputs, got ", lse.scalar_type());
   TORCH_CHECK(lse.device() == q.device(), op, ": lse must be on q's device ", q.device(), ", got ", lse.device());
   TORCH_CHECK(lse.is_contiguous(), op, ": lse must be contiguous, got strides ", lse.strides());
@@ -127,7 +114,7 @@ void set_params(SwaParams& p, const at::Tensor& q, const at::Tensor& k, const at
   p.head_dim = q.size(3);
   p.window = window;
   p.scale = scale;
-  p.dtype = to_dtype("swa", q.scalar_type());
+  p.dtype = to_dtype("swa", "q", q.scalar_type());
 }
 
 // The backward's own tensors; workspaces (softmax_d, dq_accum) are the backend's.
@@ -174,7 +161,8 @@ std::tuple<at::Tensor, at::Tensor> swa_fwd_device(const at::Tensor& q_in, const 
   const at::Tensor k = with_aligned_rows(k_in);
   const at::Tensor v = with_aligned_rows(v_in);
   at::Tensor out = at::empty(q.sizes(), q.options());
-  at::Tensor lse = at::empty({q.size(0), q.size(2), q.size(1)}, q.options().dtype(lse_dtype(q.scalar_type())));
+  at::Tensor lse =
+      at::empty({q.size(0), q.size(2), q.size(1)}, q.options().dtype(ops::stats_dtype(q.scalar_type())));
   SwaParams params;
   set_params(params, q, k, v, out, lse, window, scale);
   launch(params);
@@ -228,7 +216,7 @@ std::tuple<at::Tensor, at::Tensor> swa_fwd_cpu(const at::Tensor& q, const at::Te
   }
   at::Tensor out = at::empty(q.sizes(), q.options());
   at::Tensor lse =
-      at::empty({q.size(0), q.size(2), q.size(1)}, q.options().dtype(lse_dtype(q.scalar_type())));
+      at::empty({q.size(0), q.size(2), q.size(1)}, q.options().dtype(ops::stats_dtype(q.scalar_type())));
   SwaParams params;
   set_params(params, q, k, v, out, lse, window, scale);
   cpu::swa_fwd(params);

@@ -1,0 +1,31 @@
+// Helpers shared by the torch glue of every op (csrc/ops/*.cpp).
+#pragma once
+
+#include <c10/core/ScalarType.h>
+#include <c10/util/Exception.h>
+
+#include "ttt_kernels/dtype.h"
+
+namespace ttt::ops {
+
+// The kernels' DType of a float32 / float64 / bfloat16 / float16 tensor; any other dtype fails with
+// "<op>: <arg> must be float32, float64, bfloat16 or float16, got <dtype>".
+inline DType to_dtype(const char* op, const char* arg, at::ScalarType t) {
+  switch (t) {
+    case at::kFloat:
+      return DType::kFloat32;
+    case at::kDouble:
+      return DType::kFloat64;
+    case at::kBFloat16:
+      return DType::kBFloat16;
+    case at::kHalf:
+      return DType::kFloat16;
+    default:
+      TORCH_CHECK(false, op, ": ", arg, " must be float32, float64, bfloat16 or float16, got ", t);
+  }
+}
+
+// Per-row statistics (RMSNorm's rstd, attention's lse) are float64 for float64 inputs and float32 otherwise.
+inline at::ScalarType stats_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+}  // namespace ttt::ops
