@@ -21,284 +21,12 @@
 // and the chunking depends only on the sizes: results are bitwise reproducible for any number of threads.
 #include "ttt_kernels/swa.h"
 
-#include <ATen/Parallel.h>
-
-#include <algorithm>
-#include <atomic>
-#include <cmath>
-#include <cstring>
-#include <limits>
-#include <memory>
-#include <new>
-#include <stdexcept>
-#include <string>
-#include <vector>
+#include "swa_tiles.h"
 
 namespace ttt::cpu {
 namespace {
 
-// Positions per tile (queries and keys). Divisible by every micro-kernel's row count.
-constexpr int64_t kTile = 48;
-// Accumulator registers of a micro-kernel (of AVX-512's 32; the others hold operands).
-constexpr int kAccRegs = 24;
-// The backward chunks the keys so that batch * heads_kv * chunks reaches about this many tasks.
-constexpr int64_t kBwdTargetTasks = 32;
-
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-// ---------------------------------------------------------------------------------------------------------------
-// 64-byte vectors
-// ---------------------------------------------------------------------------------------------------------------
-template <typename T>
-struct VecOf;
-template <>
-struct VecOf<float> {
-  typedef float type __attribute__((vector_size(64)));
-};
-template <>
-struct VecOf<double> {
-  typedef double type __attribute__((vector_size(64)));
-};
-template <typename T>
-using Vec = typename VecOf<T>::type;
-typedef int32_t VecI32 __attribute__((vector_size(64)));
-// Without AVX-512 GCC notes that 64-byte vector arguments change the calling convention: irrelevant for functions
-// of this file's anonymous namespace (no other translation unit calls them).
-#pragma GCC diagnostic ignored "-Wpsabi"
-
-template <typename T>
-constexpr int kLanes = 64 / sizeof(T);
-// Vectors per row of a score tile.
-template <typename T>
-constexpr int kTileVecs = kTile / kLanes<T>;
-
-template <typename T>
-inline Vec<T> load(const T* p) {
-  Vec<T> v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-template <typename T>
-inline void store(T* p, const Vec<T>& v) {
-  std::memcpy(p, &v, sizeof v);
-}
-template <typename T>
-inline Vec<T> splat(T s) {
-  return s - Vec<T>{};
-}
-// Lane-wise max; NaN in b propagates.
-template <typename V>
-inline V vmax(const V& a, const V& b) {
-  return a > b ? a : b;
-}
-template <typename T>
-constexpr T kNegInf = -std::numeric_limits<T>::infinity();
-
-// exp lane-wise, 0 below float's smallest normal (masked scores are -inf). 2^n * p(r) with n = round(x / ln 2),
-// r = x - n ln 2 in [-ln2 / 2, ln2 / 2] (ln 2 in two parts, Cephes) and p the degree-7 Taylor polynomial (relative
-// error < 1e-7, about 1 ulp).
-inline Vec<float> vexp(const Vec<float>& x) {
-  const Vec<float> lo = splat(-87.33f);
-  const Vec<float> hi = splat(88.0f);
-  Vec<float> xc = x < lo ? lo : x;  // NaN stays NaN
-  xc = xc > hi ? hi : xc;
-  const Vec<float> n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // + 1.5 * 2^23: round to nearest
-  const Vec<float> r = (xc - n * 0.693359375f) + n * 2.12194440e-4f;
-  Vec<float> poly = splat(1.0f / 5040.0f);
-  for (const float c : {1.0f / 720.0f, 1.0f / 120.0f, 1.0f / 24.0f, 1.0f / 6.0f, 0.5f, 1.0f, 1.0f}) {
-    poly = poly * r + c;
-  }
-  const VecI32 bits = (__builtin_convertvector(n, VecI32) + 127) << 23;
-  Vec<float> pow2n;
-  std::memcpy(&pow2n, &bits, sizeof pow2n);
-  return x < lo ? Vec<float>{} : poly * pow2n;
-}
-
-// float64 runs the tests (gradcheck): exact libm exp, speed secondary.
-inline Vec<double> vexp(const Vec<double>& x) {
-  Vec<double> y;
-  for (int i = 0; i < kLanes<double>; ++i) y[i] = std::exp(x[i]);
-  return y;
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// Micro-kernels
-// ---------------------------------------------------------------------------------------------------------------
-
-// c[r][0:kTile] = sum_d a[r][d] * b[d][0:kTile] for MR rows of a (row stride lda), b a packed [depth, kTile] panel,
-// c rows of stride kTile (a score tile).
-template <typename T, int MR>
-inline void dot_rows_block(const T* __restrict__ a, int64_t lda, const T* __restrict__ b, int64_t depth,
-                           T* __restrict__ c) {
-  constexpr int NV = kTileVecs<T>;
-  constexpr int L = kLanes<T>;
-  Vec<T> acc[MR][NV];
-#pragma GCC unroll 16
-  for (int r = 0; r < MR; ++r) {
-#pragma GCC unroll 16
-    for (int v = 0; v < NV; ++v) acc[r][v] = Vec<T>{};
-  }
-  for (int64_t d = 0; d < depth; ++d) {
-    Vec<T> bv[NV];
-#pragma GCC unroll 16
-    for (int v = 0; v < NV; ++v) bv[v] = load(b + d * kTile + v * L);
-#pragma GCC unroll 16
-    for (int r = 0; r < MR; ++r) {
-      const Vec<T> s = splat(a[r * lda + d]);
-#pragma GCC unroll 16
-      for (int v = 0; v < NV; ++v) acc[r][v] += s * bv[v];
-    }
-  }
-#pragma GCC unroll 16
-  for (int r = 0; r < MR; ++r) {
-#pragma GCC unroll 16
-    for (int v = 0; v < NV; ++v) store(c + r * kTile + v * L, acc[r][v]);
-  }
-}
-
-// Score rows: c[r][:] = a[r][:] . b for r < rows (a: rows of k or v in place; b: a transposed query tile).
-template <typename T>
-void dot_rows(const T* a, int64_t lda, int64_t rows, const T* b, int64_t depth, T* c) {
-  constexpr int MR = kAccRegs / kTileVecs<T>;
-  int64_t r = 0;
-  for (; r + MR <= rows; r += MR) dot_rows_block<T, MR>(a + r * lda, lda, b, depth, c + r * kTile);
-  for (; r < rows; ++r) dot_rows_block<T, 1>(a + r * lda, lda, b, depth, c + r * kTile);
-}
-
-// c[m][0:NV*lanes] += sum_k A(m, k) * b[k][0:NV*lanes] for m < MR, k < depth, with A(m, k) = a[m * SM + k * SK]:
-// a score tile read as it is (SM = kTile, SK = 1) or transposed (SM = 1, SK = kTile).
-template <typename T, int SM, int SK, int MR, int NV>
-inline void acc_block(const T* __restrict__ a, const T* __restrict__ b, int64_t ldb, int64_t depth,
-                      T* __restrict__ c, int64_t ldc) {
-  constexpr int L = kLanes<T>;
-  Vec<T> acc[MR][NV];
-#pragma GCC unroll 16
-  for (int m = 0; m < MR; ++m) {
-#pragma GCC unroll 16
-    for (int v = 0; v < NV; ++v) acc[m][v] = load(c + m * ldc + v * L);
-  }
-  for (int64_t k = 0; k < depth; ++k) {
-    Vec<T> bv[NV];
-#pragma GCC unroll 16
-    for (int v = 0; v < NV; ++v) bv[v] = load(b + k * ldb + v * L);
-#pragma GCC unroll 16
-    for (int m = 0; m < MR; ++m) {
-      const Vec<T> s = splat(a[m * SM + k * SK]);
-#pragma GCC unroll 16
-      for (int v = 0; v < NV; ++v) acc[m][v] += s * bv[v];
-    }
-  }
-#pragma GCC unroll 16
-  for (int m = 0; m < MR; ++m) {
-#pragma GCC unroll 16
-    for (int v = 0; v < NV; ++v) store(c + m * ldc + v * L, acc[m][v]);
-  }
-}
-
-// One column panel of NV vectors, all rows: MR * NV accumulators, NV b vectors and a broadcast stay in registers.
-template <typename T, int SM, int SK, int NV>
-void acc_panel(const T* a, int64_t rows, int64_t depth, const T* b, int64_t ldb, T* c, int64_t ldc) {
-  constexpr int MR = std::min(12, kAccRegs / NV);
-  int64_t m = 0;
-  for (; m + MR <= rows; m += MR) acc_block<T, SM, SK, MR, NV>(a + m * SM, b, ldb, depth, c + m * ldc, ldc);
-  for (; m < rows; ++m) acc_block<T, SM, SK, 1, NV>(a + m * SM, b, ldb, depth, c + m * ldc, ldc);
-}
-
-// Widest column panel, in vectors. Wider panels would keep fewer rows per micro-kernel or reload b from memory.
-constexpr int kMaxPanelVecs = 5;
-
-// A column panel of nv <= NV vectors.
-template <typename T, int SM, int SK, int NV = kMaxPanelVecs>
-void acc_panel_of(int nv, const T* a, int64_t rows, int64_t depth, const T* b, int64_t ldb, T* c, int64_t ldc) {
-  if constexpr (NV >= 1) {
-    if (nv == NV) return acc_panel<T, SM, SK, NV>(a, rows, depth, b, ldb, c, ldc);
-    acc_panel_of<T, SM, SK, NV - 1>(nv, a, rows, depth, b, ldb, c, ldc);
-  }
-}
-
-// c[rows, cols] += A[rows, depth] * b[depth, cols] (A as in acc_block; b rows of stride ldb, c rows of stride ldc):
-// panels of 4 vectors while more than kMaxPanelVecs remain, one panel of the rest, then the last cols % lanes
-// columns in scalar code.
-template <typename T, int SM, int SK>
-void acc_rows(const T* a, int64_t rows, int64_t depth, const T* b, int64_t ldb, int64_t cols, T* c, int64_t ldc) {
-  constexpr int L = kLanes<T>;
-  int64_t col = 0;
-  for (; cols - col > kMaxPanelVecs * L; col += 4 * L) {
-    acc_panel<T, SM, SK, 4>(a, rows, depth, b + col, ldb, c + col, ldc);
-  }
-  const int nv = static_cast<int>((cols - col) / L);
-  acc_panel_of<T, SM, SK>(nv, a, rows, depth, b + col, ldb, c + col, ldc);
-  col += nv * L;
-  for (int64_t m = 0; m < rows; ++m) {
-    for (int64_t k = 0; k < depth; ++k) {
-      const T s = a[m * SM + k * SK];
-      for (int64_t j = col; j < cols; ++j) c[m * ldc + j] += s * b[k * ldb + j];
-    }
-  }
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// Tiles
-// ---------------------------------------------------------------------------------------------------------------
-
-// The tile grid (see the top of the file). Positions are absolute key positions; query i is at i + off.
-struct Geometry {
-  int64_t seqlen_k, off, window, ntiles, shift, first_query_tile;
-
-  explicit Geometry(const SwaParams& p)
-      : seqlen_k(p.seqlen_k),
-        off(p.seqlen_k - p.seqlen_q),
-        window(std::min(p.window, p.seqlen_k)),
-        ntiles(ceil_div(p.seqlen_k, kTile)),
-        shift(ntiles * kTile - p.seqlen_k),
-        first_query_tile(tile_of(off)) {}
-
-  int64_t start(int64_t n) const { return n * kTile - shift; }
-  int64_t tile_of(int64_t pos) const { return (pos + shift) / kTile; }
-  // First valid row of tile n: positions below 0 (keys) or below off (queries) do not exist.
-  int64_t key_lo(int64_t n) const { return std::max<int64_t>(0, -start(n)); }
-  int64_t query_lo(int64_t n) const { return std::max<int64_t>(0, off - start(n)); }
-  // Key tiles seen by query tile n: first_key_tile(n) .. n.
-  int64_t first_key_tile(int64_t n) const { return tile_of(std::max<int64_t>(0, start(n) + query_lo(n) - window + 1)); }
-  // Query tiles that see key tile kt: max(kt, first_query_tile) .. last_query_tile(kt).
-  int64_t last_query_tile(int64_t kt) const {
-    return tile_of(std::min(seqlen_k - 1, start(kt) + kTile - 1 + window - 1));
-  }
-  // First row of key tile kt that some query of tile n sees: the rows below do not exist or lie before every
-  // query's window (in the window-edge tile).
-  int64_t key_row_lo(int64_t kt, int64_t n) const {
-    return std::max(key_lo(kt), start(n) + query_lo(n) - window + 1 - start(kt));
-  }
-  // Whether some (key row >= key_row_lo, valid query) pair of key tile kt x query tile n lies outside the window.
-  bool needs_mask(int64_t kt, int64_t n) const {
-    const int64_t j0 = start(kt), t0 = start(n);
-    return j0 + kTile - 1 > t0 + query_lo(n) || j0 + key_row_lo(kt, n) <= t0 + kTile - 1 - window;
-  }
-};
-
-// Sets the scores of key rows [row_lo, kTile) of a tile that lie outside their query's window to -inf: key
-// j = j0 + jj is visible from the query at t = t0 + ii iff t - window < j <= t, i.e. j - t0 <= ii < j - t0 + window.
-template <typename T>
-void mask_tile(T* s, int64_t row_lo, int64_t j0, int64_t t0, int64_t window) {
-  for (int64_t jj = row_lo; jj < kTile; ++jj) {
-    T* row = s + jj * kTile;
-    const int64_t first = std::clamp<int64_t>(j0 + jj - t0, 0, kTile);
-    const int64_t end = std::clamp<int64_t>(j0 + jj - t0 + window, 0, kTile);
-    std::fill(row, row + first, kNegInf<T>);
-    std::fill(row + end, row + kTile, kNegInf<T>);
-  }
-}
-
-// dst[d][ii] = mul * src[ii - col_lo][d] for col_lo <= ii < kTile and 0 for ii < col_lo: a query-tile slice of
-// q or dout (rows of stride ld from the tile's first valid row) packed into a transposed [depth, kTile] panel.
-template <typename T>
-void pack_transposed(const T* src, int64_t ld, int64_t col_lo, int64_t depth, T mul, T* dst) {
-  for (int64_t d = 0; d < depth; ++d) std::fill_n(dst + d * kTile, col_lo, T(0));
-  for (int64_t ii = col_lo; ii < kTile; ++ii) {
-    const T* row = src + (ii - col_lo) * ld;
-    for (int64_t d = 0; d < depth; ++d) dst[d * kTile + ii] = mul * row[d];
-  }
-}
+using namespace swa_tiles;
 
 // Online softmax step over key rows [row_lo, kTile) of a score tile, in place: s <- exp(s - m_new), with the
 // running max m, sum l and rescale factor alpha = exp(m_old - m_new) of each query.
@@ -323,41 +51,6 @@ void online_softmax(T* s, int64_t row_lo, T* m, T* l, T* alpha) {
     store(l + v * L, load(l + v * L) * a + sum);
     store(m + v * L, m_new);
   }
-}
-
-template <typename T>
-struct AlignedDelete {
-  void operator()(T* p) const { ::operator delete[](p, std::align_val_t{64}); }
-};
-template <typename T>
-using Buffer = std::unique_ptr<T[], AlignedDelete<T>>;
-template <typename T>
-Buffer<T> alloc(int64_t n) {
-  return Buffer<T>(static_cast<T*>(::operator new[](std::max<int64_t>(n, 1) * sizeof(T), std::align_val_t{64})));
-}
-
-// Runs body(task, scratch) for every task in [0, tasks) on all threads, each with its own scratch = make(). Tasks
-// are handed out one at a time (their costs differ: tiles near the sequence start see fewer keys); each writes
-// disjoint outputs, so results do not depend on which thread runs which task.
-template <typename Make, typename Body>
-void for_each_task(int64_t tasks, const Make& make, const Body& body) {
-  std::atomic<int64_t> next{0};
-  at::parallel_for(0, std::min<int64_t>(tasks, at::get_num_threads()), 1, [&](int64_t, int64_t) {
-    auto scratch = make();
-    for (int64_t task = next++; task < tasks; task = next++) body(task, scratch);
-  });
-}
-
-// Typed views of a head's rows: element (row, d) of head h in batch b at base + b * batch + h * head + row * row_s.
-template <typename T>
-struct Rows {
-  T* base;
-  int64_t batch, row, head;
-  T* at(int64_t b, int64_t h, int64_t r) const { return base + b * batch + h * head + r * row; }
-};
-template <typename T>
-Rows<T> rows_of(const void* ptr, int64_t batch, int64_t row, int64_t head) {
-  return Rows<T>{static_cast<T*>(const_cast<void*>(ptr)), batch, row, head};
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -423,189 +116,70 @@ void fwd(const SwaParams& p) {
 // Backward
 // ---------------------------------------------------------------------------------------------------------------
 
-// Key chunks of the backward: each (batch, kv head) splits its key tiles into `count` chunks of `tiles` tiles.
-// Chunk c contributes to the dq of query tiles query_begin(c) .. query_end(c) - 1: it writes its own tiles (those
-// below end_tile(c)) straight into dq, and a [kTile, head_dim] partial per later ("spill") tile and query head into
-// dq_accum, which the last pass adds to dq in chunk order. Between window / 4 and window keys per chunk bounds
-// dq_accum by 4x the size of dq (1x to 1.5x for the usual sizes); fewer than window keys only when batch * heads_kv
-// alone gives too few tasks.
-struct BwdChunks {
-  const Geometry& g;
-  int64_t tiles, count;
-  std::vector<int64_t> spill_begin;  // [count + 1]: chunk c's spill tiles are spill_begin[c] .. spill_begin[c + 1] - 1
-
-  BwdChunks(const SwaParams& p, const Geometry& geometry) : g(geometry) {
-    const int64_t window_tiles = ceil_div(g.window, kTile);
-    const int64_t target = ceil_div(kBwdTargetTasks, p.batch * p.heads_kv);
-    tiles = std::clamp(ceil_div(g.ntiles, target), ceil_div(window_tiles, 4), window_tiles);
-    count = ceil_div(g.ntiles, tiles);
-    spill_begin.assign(count + 1, 0);
-    for (int64_t c = 0; c < count; ++c) {
-      spill_begin[c + 1] = spill_begin[c] + std::max<int64_t>(0, query_end(c) - std::max(end_tile(c), query_begin(c)));
-    }
-  }
-
-  int64_t first_tile(int64_t c) const { return c * tiles; }
-  int64_t end_tile(int64_t c) const { return std::min(g.ntiles, (c + 1) * tiles); }
-  int64_t query_begin(int64_t c) const { return std::max(first_tile(c), g.first_query_tile); }
-  int64_t query_end(int64_t c) const { return g.last_query_tile(end_tile(c) - 1) + 1; }
-  // Spill tiles per (batch, query head).
-  int64_t spills() const { return spill_begin[count]; }
-  // Index of spill tile n >= end_tile(c) of chunk c among spills().
-  int64_t spill_index(int64_t c, int64_t n) const { return spill_begin[c] + n - std::max(end_tile(c), query_begin(c)); }
-};
-
-bool is_empty(const SwaParams& p) {
-  return p.batch == 0 || p.heads_kv == 0 || p.seqlen_k == 0 || p.head_dim == 0;
-}
-
 template <typename T>
 void bwd(const SwaParams& p) {
   const Geometry g(p);
-  const BwdChunks chunks(p, g);
   const int64_t dim = p.head_dim;
-  const int64_t group = p.heads_q / p.heads_kv;
   const T scale = static_cast<T>(p.scale);
   const Rows<const T> q = rows_of<const T>(p.q, p.q_batch_stride, p.q_row_stride, p.q_head_stride);
   const Rows<const T> k = rows_of<const T>(p.k, p.k_batch_stride, p.k_row_stride, p.k_head_stride);
   const Rows<const T> v = rows_of<const T>(p.v, p.v_batch_stride, p.v_row_stride, p.v_head_stride);
-  const Rows<const T> out = rows_of<const T>(p.out, p.o_batch_stride, p.o_row_stride, p.o_head_stride);
   const Rows<const T> dout = rows_of<const T>(p.dout, p.do_batch_stride, p.do_row_stride, p.do_head_stride);
   const Rows<T> dq = rows_of<T>(p.dq, p.dq_batch_stride, p.dq_row_stride, p.dq_head_stride);
   const Rows<T> dk = rows_of<T>(p.dk, p.dk_batch_stride, p.dk_row_stride, p.dk_head_stride);
   const Rows<T> dv = rows_of<T>(p.dv, p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride);
   const T* lse = static_cast<const T*>(p.softmax_lse);
   T* dsum = static_cast<T*>(p.softmax_d);
-  T* dq_accum = static_cast<T*>(p.dq_accum);
-  const int64_t tile_elems = kTile * dim;
-  // dq_accum[batch, heads_q, spill] is one [kTile, dim] tile (rows below the tile's query_lo unused).
-  const auto spill = [&](int64_t b, int64_t h, int64_t c, int64_t n) {
-    return dq_accum + ((b * p.heads_q + h) * chunks.spills() + chunks.spill_index(c, n)) * tile_elems;
-  };
+  dout_dot_out(p, dsum);
 
-  // 1. D = rowsum(dout * out), [batch, heads_q, seqlen_q].
-  const int64_t stat_rows = p.batch * p.heads_q * p.seqlen_q;
-  at::parallel_for(0, stat_rows, std::max<int64_t>(1, 4096 / dim), [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t i = r % p.seqlen_q, h = r / p.seqlen_q % p.heads_q, b = r / p.seqlen_q / p.heads_q;
-      const T* o_row = out.at(b, h, i);
-      const T* do_row = dout.at(b, h, i);
-      T acc = 0;
-#pragma omp simd reduction(+ : acc)
-      for (int64_t d = 0; d < dim; ++d) acc += o_row[d] * do_row[d];
-      dsum[r] = acc;
-    }
-  });
-
-  // 2. dk, dv of each key chunk and its dq partials.
   struct Scratch {
-    Buffer<T> q_t, do_t, s, dp, lse, dsum, dk, dv;  // 2 x [dim, kTile], 2 x [kTile, kTile], 2 x [kTile],
-                                                    // 2 x [chunk tiles * kTile, dim]
+    Buffer<T> q_t, do_t, s, dp, lse, dsum;  // 2 x [dim, kTile], 2 x [kTile, kTile], 2 x [kTile]
   };
-  const int64_t chunk_elems = chunks.tiles * tile_elems;
   const auto make = [&] {
-    return Scratch{alloc<T>(dim * kTile), alloc<T>(dim * kTile), alloc<T>(kTile * kTile), alloc<T>(kTile * kTile),
-                   alloc<T>(kTile),       alloc<T>(kTile),       alloc<T>(chunk_elems),   alloc<T>(chunk_elems)};
+    return Scratch{alloc<T>(dim * kTile),   alloc<T>(dim * kTile), alloc<T>(kTile * kTile),
+                   alloc<T>(kTile * kTile), alloc<T>(kTile),       alloc<T>(kTile)};
   };
-  for_each_task(p.batch * p.heads_kv * chunks.count, make, [&](int64_t task, Scratch& sc) {
-    const int64_t c = task % chunks.count, kvh = task / chunks.count % p.heads_kv;
-    const int64_t b = task / chunks.count / p.heads_kv;
-    const int64_t kt_begin = chunks.first_tile(c), kt_end = chunks.end_tile(c);
+  // Per query tile: scale * q and dout transposed, lse and D of its queries.
+  const auto begin = [&](Scratch& sc, int64_t b, int64_t h, int64_t n) {
+    const int64_t col_lo = g.query_lo(n), i0 = g.start(n) - g.off;
+    pack_transposed(q.at(b, h, i0 + col_lo), q.row, col_lo, dim, scale, sc.q_t.get());
+    pack_transposed(dout.at(b, h, i0 + col_lo), dout.row, col_lo, dim, T(1), sc.do_t.get());
+    const int64_t row0 = (b * p.heads_q + h) * p.seqlen_q + i0;
+    for (int64_t ii = 0; ii < kTile; ++ii) {
+      sc.lse[ii] = ii < col_lo ? T(0) : lse[row0 + ii];
+      sc.dsum[ii] = ii < col_lo ? T(0) : dsum[row0 + ii];
+    }
+  };
+  const auto pair = [&](Scratch& sc, int64_t b, int64_t kvh, int64_t h, int64_t n, int64_t kt,
+                        const ChunkOutputs<T, 1, 2>& outs) {
+    const int64_t t0 = g.start(n), col_lo = g.query_lo(n), i0 = t0 - g.off;
+    const int64_t j0 = g.start(kt), row_lo = g.key_row_lo(kt, n), rows = kTile - row_lo;
     T* s = sc.s.get();
     T* dp = sc.dp.get();
-    std::fill_n(sc.dk.get(), chunk_elems, T(0));
-    std::fill_n(sc.dv.get(), chunk_elems, T(0));
-
-    for (int64_t gi = 0; gi < group; ++gi) {
-      const int64_t h = kvh * group + gi;
-      const T* lse_h = lse + (b * p.heads_q + h) * p.seqlen_q;
-      const T* dsum_h = dsum + (b * p.heads_q + h) * p.seqlen_q;
-      for (int64_t n = chunks.query_begin(c); n < chunks.query_end(c); ++n) {
-        const int64_t t0 = g.start(n), col_lo = g.query_lo(n), i0 = t0 - g.off;
-        pack_transposed(q.at(b, h, i0 + col_lo), q.row, col_lo, dim, scale, sc.q_t.get());
-        pack_transposed(dout.at(b, h, i0 + col_lo), dout.row, col_lo, dim, T(1), sc.do_t.get());
-        for (int64_t ii = 0; ii < kTile; ++ii) {
-          sc.lse[ii] = ii < col_lo ? T(0) : lse_h[i0 + ii];
-          sc.dsum[ii] = ii < col_lo ? T(0) : dsum_h[i0 + ii];
-        }
-        // Rows col_lo .. kTile - 1 of this chunk's dq for tile n: in dq itself for its own tiles, else a spill tile.
-        const bool own = n < kt_end;
-        T* dq_rows = own ? dq.at(b, h, i0 + col_lo) : spill(b, h, c, n) + col_lo * dim;
-        const int64_t dq_ld = own ? dq.row : dim;
-        for (int64_t ii = col_lo; ii < kTile; ++ii) std::fill_n(dq_rows + (ii - col_lo) * dq_ld, dim, T(0));
-
-        for (int64_t kt = std::max(kt_begin, g.first_key_tile(n)); kt < std::min(kt_end, n + 1); ++kt) {
-          const int64_t j0 = g.start(kt), row_lo = g.key_row_lo(kt, n), rows = kTile - row_lo;
-          const T* k_rows = k.at(b, kvh, j0 + row_lo);
-          dot_rows(k_rows, k.row, rows, sc.q_t.get(), dim, s + row_lo * kTile);
-          if (g.needs_mask(kt, n)) mask_tile(s, row_lo, j0, t0, g.window);
-          dot_rows(v.at(b, kvh, j0 + row_lo), v.row, rows, sc.do_t.get(), dim, dp + row_lo * kTile);
-          // s <- P = exp(s - lse), dp <- scale * dS = scale * P * (dP - D) (the scale of dk and dq)
-          constexpr int L = kLanes<T>;
-          for (int64_t jj = row_lo; jj < kTile; ++jj) {
-            for (int w = 0; w < kTileVecs<T>; ++w) {
-              const int64_t at = jj * kTile + w * L;
-              const Vec<T> pv = vexp(load(s + at) - load(sc.lse.get() + w * L));
-              store(s + at, pv);
-              store(dp + at, pv * (load(dp + at) - load(sc.dsum.get() + w * L)) * scale);
-            }
-          }
-          const int64_t off_rows = row_lo * kTile + col_lo, depth = kTile - col_lo;
-          T* dk_rows = sc.dk.get() + (kt - kt_begin) * tile_elems + row_lo * dim;
-          T* dv_rows = sc.dv.get() + (kt - kt_begin) * tile_elems + row_lo * dim;
-          // dv[jj] += sum_ii P[jj][ii] dout[ii], dk[jj] += sum_ii scale dS[jj][ii] q[ii],
-          // dq[ii] += sum_jj scale dS[jj][ii] k[jj]
-          acc_rows<T, kTile, 1>(s + off_rows, rows, depth, dout.at(b, h, i0 + col_lo), dout.row, dim, dv_rows, dim);
-          acc_rows<T, kTile, 1>(dp + off_rows, rows, depth, q.at(b, h, i0 + col_lo), q.row, dim, dk_rows, dim);
-          acc_rows<T, 1, kTile>(dp + off_rows, depth, rows, k_rows, k.row, dim, dq_rows, dq_ld);
-        }
+    const T* k_rows = k.at(b, kvh, j0 + row_lo);
+    dot_rows(k_rows, k.row, rows, sc.q_t.get(), dim, s + row_lo * kTile);
+    if (g.needs_mask(kt, n)) mask_tile(s, row_lo, j0, t0, g.window);
+    dot_rows(v.at(b, kvh, j0 + row_lo), v.row, rows, sc.do_t.get(), dim, dp + row_lo * kTile);
+    // s <- P = exp(s - lse), dp <- scale * dS = scale * P * (dP - D) (the scale of dk and dq)
+    constexpr int L = kLanes<T>;
+    for (int64_t jj = row_lo; jj < kTile; ++jj) {
+      for (int w = 0; w < kTileVecs<T>; ++w) {
+        const int64_t at = jj * kTile + w * L;
+        const Vec<T> pv = vexp(load(s + at) - load(sc.lse.get() + w * L));
+        store(s + at, pv);
+        store(dp + at, pv * (load(dp + at) - load(sc.dsum.get() + w * L)) * scale);
       }
     }
-
-    for (int64_t kt = kt_begin; kt < kt_end; ++kt) {
-      for (int64_t jj = g.key_lo(kt); jj < kTile; ++jj) {
-        const int64_t row = (kt - kt_begin) * kTile + jj, j = g.start(kt) + jj;
-        std::copy_n(sc.dk.get() + row * dim, dim, dk.at(b, kvh, j));
-        std::copy_n(sc.dv.get() + row * dim, dim, dv.at(b, kvh, j));
-      }
-    }
-  });
-
-  // 3. dq += the spill partials of the earlier chunks that see each query tile, in chunk order.
-  const int64_t qtiles = g.ntiles - g.first_query_tile;
-  at::parallel_for(0, p.batch * p.heads_q * qtiles, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t n = g.first_query_tile + task % qtiles;
-      const int64_t b = task / qtiles / p.heads_q, h = task / qtiles % p.heads_q;
-      const int64_t col_lo = g.query_lo(n), i0 = g.start(n) - g.off;
-      // The chunks that see tile n are contiguous and end with its own chunk n / tiles.
-      int64_t c_first = n / chunks.tiles;
-      while (c_first > 0 && chunks.query_end(c_first - 1) > n) --c_first;
-      for (int64_t c = c_first; c < n / chunks.tiles; ++c) {
-        const T* part = spill(b, h, c, n);
-        for (int64_t ii = col_lo; ii < kTile; ++ii) {
-          T* dst = dq.at(b, h, i0 + ii);
-#pragma omp simd
-          for (int64_t d = 0; d < dim; ++d) dst[d] += part[ii * dim + d];
-        }
-      }
-    }
-  });
-}
-
-template <typename Fn>
-void dispatch_dtype(const SwaParams& p, const char* op, Fn&& fn) {
-  switch (p.dtype) {
-    case DType::kFloat32:
-      return fn(float{});
-    case DType::kFloat64:
-      return fn(double{});
-    case DType::kBFloat16:
-    case DType::kFloat16:
-      break;
-  }
-  throw std::runtime_error(std::string(op) + ": the CPU kernel takes float32 or float64 tensors (widen 16-bit "
-                           "inputs first), got dtype enum value " + std::to_string(static_cast<int>(p.dtype)));
+    const int64_t off_rows = row_lo * kTile + col_lo, depth = kTile - col_lo;
+    // dv[jj] += sum_ii P[jj][ii] dout[ii], dk[jj] += sum_ii scale dS[jj][ii] q[ii],
+    // dq[ii] += sum_jj scale dS[jj][ii] k[jj]
+    acc_rows<T, kTile, 1>(s + off_rows, rows, depth, dout.at(b, h, i0 + col_lo), dout.row, dim,
+                          outs.key[1] + row_lo * dim, dim);
+    acc_rows<T, kTile, 1>(dp + off_rows, rows, depth, q.at(b, h, i0 + col_lo), q.row, dim,
+                          outs.key[0] + row_lo * dim, dim);
+    acc_rows<T, 1, kTile>(dp + off_rows, depth, rows, k_rows, k.row, dim, outs.query[0], outs.query_ld[0]);
+  };
+  key_chunk_pass<T, 1, 2>(p, {dq}, {dk, dv}, static_cast<T*>(p.dq_accum), make, begin, pair);
 }
 
 }  // namespace
@@ -615,11 +189,7 @@ void swa_fwd(const SwaParams& params) {
   dispatch_dtype(params, "swa_fwd", [&](auto tag) { fwd<decltype(tag)>(params); });
 }
 
-int64_t swa_bwd_dq_accum_elems(const SwaParams& params) {
-  if (is_empty(params)) return 0;
-  const Geometry g(params);
-  return params.batch * params.heads_q * BwdChunks(params, g).spills() * kTile * params.head_dim;
-}
+int64_t swa_bwd_dq_accum_elems(const SwaParams& params) { return key_chunk_accum_elems(params, 1); }
 
 void swa_bwd(const SwaParams& params) {
   if (is_empty(params)) return;

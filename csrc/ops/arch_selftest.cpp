@@ -46,7 +46,8 @@ void check_count(at::TensorList args, std::string_view kernel, size_t expected, 
               ", got ", args.size());
 }
 
-void run(std::string_view kernel, at::TensorList args, const ArchSelftestLaunchers& launchers, void* stream) {
+[[maybe_unused]] void run(std::string_view kernel, at::TensorList args, const ArchSelftestLaunchers& launchers,
+                          void* stream) {
   TORCH_CHECK(!args.empty(), "_arch_selftest(", kernel, "): args must not be empty");
   const c10::Device device = args[0].device();
 
@@ -123,7 +124,7 @@ void run(std::string_view kernel, at::TensorList args, const ArchSelftestLaunche
               "'; expected mma, mma_trans, ldmatrix_x{1,2,4}[_trans], cp_async_ca{4,8,16} or cp_async_cg16");
 }
 
-void arch_selftest_cpu(std::string_view kernel, at::TensorList args) {
+void arch_selftest_cpu(std::string_view kernel, [[maybe_unused]] at::TensorList args) {
 #ifdef TTT_KERNELS_WITH_SIM
   const ArchSelftestLaunchers sim = {&cuda_sim::arch_selftest_mma, &cuda_sim::arch_selftest_ldmatrix,
                                      &cuda_sim::arch_selftest_cp_async};

@@ -52,7 +52,7 @@ namespace {
 
 using OptTensor = std::optional<at::Tensor>;
 
-bool sim_enabled() {
+[[maybe_unused]] bool sim_enabled() {
 #if defined(TTT_KERNELS_WITH_SIM)
   return sim::config().enabled;
 #else

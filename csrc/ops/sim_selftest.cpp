@@ -46,8 +46,8 @@ char dtype_code(at::ScalarType t) {
 
 using Launcher = void (*)(const char*, const SimSelftestArgs&, void*);
 
-void run(std::string_view kernel_name, at::TensorList args, c10::IntArrayRef launch_config, Launcher launcher,
-         void* stream) {
+[[maybe_unused]] void run(std::string_view kernel_name, at::TensorList args, c10::IntArrayRef launch_config,
+                          Launcher launcher, void* stream) {
   const std::string kernel(kernel_name);
   const std::string op = "_sim_selftest(" + kernel + ")";
   TORCH_CHECK(!args.empty(), op, ": args must not be empty");

@@ -3,8 +3,8 @@
 The native ops (csrc/ops/swa.cpp) are ``torch.ops.ttt_kernels.swa_fwd(q, k, v, window, scale) -> (out, lse)`` and
 ``swa_bwd(dout, q, k, v, out, lse, window, scale) -> (dq, dk, dv)``, lse being the logsumexp of each row of scores
 ([batch, heads_q, seqlen_q], float32, float64 for float64 inputs). This module registers their fake tensor
-implementations (for torch.compile) and swa_fwd's autograd formula (its backward is swa_bwd). swa_bwd has no
-derivative yet: differentiating it (a gradient of a gradient) raises.
+implementations (for torch.compile) and swa_fwd's autograd formula (its backward is swa_bwd); swa_bwd's own
+derivative, the double backward, is in :mod:`ttt_kernels.ops.swa_double_bwd`.
 """
 
 import math
@@ -28,7 +28,7 @@ def swa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int
         scale: softmax scale, 1 / sqrt(head_dim) when None.
 
     Returns out [batch, seqlen_q, heads_q, head_dim] in q's dtype (16-bit inputs are computed in float32 on CPU).
-    Differentiable once in q, k and v.
+    Differentiable twice in q, k and v (the second time by the fused double backward).
     """
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor) or t.dim() != 4:
@@ -99,15 +99,4 @@ def _swa_fwd_backward(ctx, grad_out, _grad_lse):
     return dq, dk, dv, None, None
 
 
-def _swa_bwd_setup_context(ctx, inputs, output):
-    pass
-
-
-def _swa_bwd_backward(ctx, *grads):
-    raise NotImplementedError(
-        "ttt_kernels::swa_bwd: the double backward of swa_attention (gradients of gradients) is not implemented yet"
-    )
-
-
 torch.library.register_autograd("ttt_kernels::swa_fwd", _swa_fwd_backward, setup_context=_swa_fwd_setup_context)
-torch.library.register_autograd("ttt_kernels::swa_bwd", _swa_bwd_backward, setup_context=_swa_bwd_setup_context)
