@@ -34,6 +34,7 @@ SHAPES = [
     (1, 33, 70, 2, 2, 96, 64),  # seqlen_q < seqlen_k
     (1, 33, 40, 2, 1, 128, 1000),  # window > seqlen_k: plain causal, MQA
     (1, 97, 97, 1, 1, 64, 1),  # every query sees only itself
+    (1, 7, 90, 2, 1, 80, 16),  # keys 0..67 are seen by no query: grad_k = grad_v = 0 there
 ]
 SLOW_SHAPES = [
     (1, 97, 150, 4, 2, 128, 64),
@@ -143,6 +144,15 @@ def test_simulated_windows_around_tile_boundaries(window):
     cotangents = make_cotangents(shape, torch.bfloat16, set(COTANGENTS), seed=window)
     results = simulate(inputs, cotangents, 0.11, schedules=("in_order",))
     assert_matches_reference(inputs, cotangents, results, 0.11)
+
+
+@pytest.mark.parametrize("scale", [-0.37, 0.0])
+def test_simulated_kernels_any_finite_scale(scale):
+    shape = (1, 40, 50, 2, 1, 64, 24)
+    inputs = make_inputs(shape, torch.float16, seed=11)
+    cotangents = make_cotangents(shape, torch.float16, set(COTANGENTS))
+    results = simulate(inputs, cotangents, scale, schedules=("in_order",))
+    assert_matches_reference(inputs, cotangents, results, scale)
 
 
 def test_simulated_results_do_not_depend_on_the_worker_count_or_schedule():
