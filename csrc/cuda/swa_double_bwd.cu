@@ -18,8 +18,8 @@
 //      (query head of the group, query block) steps, accumulating grad_k = c (GS^T Q + dS^T Uq) and
 //      grad_v = GdP^T dO, summed over the group's query heads inside the CTA.
 // A warp holds four fp32 score-shaped tiles [16, kTile] and, in the gradient kernels, two fp32 [16, head_dim]
-// accumulators; kTile (keys per step of the gradient query kernel, queries per step of the key kernel; the
-// statistics pass takes 2 kTile keys) shrinks with head_dim so that nothing spills. An absent cotangent (nullptr) is neither loaded nor multiplied: its products are skipped by
+// accumulators; kTile (keys per step of the query kernels, queries per step of the key kernel) shrinks with head_dim
+// so that nothing spills. An absent cotangent (nullptr) is neither loaded nor multiplied: its products are skipped by
 // warp-uniform branches.
 #include "swa_tiles.cuh"
 #include "ttt_kernels/swa_double_bwd.h"
@@ -28,18 +28,16 @@ namespace ttt::TTT_CUDA_NS {
 namespace {
 
 constexpr int kRows = 16 * kWarps;  // query rows of a query-kernel CTA, key rows of a key-kernel CTA
-// Columns of the score-shaped register tiles of the gradient kernels. Registers per thread: 2 kTile for the four
-// tiles plus kD for the two accumulators (fp32 [16, n] is n / 2 registers per lane), plus operand fragments and
-// addresses.
+// Columns of the score-shaped register tiles. Registers per thread: 2 kTile for the four tiles plus kD for the two
+// accumulators (fp32 [16, n] is n / 2 registers per lane), plus operand fragments and addresses. The statistics pass
+// has the registers for twice the tile but shares it: its K, V, Uk, Uv stages would take 91-121 KiB of smem and
+// leave one CTA (4 warps) per A100 SM.
 template <int kD>
 constexpr int kTile = kD <= 80 ? 32 : 16;
-// Keys per step of a query kernel: the statistics pass has no accumulators and takes twice the gradient pass's.
-template <int kD, bool kGradients>
-constexpr int kQueryKernelKeys = kGradients ? kTile<kD> : 2 * kTile<kD>;
 
-template <int kD, bool kGradients>
-constexpr size_t query_smem_bytes() {  // Q, dO, Uq [kRows] + K, V, Uk, Uv [2 stages][kQueryKernelKeys]
-  return size_t{3 * kRows + 8 * kQueryKernelKeys<kD, kGradients>} * kPitch<kD> * 2;
+template <int kD>
+constexpr size_t query_smem_bytes() {  // Q, dO, Uq [kRows] + K, V, Uk, Uv [2 stages][kTile]
+  return size_t{3 * kRows + 8 * kTile<kD>} * kPitch<kD> * 2;
 }
 template <int kD>
 constexpr size_t key_smem_bytes() {  // K, V, Uk, Uv [kRows] + Q, dO, Uq [2 stages][kTile] + lse, D, E, F [2][kTile]
@@ -97,11 +95,11 @@ __device__ __forceinline__ void entry_cotangents(float p, float& dp, float& a, f
 
 // The queries [blockIdx.x * kRows, +kRows) of head blockIdx.y, batch blockIdx.z, visiting the key tiles of their
 // windows right to left. kGradients = false: row statistics E, F -> row_e, row_f; true: grad_q and grad_dout.
-// Dynamic smem: query_smem_bytes<kD, kGradients>().
+// Dynamic smem: query_smem_bytes<kD>().
 template <typename Elem, int kD, bool kGradients>
 __global__ void __launch_bounds__(kThreads, 1) swa_bwd_bwd_query_kernel(const SwaDoubleBwdParams p) {
   constexpr int kP = kPitch<kD>;
-  constexpr int kN = kQueryKernelKeys<kD, kGradients>;
+  constexpr int kN = kTile<kD>;
   const Geometry geo(p);
   const int h = blockIdx.y;
   const int b = blockIdx.z;
@@ -419,10 +417,10 @@ void swa_bwd_bwd(const SwaDoubleBwdParams& p, void* stream) {
       const dim3 query_grid = grid_of(p.seqlen_q, kRows, p.heads_q, p.batch);
       launch(swa_bwd_dot_do_o_kernel<Elem>, grid_of(p.batch * p.seqlen_q * p.heads_q, kThreads / 16, 1, 1),
              dim3(kThreads), 0, stream, static_cast<const SwaParams&>(p));
-      launch(swa_bwd_bwd_query_kernel<Elem, kD, false>, query_grid, dim3(kThreads), query_smem_bytes<kD, false>(),
-             stream, p);
-      launch(swa_bwd_bwd_query_kernel<Elem, kD, true>, query_grid, dim3(kThreads), query_smem_bytes<kD, true>(),
-             stream, p);
+      launch(swa_bwd_bwd_query_kernel<Elem, kD, false>, query_grid, dim3(kThreads), query_smem_bytes<kD>(), stream,
+             p);
+      launch(swa_bwd_bwd_query_kernel<Elem, kD, true>, query_grid, dim3(kThreads), query_smem_bytes<kD>(), stream,
+             p);
     }
     // Key blocks no query sees (seqlen_q < seqlen_k) still get their zero grad_k, grad_v written.
     launch(swa_bwd_bwd_key_kernel<Elem, kD>, grid_of(p.seqlen_k, kRows, p.heads_kv, p.batch), dim3(kThreads),
