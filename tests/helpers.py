@@ -46,6 +46,12 @@ def assert_bit_identical(a, b, what: str = "output") -> None:
         assert a == b, f"{what}: {a!r} vs {b!r}"
 
 
+# For tests entering ttt_kernels.sim.enabled() themselves.
+requires_simulator = pytest.mark.skipif(
+    not ttt_kernels.sim.is_built(), reason="ttt_kernels was built without the CUDA simulator (TTT_KERNELS_SIM=OFF)"
+)
+
+
 def run_in_simulator(fn, *args, schedules=SCHEDULES, seed=0, num_workers=0):
     """Runs fn(*args) once per schedule inside ``ttt_kernels.sim.enabled(...)`` and returns the first run's output.
 

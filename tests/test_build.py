@@ -64,6 +64,7 @@ def test_every_op_has_a_cpu_kernel():
 
 
 @pytest.mark.skipif(not torch.version.cuda, reason="CPU build of torch: no CUDA dispatch to register")
+@pytest.mark.skipif(not BUILD["cuda_kernels"], reason="built without CUDA kernels (TTT_KERNELS_CUDA=OFF or no nvcc)")
 def test_every_op_has_a_cuda_kernel_with_a_cuda_torch():
     assert BUILD["cuda_dispatch"], "torch has CUDA but the CUDA glue was not linked (was nvcc missing?)"
     for name in ttt_ops():

@@ -15,7 +15,7 @@ import math
 
 import pytest
 import torch
-from helpers import run_in_simulator
+from helpers import requires_simulator, run_in_simulator
 
 import ttt_kernels
 from ttt_kernels import ops, reference
@@ -470,6 +470,7 @@ def test_simulated_gate_bwd_bwd_kernel(dtype):
             torch.testing.assert_close(g.double(), w, rtol=tol, atol=tol * w.abs().max().item())
 
 
+@requires_simulator
 def test_simulated_clip_sgd_update():
     """Two launches' worth of tensors (16 per launch), grid-stride loops (> 64 * 256 elements), empty tensors."""
     gen = torch.Generator().manual_seed(6)
@@ -489,6 +490,7 @@ def test_simulated_clip_sgd_update():
         assert all(torch.equal(a, b) for a, b in zip(inplace, new))
 
 
+@requires_simulator
 def test_simulated_cuda_rejects_unsupported_shapes():
     x, w1, w3, w2, _ = _mlp_inputs((4,), 12, 16, torch.bfloat16)
     with ttt_kernels.sim.enabled():
@@ -513,6 +515,7 @@ def _gemm_operands(layout_a, layout_b, m, n, k, dtype, gen):
     return view(m, k, layout_a), view(k, n, layout_b)
 
 
+@requires_simulator
 @pytest.mark.parametrize(
     "epilogue, layout_a, layout_b",
     [("store", "row", "col"), ("store", "row", "row"), ("swiglu", "row", "col"), ("accumulate", "col", "row")],
@@ -538,6 +541,7 @@ def test_gemm_wrapper_in_simulator(epilogue, layout_a, layout_b):
         torch.testing.assert_close(t.double(), torch.nn.functional.silu(h1) * h3, rtol=0.02, atol=0.02)
 
 
+@requires_simulator
 def test_gemm_wrapper_rejects_bad_operands():
     gen = torch.Generator().manual_seed(8)
     a, b = _gemm_operands("row", "col", 8, 16, 16, torch.bfloat16, gen)
@@ -560,6 +564,7 @@ def test_gemm_wrapper_rejects_bad_operands():
         gemm_op(a, b, d, None, None, "store", 1.0, 0.0, None)
 
 
+@requires_simulator
 def test_simulated_sgd_gemm_update():
     gen = torch.Generator().manual_seed(9)
     w = torch.randn(24, 16, generator=gen)

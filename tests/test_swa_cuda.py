@@ -17,7 +17,7 @@ import subprocess
 
 import pytest
 import torch
-from helpers import assert_bit_identical, run_in_simulator
+from helpers import assert_bit_identical, requires_simulator, run_in_simulator
 
 import ttt_kernels
 from ttt_kernels import reference
@@ -204,6 +204,7 @@ def test_simulated_empty_query_block_writes_zero_dk_dv():
     assert torch.equal(dk, torch.zeros_like(k)) and torch.equal(dv, torch.zeros_like(v))
 
 
+@requires_simulator
 def test_simulated_kernels_reject_unsupported_arguments():
     """What the CUDA kernels do not support fails with the op, the argument and what is expected."""
     cases = [

@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "common.h"
 #include "ttt_kernels/mlp_math.h"
 
 namespace ttt::cpu {
@@ -262,24 +263,6 @@ void clip_sgd(const ClipSgdParams& p) {
       }
     }
   });
-}
-
-// Calls fn(A{}) for float32 / float64; the CPU kernels take no other dtype.
-template <typename Fn>
-void dispatch_float(DType dtype, const char* kernel, Fn&& fn) {
-  switch (dtype) {
-    case DType::kFloat32:
-      return fn(float{});
-    case DType::kFloat64:
-      return fn(double{});
-    case DType::kBFloat16:
-    case DType::kFloat16:
-      break;
-  }
-  throw std::invalid_argument(std::string("ttt::cpu::") + kernel +
-                              ": tensors must be float32 or float64 (16-bit inputs are widened by the caller), got "
-                              "dtype enum value " +
-                              std::to_string(static_cast<int>(dtype)));
 }
 
 }  // namespace

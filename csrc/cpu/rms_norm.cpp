@@ -21,6 +21,8 @@
 #include <string>
 #include <type_traits>
 
+#include "common.h"
+
 namespace ttt::cpu {
 namespace {
 
@@ -32,8 +34,6 @@ constexpr int64_t kMinChunkRows = 16;
 
 template <typename T>
 using Accum = std::conditional_t<std::is_same_v<T, double>, double, float>;
-
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Element <-> math type conversions, written so that `omp simd` loops vectorize: c10's BFloat16 and Half
 // conversions keep loops scalar (a NaN branch; F16C scalar intrinsics). BFloat16 rounds to nearest even with c10's

@@ -186,14 +186,14 @@ void bwd(const SwaParams& p) {
 
 void swa_fwd(const SwaParams& params) {
   if (is_empty(params) || params.seqlen_q == 0) return;
-  dispatch_dtype(params, "swa_fwd", [&](auto tag) { fwd<decltype(tag)>(params); });
+  dispatch_float(params.dtype, "swa_fwd", [&](auto tag) { fwd<decltype(tag)>(params); });
 }
 
 int64_t swa_bwd_dq_accum_elems(const SwaParams& params) { return key_chunk_accum_elems(params, 1); }
 
 void swa_bwd(const SwaParams& params) {
   if (is_empty(params)) return;
-  dispatch_dtype(params, "swa_bwd", [&](auto tag) { bwd<decltype(tag)>(params); });
+  dispatch_float(params.dtype, "swa_bwd", [&](auto tag) { bwd<decltype(tag)>(params); });
 }
 
 }  // namespace ttt::cpu

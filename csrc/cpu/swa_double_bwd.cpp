@@ -209,7 +209,7 @@ int64_t swa_bwd_bwd_accum_elems(const SwaDoubleBwdParams& params) { return key_c
 
 void swa_bwd_bwd(const SwaDoubleBwdParams& params) {
   if (is_empty(params)) return;
-  dispatch_dtype(params, "swa_bwd_bwd", [&](auto tag) { DoubleBwd<decltype(tag)>(params).run(); });
+  dispatch_float(params.dtype, "swa_bwd_bwd", [&](auto tag) { DoubleBwd<decltype(tag)>(params).run(); });
 }
 
 }  // namespace ttt::cpu

@@ -32,6 +32,7 @@
 #include <string>
 #include <vector>
 
+#include "common.h"
 #include "ttt_kernels/swa.h"
 
 namespace ttt::cpu::swa_tiles {
@@ -42,8 +43,6 @@ constexpr int64_t kTile = 48;
 constexpr int kAccRegs = 24;
 // The backward chunks the keys so that batch * heads_kv * chunks reaches about this many tasks.
 constexpr int64_t kBwdTargetTasks = 32;
-
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // ---------------------------------------------------------------------------------------------------------------
 // 64-byte vectors
@@ -487,21 +486,6 @@ void key_chunk_pass(const SwaParams& p, const std::array<Rows<T>, kQueryOuts>& q
       }
     }
   });
-}
-
-template <typename Fn>
-void dispatch_dtype(const SwaParams& p, const char* op, Fn&& fn) {
-  switch (p.dtype) {
-    case DType::kFloat32:
-      return fn(float{});
-    case DType::kFloat64:
-      return fn(double{});
-    case DType::kBFloat16:
-    case DType::kFloat16:
-      break;
-  }
-  throw std::runtime_error(std::string(op) + ": the CPU kernel takes float32 or float64 tensors (widen 16-bit "
-                           "inputs first), got dtype enum value " + std::to_string(static_cast<int>(p.dtype)));
 }
 
 }  // namespace ttt::cpu::swa_tiles

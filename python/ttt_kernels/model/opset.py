@@ -31,8 +31,7 @@ PACKAGE = OpSet(
     name="package",
     rms_norm=_package.rms_norm,
     swa_attention=_package.swa_attention,
-    # ttt_kernels.ops.swa_attention has no double backward yet.
-    swa_attention_twice=_reference.swa_attention,
+    swa_attention_twice=_package.swa_attention,
     swiglu_mlp=_package.swiglu_mlp,
     clip_sgd_update=_package.clip_sgd_update,
 )
