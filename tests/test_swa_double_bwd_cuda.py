@@ -12,7 +12,7 @@ import os
 
 import pytest
 import torch
-from helpers import assert_bit_identical, run_in_simulator
+from helpers import assert_bit_identical, requires_simulator, run_in_simulator
 from test_swa_cuda import find_cuda_tool, make_inputs, nan_filled_allocations, sass_by_kernel
 
 import ttt_kernels
@@ -189,6 +189,7 @@ def test_simulated_empty_queries_write_zero_grad_k_grad_v():
     assert torch.equal(grad_k, torch.zeros_like(grad_k)) and torch.equal(grad_v, torch.zeros_like(grad_v))
 
 
+@requires_simulator
 def test_simulated_kernels_reject_unsupported_arguments():
     """What the CUDA kernels do not support fails with the op, the argument and what is expected."""
     cases = [
