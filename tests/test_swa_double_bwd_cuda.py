@@ -17,6 +17,7 @@ from test_swa_cuda import find_cuda_tool, make_inputs, nan_filled_allocations, s
 
 import ttt_kernels
 from ttt_kernels import reference
+from ttt_kernels.ops import swa_attention
 
 _ops = torch.ops.ttt_kernels
 DTYPES = (torch.bfloat16, torch.float16)
@@ -65,13 +66,16 @@ def forward(inputs, scale):
 def op_double_backward(inputs, cotangents, scale, out, lse):
     """(grad_q, grad_k, grad_v, grad_dout) of torch.ops.ttt_kernels.swa_bwd_bwd."""
     q, k, v, dout, window = inputs
-    return _ops.swa_bwd_bwd(cotangents["gdq"], cotangents["gdk"], cotangents["gdv"], q, k, v, out, dout, lse, window,
-                            scale)
+    return _ops.swa_bwd_bwd(
+        cotangents["gdq"], cotangents["gdk"], cotangents["gdv"], q, k, v, out, dout, lse, window, scale
+    )
 
 
 def reference_double_backward(inputs, cotangents, scale, dtype):
     """(grad_q, grad_k, grad_v, grad_dout) by autograd of autograd of the dense reference, computed in dtype."""
-    q, k, v, dout, window = (t.detach().to(dtype).requires_grad_() if isinstance(t, torch.Tensor) else t for t in inputs)
+    q, k, v, dout, window = (
+        t.detach().to(dtype).requires_grad_() if isinstance(t, torch.Tensor) else t for t in inputs
+    )
     out = reference.swa_attention(q, k, v, window, scale=scale)
     grads = torch.autograd.grad(out, (q, k, v), dout, create_graph=True)
     loss = sum((c.to(dtype) * g).sum() for c, g in zip(cotangents.values(), grads, strict=True) if c is not None)
@@ -175,9 +179,34 @@ def test_simulated_strided_inputs_match_contiguous():
     cotangents = dict(zip(COTANGENTS, grads, strict=True))
     got = simulate((q, k, v, dout, 17), cotangents, 0.125, schedules=("in_order",))
     contiguous = {name: c.contiguous() for name, c in cotangents.items()}
-    want = simulate((q.contiguous(), k.contiguous(), v.contiguous(), dout.contiguous(), 17), contiguous, 0.125,
-                    schedules=("in_order",))
+    want = simulate(
+        (q.contiguous(), k.contiguous(), v.contiguous(), dout.contiguous(), 17),
+        contiguous,
+        0.125,
+        schedules=("in_order",),
+    )
     assert_bit_identical(got, want, "strided vs contiguous")
+
+
+def test_simulated_second_order_autograd_runs_the_kernels():
+    """Differentiating swa_attention twice in the simulator (dk unused: its cotangent arrives as None) equals calling
+    swa_fwd and swa_bwd_bwd explicitly."""
+    shape = (1, 30, 41, 2, 1, 64, 12)
+    q, k, v, dout, window = make_inputs(shape, torch.bfloat16, seed=2)
+    cotangents = make_cotangents(shape, torch.bfloat16, {"gdq", "gdv"})
+    leaves = tuple(t.requires_grad_() for t in (q, k, v))
+
+    def run():
+        dq, _, dv = torch.autograd.grad(swa_attention(*leaves, window), leaves, dout, create_graph=True)
+        loss = (dq * cotangents["gdq"]).sum() + (dv * cotangents["gdv"]).sum()
+        return tuple(g.detach() for g in torch.autograd.grad(loss, leaves))
+
+    got = run_in_simulator(run, schedules=("in_order", "reverse"))
+    plain = (q.detach(), k.detach(), v.detach(), dout, window)
+    with ttt_kernels.sim.enabled():
+        out, lse = _ops.swa_fwd(*plain[:3], window, 64**-0.5)  # the simulated forward, as autograd's
+        want = op_double_backward(plain, cotangents, 64**-0.5, out, lse)[:3]
+    assert_bit_identical(got, want, "autograd vs explicit swa_bwd_bwd")
 
 
 def test_simulated_empty_queries_write_zero_grad_k_grad_v():
