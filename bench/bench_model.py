@@ -1,12 +1,15 @@
 """CPU benchmark of the TTT-E2E model: meta-training throughput, prefill latency against the sliding-window and
 full-attention baselines (same code path, TTT off / window >= context), and peak memory of meta-training vs T.
 
-- meta-train: tokens/s of one meta_loss forward + backward (full second order, batch 1), for TTT-E2E and, as the
-  cost floor, the same network with TTT off (plain SWA training step).
+- meta-train: tokens/s of one meta_loss forward + backward (full second order, batch 1), for TTT-E2E (default
+  checkpointing: per chunk, prefix blocks in recomputed slices), TTT-E2E with the prefix blocks run over the whole
+  sequence in one pass (checkpoint_prefix=False: what prefix slicing costs) and, as the cost floor, the same network
+  with TTT off (plain SWA training step).
 - prefill: ms per 1K tokens of model.prefill over a context of 2K .. 32K (64K without --quick) tokens: TTT-E2E (one
   first-order inner step per mini-batch), SWA (TTT off) and full attention (TTT off, window = context).
 - memory: peak RSS of a meta-training step above the process's baseline, one subprocess per (T, checkpoint mode):
-  no checkpointing, per-chunk checkpointing, two-level (groups of 4 chunks) + prefix-block checkpointing.
+  no checkpointing; per-chunk and two-level (groups of 4 chunks) checkpointing with the prefix blocks over the whole
+  sequence; both with the prefix blocks in recomputed slices (the default).
 
     python bench/bench_model.py [--quick] [--presets tiny small] [--out bench/results/model.json]
 """
@@ -26,10 +29,18 @@ import ttt_kernels
 from ttt_kernels.model import TTTE2EConfig, TTTE2EModel
 
 MEMORY_MODES = {
-    "none": dict(checkpoint=False),
-    "chunk": dict(checkpoint=True),
-    "group4+prefix": dict(checkpoint=True, checkpoint_group=4, checkpoint_prefix=True),
+    "none": dict(checkpoint=False, checkpoint_prefix=False),
+    "chunk": dict(checkpoint=True, checkpoint_prefix=False),
+    "group4": dict(checkpoint=True, checkpoint_group=4, checkpoint_prefix=False),
+    "chunk+slices": dict(checkpoint=True),
+    "group4+slices": dict(checkpoint=True, checkpoint_group=4),
 }
+
+META_TRAIN_VARIANTS = (  # (name, config overrides, meta_loss arguments)
+    ("ttt-e2e", {}, {}),
+    ("ttt-e2e whole prefix", {}, dict(checkpoint_prefix=False)),
+    ("swa (ttt off)", dict(ttt=False), {}),
+)
 
 
 def _model(preset: str, **overrides) -> TTTE2EModel:
@@ -56,18 +67,18 @@ def bench_meta_train(presets, lengths, repeats: int) -> list[dict]:
     rows = []
     for preset in presets:
         for t in lengths:
-            for variant, overrides in (("ttt-e2e", {}), ("swa (ttt off)", dict(ttt=False))):
+            for variant, overrides, kwargs in META_TRAIN_VARIANTS:
                 model = _model(preset, **overrides)
                 tokens = _tokens(t + 1, model.config.vocab_size)
 
-                def step(model=model, tokens=tokens):
+                def step(model=model, tokens=tokens, kwargs=kwargs):
                     model.zero_grad(set_to_none=True)
-                    model.meta_loss(tokens)[0].backward()
+                    model.meta_loss(tokens, **kwargs)[0].backward()
 
                 seconds = _median_seconds(step, repeats)
                 rows.append(dict(preset=preset, variant=variant, tokens=t, seconds=seconds, tokens_per_s=t / seconds))
                 print(
-                    f"meta-train  {preset:<6} {variant:<14} T={t:<6} {t / seconds:10.0f} tokens/s "
+                    f"meta-train  {preset:<6} {variant:<20} T={t:<6} {t / seconds:10.0f} tokens/s "
                     f"({seconds * 1e3:.0f} ms/step)",
                     flush=True,
                 )
@@ -161,12 +172,36 @@ def _print_prefill_table(rows) -> None:
         )
 
 
+def _print_meta_train_table(rows) -> None:
+    """Meta-training tokens/s: one line per (preset, T), one column per variant."""
+    table = {(r["preset"], r["tokens"]): {} for r in rows}
+    for r in rows:
+        table[(r["preset"], r["tokens"])][r["variant"]] = r["tokens_per_s"]
+    names = [v for v, _, _ in META_TRAIN_VARIANTS]
+    print(f"\n{'preset':<7}{'T':>7}" + "".join(f"{n:>22}" for n in names) + "   (meta-train tokens/s)")
+    for (preset, t), v in table.items():
+        print(f"{preset:<7}{t:>7}" + "".join(f"{v.get(n, float('nan')):>22.0f}" for n in names))
+
+
+def _print_memory_table(rows) -> None:
+    """Peak MiB above the baseline: one line per T, one column per checkpoint mode."""
+    table = {r["tokens"]: {} for r in rows}
+    for r in rows:
+        table[r["tokens"]][r["mode"]] = r["peak_mib"]
+    modes = list(dict.fromkeys(r["mode"] for r in rows))
+    print(f"\n{'T':>7}" + "".join(f"{m:>15}" for m in modes) + f"   (peak MiB, {rows[0]['preset']})")
+    for t, v in table.items():
+        print(f"{t:>7}" + "".join(f"{v.get(m, float('nan')):>15.0f}" for m in modes))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats, contexts up to 8K, memory up to 8K")
     parser.add_argument("--presets", nargs="+", default=["tiny", "small"])
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["meta-train", "prefill", "memory"])
+    parser.add_argument("--memory-modes", nargs="+", default=list(MEMORY_MODES), choices=list(MEMORY_MODES))
+    parser.add_argument("--memory-lengths", nargs="+", type=int, default=None, help="T values of the memory runs")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     parser.add_argument("--memory-child", nargs=3, metavar=("PRESET", "T", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -179,7 +214,7 @@ def main() -> None:
 
     repeats = 1 if args.quick else 3
     contexts = (2048, 4096, 8192) if args.quick else (2048, 4096, 8192, 16384, 32768, 65536)
-    mem_lengths = (1024, 4096, 8192) if args.quick else (1024, 4096, 8192, 16384, 32768)
+    mem_lengths = args.memory_lengths or ((1024, 4096, 8192) if args.quick else (1024, 4096, 8192, 16384, 32768))
     print(
         f"ttt_kernels {ttt_kernels.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{platform.processor() or platform.machine()}"
@@ -192,7 +227,11 @@ def main() -> None:
     if "prefill" not in args.skip:
         results["prefill"] = bench_prefill(args.presets, contexts, repeats)
     if "memory" not in args.skip:
-        results["memory"] = bench_memory(args.presets[0], mem_lengths, list(MEMORY_MODES))
+        results["memory"] = bench_memory(args.presets[0], mem_lengths, args.memory_modes)
+    if "meta_train" in results:
+        _print_meta_train_table(results["meta_train"])
+    if "memory" in results:
+        _print_memory_table(results["memory"])
     if "prefill" in results:
         _print_prefill_table(results["prefill"])
     if args.out:

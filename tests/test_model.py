@@ -148,13 +148,13 @@ def test_config_json_round_trip():
 # Equivalence with the reference model and the naive spec
 
 
-_GROUPED = dict(checkpoint_group=2, checkpoint_prefix=True)
+_GROUPED = dict(checkpoint_group=2, checkpoint_prefix_group=1)
 
 
 @pytest.mark.parametrize(
     "seed, n_chunks, checkpointing",
-    [(0, 4, {}), (1, 1, {}), (2, 3, _GROUPED), (3, 5, _GROUPED)],
-    ids=["4-chunks", "1-chunk", "3-chunks-grouped", "5-chunks-grouped"],
+    [(0, 4, {}), (1, 1, {}), (2, 3, _GROUPED), (3, 5, _GROUPED), (4, 4, dict(checkpoint_prefix=False))],
+    ids=["4-chunks", "1-chunk", "3-chunks-grouped", "5-chunks-grouped", "4-chunks-whole-prefix"],
 )
 def test_matches_reference_model(seed, n_chunks, checkpointing):
     """Package ops + checkpointing through time vs the same code on reference ops with plain autograd."""
@@ -189,6 +189,60 @@ def test_matches_naive_spec(overrides):
     _assert_close(grads, {n: p.grad for n, p in model.named_parameters()}, "grad")
 
 
+@pytest.mark.parametrize(
+    "overrides, n_chunks, group, extra",
+    [
+        (dict(), 5, 1, {}),  # slices of 16 < window - 1: a slice reads the tails of the two before it
+        (dict(window=24, num_kv_heads=1), 7, 1, {}),  # window not a multiple of b, GQA
+        (dict(window=16), 7, 3, {}),  # slices of 48 > window: tails of 15 positions; a shorter last slice
+        (dict(window=40, num_kv_heads=1, num_suffix_layers=1), 9, 2, dict(checkpoint_group=2)),  # T = 144, 3 prefix
+        (dict(bos_token_id=7), 3, 8, {}),  # one slice
+        (dict(), 4, 1, dict(first_order=True)),
+        (dict(ttt=False, window=24), 7, 2, {}),  # the SWA baseline: every block in slices
+        (dict(ttt=False, window=200), 6, 1, {}),  # full attention (window > T)
+    ],
+    ids=["b16-w32", "w24-gqa", "w16-slice48", "w40-3prefix-grouped", "one-slice", "first-order", "swa", "full"],
+)
+def test_prefix_slices_match_whole_prefix(overrides, n_chunks, group, extra):
+    """Prefix blocks in recomputed slices vs over the whole sequence in one pass: the same losses and gradients
+    (float64, to rounding) for every parameter, across windows smaller and larger than the slices."""
+    model = _model(_config(**overrides), seed=n_chunks)
+    tokens = _tokens(2, n_chunks * 16 + 1, seed=n_chunks)
+    tokens[1, 9] = 7
+    loss, per_chunk, grads = _loss_and_grads(
+        model, tokens, checkpoint_prefix=True, checkpoint_prefix_group=group, **extra
+    )
+    whole_loss, whole_per_chunk, whole_grads = _loss_and_grads(model, tokens, checkpoint_prefix=False, **extra)
+    _assert_close(per_chunk, whole_per_chunk, "per-chunk losses", rtol=1e-12)
+    _assert_close(loss, whole_loss, "loss", rtol=1e-12)
+    _assert_close(grads, whole_grads, "grad", rtol=1e-12)
+
+
+def test_prefix_slices_route_window_gradients(monkeypatch):
+    """The gradient that reaches a slice through the next slices' attention to its keys/values is not negligible:
+    detaching the window the next slices read changes the prefix blocks' gradients (so the test above would catch a
+    dropped path)."""
+    import ttt_kernels.model.model as model_module
+
+    model = _model(_config())
+    tokens = _tokens(1, 5 * 16 + 1, seed=1)
+    _, _, grads = _loss_and_grads(model, tokens, checkpoint_prefix_group=1)
+    window = model_module._window
+    monkeypatch.setattr(
+        model_module, "_window", lambda pieces, n: [(k.detach(), v.detach()) for k, v in window(pieces, n)]
+    )
+    _, _, cut = _loss_and_grads(model, tokens, checkpoint_prefix_group=1)
+    for name in (
+        "blocks.0.attn.wk.weight",
+        "blocks.0.attn.wv.weight",
+        "blocks.0.ffn.w2.weight",
+        "blocks.1.attn.wk.weight",
+        "embed.weight",
+    ):
+        err = ((cut[name] - grads[name]).norm() / grads[name].norm()).item()
+        assert err > 1e-3, (name, err)
+
+
 def test_meta_loss_argument_errors():
     model = _model(_config())
     with pytest.raises(ValueError, match="multiple of mini_batch_size"):
@@ -197,15 +251,18 @@ def test_meta_loss_argument_errors():
         model.meta_loss(_tokens(1, 33, 0).double())
     with pytest.raises(ValueError, match="checkpoint_group"):
         model.meta_loss(_tokens(1, 33, 0), checkpoint_group=0)
+    with pytest.raises(ValueError, match="checkpoint_prefix_group"):
+        model.meta_loss(_tokens(1, 33, 0), checkpoint_prefix_group=0)
     with pytest.raises(ValueError, match="ops must be one of"):
         TTTE2EModel(_config(), ops="fast")
 
 
 def test_matches_reference_model_tiny_preset():
-    """The tiny preset at full size (window 256, b 64, one suffix block) past the point where the window is full."""
+    """The tiny preset at full size (window 256, b 64, one suffix block) past the point where the window is full;
+    prefix slices of 128 tokens (a slice reads the windows of the two before it)."""
     model = _model(TTTE2EConfig.preset("tiny"), seed=5)
     tokens = _tokens(1, 6 * 64 + 1, seed=5)
-    loss, per_chunk, grads = _loss_and_grads(model, tokens)
+    loss, per_chunk, grads = _loss_and_grads(model, tokens, checkpoint_prefix_group=2)
     ref_loss, ref_per_chunk, ref_grads = _loss_and_grads(reference_copy(model), tokens, checkpoint=False)
     _assert_close(per_chunk, ref_per_chunk, "per-chunk losses")
     _assert_close(grads, ref_grads, "grad")
@@ -213,11 +270,12 @@ def test_matches_reference_model_tiny_preset():
 
 @pytest.mark.slow
 def test_matches_reference_model_small_preset():
-    """The small preset at full size (2 suffix blocks, window 512, b 128), 5 chunks, two sequences."""
+    """The small preset at full size (2 suffix blocks, window 512, b 128), 5 chunks, two sequences, prefix slices of
+    256 tokens."""
     model = _model(TTTE2EConfig.preset("small", bos_token_id=0), seed=6)
     tokens = _tokens(2, 5 * 128 + 1, seed=6)
     tokens[1, 100:110] = 0
-    loss, per_chunk, grads = _loss_and_grads(model, tokens, checkpoint_group=2)
+    loss, per_chunk, grads = _loss_and_grads(model, tokens, checkpoint_group=2, checkpoint_prefix_group=2)
     ref_loss, ref_per_chunk, ref_grads = _loss_and_grads(reference_copy(model), tokens, checkpoint=False)
     _assert_close(per_chunk, ref_per_chunk, "per-chunk losses")
     _assert_close(grads, ref_grads, "grad")
@@ -243,17 +301,39 @@ def _held_bytes(model: TTTE2EModel, tokens: torch.Tensor, **kwargs) -> int:
     return sum(held.values())
 
 
+def _held_growth(model: TTTE2EModel, **kwargs) -> int:
+    """Held bytes of 16 chunks of 16 tokens minus those of 8 chunks (what 128 more tokens cost)."""
+    long, short = (_held_bytes(model, _tokens(1, n * 16 + 1, 0), **kwargs) for n in (16, 8))
+    return long - short
+
+
 def test_checkpointing_bounds_held_memory():
-    """Per chunk, the graph keeps much less with checkpointing, and less again with two levels."""
+    """Per chunk, the graph keeps much less with checkpointing, less again with prefix slices, and less again with
+    two levels."""
     model = _model(_config()).float()
-    modes = {"none": dict(checkpoint=False), "chunk": {}, "group": dict(checkpoint_group=4, checkpoint_prefix=True)}
-    growth = {
-        name: _held_bytes(model, _tokens(1, 16 * 16 + 1, 0), **kw) - _held_bytes(model, _tokens(1, 8 * 16 + 1, 0), **kw)
-        for name, kw in modes.items()
+    modes = {
+        "none": dict(checkpoint=False, checkpoint_prefix=False),
+        "chunk": dict(checkpoint_prefix=False),
+        "chunk+prefix": {},
+        "group+prefix": dict(checkpoint_group=4),
     }
+    growth = {name: _held_growth(model, **kw) for name, kw in modes.items()}
     fast_bytes = 8 * sum(w.numel() * 4 for w in model.initial_fast_weights(1))  # W_{i-1} of 8 chunks
     assert growth["chunk"] < 1.5 * fast_bytes and growth["none"] > 1.8 * growth["chunk"], growth
-    assert growth["group"] * 3 < growth["chunk"], growth
+    # The prefix blocks' activations (2 blocks here) are no longer held: what remains is W_{i-1}, the embedding,
+    # the prefix output, keys/values and the chunks' small tensors.
+    assert growth["chunk+prefix"] < growth["chunk"] - 1.5e6 and growth["chunk+prefix"] < 1.25 * fast_bytes, growth
+    assert growth["group+prefix"] * 2.5 < growth["chunk+prefix"], growth
+
+
+def test_prefix_slices_bound_held_memory():
+    """With TTT off (not sliced by default) and checkpoint_prefix, every block runs in prefix slices: per token,
+    the graph holds a few [d]-sized vectors (the embedding, the window's keys/values, the loss's inputs) instead of
+    every block's activations."""
+    model = _model(_config(ttt=False)).float()
+    whole, sliced = _held_growth(model), _held_growth(model, checkpoint_prefix=True)
+    per_token = 128 * model.config.hidden_size * 4  # one [d] float32 vector per token, 128 tokens
+    assert whole > 8 * sliced and sliced < 10 * per_token, (whole, sliced, per_token)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-import torch.utils.checkpoint
 from torch import nn
 
 from . import official
@@ -86,6 +85,15 @@ class TTTE2EState:
 def _last(items, n: int):
     """The last n items (none for n = 0)."""
     return items[max(len(items) - n, 0) :]
+
+
+def _window(pieces: list, n: int) -> list:
+    """The last pieces of a list of (k, v) pairs in order that together hold at least n positions (all if fewer)."""
+    count, total = 0, 0
+    while count < len(pieces) and total < n:
+        count += 1
+        total += pieces[-count][0].shape[1]
+    return pieces[len(pieces) - count :]
 
 
 def _append(old: torch.Tensor | None, new: torch.Tensor) -> torch.Tensor:
@@ -340,7 +348,8 @@ class TTTE2EModel(nn.Module):
         first_order: bool = False,
         checkpoint: bool = True,
         checkpoint_group: int = 1,
-        checkpoint_prefix: bool = False,
+        checkpoint_prefix: bool | None = None,
+        checkpoint_prefix_group: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The outer (meta-learning) loss of a batch and the per-chunk losses.
 
@@ -352,9 +361,13 @@ class TTTE2EModel(nn.Module):
         ``checkpoint``: keep only each chunk's inputs (prefix output, fast weights, earlier keys/values) and
         recompute the chunk in the backward. ``checkpoint_group`` > 1 adds a second level: only every
         ``checkpoint_group``-th chunk's fast weights are kept; a group of chunks is recomputed in the backward,
-        chunk by chunk. ``checkpoint_prefix``: also recompute each prefix block in the backward (ordinary activation
-        checkpointing; only the blocks' outputs are kept). With ``config.ttt`` False (the baselines) every block runs
-        over the whole sequence in one pass (and ``checkpoint_prefix`` checkpoints each of them).
+        chunk by chunk. ``checkpoint_prefix``: run the prefix blocks in slices of ``checkpoint_prefix_group`` chunks
+        (default: the chunks covering two windows, ceil(2k/b)), each but the last recomputed in the backward: a slice
+        keeps only its input (the embedding of its tokens) and, per prefix block, the keys/values of its last k-1
+        positions (the window the next slices read), so the prefix blocks' activations are never held for the whole
+        sequence. With ``config.ttt`` False (the baselines) every block is a prefix block in this sense. The default
+        (None) slices with TTT (the recomputation costs little next to the inner loop's second-order work) and not
+        with TTT off (there it adds a forward pass of every block). Checkpointing does not change the results.
         """
         c = self.config
         self._check_tokens(tokens, "meta_loss", 2)
@@ -368,17 +381,29 @@ class TTTE2EModel(nn.Module):
             )
         if isinstance(checkpoint_group, bool) or not isinstance(checkpoint_group, int) or checkpoint_group < 1:
             raise ValueError(f"TTTE2EModel.meta_loss: checkpoint_group must be an int >= 1, got {checkpoint_group!r}")
+        if checkpoint_prefix is None:
+            checkpoint_prefix = c.ttt
+        if checkpoint_prefix_group is None:
+            checkpoint_prefix_group = -(-2 * c.window // b)
+        if (
+            isinstance(checkpoint_prefix_group, bool)
+            or not isinstance(checkpoint_prefix_group, int)
+            or checkpoint_prefix_group < 1
+        ):
+            raise ValueError(
+                "TTTE2EModel.meta_loss: checkpoint_prefix_group must be an int >= 1 or None, got "
+                f"{checkpoint_prefix_group!r}"
+            )
         n_chunks = t // b
 
-        # Blocks that run once over the whole sequence: the prefix, or every block with TTT off.
+        # Blocks without inner steps: the prefix, or every block with TTT off.
+        blocks = list(self.prefix_blocks if c.ttt else self.blocks)
         h = self.embed(inputs)
-        for blk in self.prefix_blocks if c.ttt else self.blocks:
-            # No inner gradient inside, so torch's non-reentrant checkpoint recomputes the block only once.
-            h = (
-                torch.utils.checkpoint.checkpoint(self._whole_sequence_block, blk, h, use_reentrant=False)
-                if checkpoint_prefix and torch.is_grad_enabled()
-                else self._whole_sequence_block(blk, h)
-            )
+        if checkpoint_prefix and blocks and torch.is_grad_enabled():
+            h = self._sliced_blocks(blocks, h, checkpoint_prefix_group * b)
+        else:
+            for blk in blocks:
+                h = self._block(blk, h, 0, [], self._opset.swa_attention, self._static_fast_or_none(blk))[0]
         if not c.ttt:
             ce, valid = self._token_losses(h, targets)
             per_chunk = ce.view(bsz, n_chunks, b).sum(2) / valid.view(bsz, n_chunks, b).sum(2).clamp(min=1)
@@ -395,10 +420,50 @@ class TTTE2EModel(nn.Module):
         per_chunk = torch.stack(losses, 1)
         return per_chunk.mean(), per_chunk
 
-    def _whole_sequence_block(self, blk: _Block, h: torch.Tensor) -> torch.Tensor:
-        """A block over a whole sequence from position 0 (a dynamic MLP, with TTT off, applies W_0)."""
-        fast = self._static_fast(blk) if hasattr(blk, "prime") else None
-        return self._block(blk, h, 0, [], self._opset.swa_attention, fast)[0]
+    def _static_fast_or_none(self, blk: _Block):
+        """W_0 for a block with a dynamic MLP run without inner steps (TTT off), None for a prefix block."""
+        return self._static_fast(blk) if hasattr(blk, "prime") else None
+
+    def _sliced_blocks(self, blocks: list, h: torch.Tensor, size: int) -> torch.Tensor:
+        """``blocks`` (no inner steps) over h [B, T, d] from position 0, in slices of ``size`` positions, each but the
+        last a _Recompute: it keeps its input slice of h and the keys/values of its last k-1 positions per block (the
+        window the following slices read; their gradients come back through those slices), and recomputes the rest
+        in the backward. Returns the output [B, T, d]."""
+        t, keep = h.shape[1], self.config.window - 1
+        params = [p for blk in blocks for p in blk.parameters() if p.requires_grad]
+        hist = [[] for _ in blocks]  # per block: (k, v) tails of the earlier slices, in order
+        outs = []
+        for lo in range(0, t, size):
+            past = [_window(pieces, keep) for pieces in hist]
+            run = self._slice_runner(blocks, lo, len(past[0]))
+            args = (h[:, lo : lo + size], *_flatten_kv(past))
+            if lo + size < t:
+                res = _Recompute.apply(run, len(args), *args, *params)
+            else:  # the last slice keeps its graph: its backward comes first, recomputing it would gain nothing
+                res = run(*args, create_graph=True)
+            outs.append(res[0])
+            for i, pieces in enumerate(hist):
+                pieces.append((res[1 + 2 * i], res[2 + 2 * i]))
+        return torch.cat(outs, 1) if len(outs) > 1 else outs[0]
+
+    def _slice_runner(self, blocks: list, pos0: int, n_past: int):
+        """blocks over one slice, for _Recompute: run(h, *past k/v, create_graph) -> (h, *(k, v) tail per block).
+        The forward needs no graph (no inner gradient here); the recomputation in the backward builds one."""
+        keep = self.config.window - 1
+
+        def tail(x):  # the last k-1 positions, in their own storage (a view would keep the whole slice's)
+            return x[:, x.shape[1] - keep :].clone() if x.shape[1] > keep else x
+
+        def run(h, *flat, create_graph):
+            past = _unflatten_kv(flat, len(blocks), n_past)
+            tails = []
+            with torch.set_grad_enabled(create_graph):
+                for blk, p in zip(blocks, past):
+                    h, (k, v) = self._block(blk, h, pos0, p, self._opset.swa_attention, self._static_fast_or_none(blk))
+                    tails += [tail(k), tail(v)]
+            return (h, *tails)
+
+        return run
 
     def _chunk_params(self) -> list:
         """Parameters the suffix chunks read directly: all but the prefix blocks' and W_0 (which enters as the fast
