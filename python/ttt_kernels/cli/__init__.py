@@ -33,7 +33,7 @@ def _add_corpus(p: argparse.ArgumentParser, default_help: str) -> None:
 
 
 def _train_parser(sub) -> None:
-    from .train import BASELINES
+    from .train import BASELINES, CHECKPOINTING
     from .train import TRAIN_DEFAULTS as D
 
     p = sub.add_parser(
@@ -71,6 +71,11 @@ def _train_parser(sub) -> None:
     g.add_argument("--inner-lr", type=float, help=f"inner learning rate eta after warm-up (default {D['inner_lr']})")
     g.add_argument("--inner-lr-start", type=float, help=f"eta at step 0 (default {D['inner_lr_start']})")
     g.add_argument("--inner-warmup", type=int, help="steps of the linear eta warm-up (default: 25%% of --steps)")
+    g.add_argument(
+        "--checkpointing",
+        choices=tuple(CHECKPOINTING),
+        help="activation checkpointing of meta-training: none (fastest), chunk (default), group4 (least memory)",
+    )
     g = p.add_argument_group("validation and checkpoints")
     g.add_argument("--val-every", type=int, help=f"validate every N steps, 0: never (default {D['val_every']})")
     g.add_argument("--val-windows", type=int, help=f"held-out windows per validation (default {D['val_windows']})")

@@ -44,10 +44,17 @@ TRAIN_DEFAULTS = {
     "inner_lr_start": 0.1,
     "inner_warmup": None,
     "seed": 0,
+    "checkpointing": "chunk",
     "val_every": 50,
     "val_windows": 16,
 }
 BASELINES = ("ttt", "swa", "full")
+# meta_loss's activation checkpointing (docs/model.md): none is fastest, chunk/group4 keep less memory per token.
+CHECKPOINTING = {
+    "none": dict(checkpoint=False),
+    "chunk": dict(checkpoint=True),
+    "group4": dict(checkpoint=True, checkpoint_group=4, checkpoint_prefix=True),
+}
 
 
 def parse_override(text: str) -> tuple[str, object]:
@@ -119,6 +126,8 @@ def resolve_settings(given: dict) -> dict:
     for name in ("lr", "grad_clip", "inner_lr", "inner_lr_start"):
         if not (isinstance(s[name], (int, float)) and math.isfinite(s[name]) and s[name] > 0):
             raise CLIError(f"--{name.replace('_', '-')} must be a finite number > 0, got {s[name]!r}")
+    if s["checkpointing"] not in CHECKPOINTING:
+        raise CLIError(f"--checkpointing must be one of {', '.join(CHECKPOINTING)}, got {s['checkpointing']!r}")
     if s["val_every"] < 0 or s["warmup"] < 0 or s["inner_warmup"] < 0:
         raise CLIError("--val-every, --warmup and --inner-warmup must be >= 0")
     return s
@@ -234,7 +243,7 @@ def train(
         if changed:
             diffs = ", ".join(f"--{k.replace('_', '-')} {given[k]!r} (checkpoint: {saved[k]!r})" for k in changed)
             raise CLIError(f"--resume: training settings differ from the checkpoint's: {diffs}")
-        s = dict(saved)
+        s = resolve_settings(saved)
         out = resume if out is None else out
     else:
         s = resolve_settings(given)
@@ -293,7 +302,7 @@ def train(
                 group["lr"] = lr
             t0 = time.perf_counter()
             tokens = sampler.next_batch().to(device)
-            loss, _ = model.meta_loss(tokens, eta)
+            loss, _ = model.meta_loss(tokens, eta, **CHECKPOINTING[s["checkpointing"]])
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), s["grad_clip"]).item()
             optimizer.step()
