@@ -217,6 +217,12 @@ def test_demo_small(tmp_path, corpus_file, capsys):
     _no_partial(out)
 
 
+def test_demo_does_not_replace_a_training_checkpoint(trained, corpus_file, capsys):
+    before = checkpoint.Checkpoint(str(trained)).manifest
+    _fails(["demo", "--out", str(trained), "--corpus", corpus_file, *MODEL], capsys, "--out", "demo did not write")
+    assert checkpoint.Checkpoint(str(trained)).manifest == before
+
+
 def test_info_and_selfcheck(capsys):
     assert main(["info"]) == 0
     assert "ttt_kernels" in capsys.readouterr().out

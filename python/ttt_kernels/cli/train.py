@@ -185,11 +185,16 @@ def _rng_state(sampler: data.WindowSampler, device: torch.device) -> dict:
     return state
 
 
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
 class _Progress:
     """A tqdm bar on a terminal (loss, tokens/s, ETA); otherwise a log line every ``every`` steps."""
 
     def __init__(self, total: int, initial: int, enabled: bool | None, every: int):
-        self.every, self.bar = every, None
+        self.every, self.bar, self.initial, self.start = every, None, initial, time.perf_counter()
         if enabled is None:
             enabled = sys.stderr.isatty()
         if enabled:
@@ -199,10 +204,15 @@ class _Progress:
 
     def update(self, step: int, total: int, loss: float, tok_s: float, lr: float, eta: float) -> None:
         if self.bar is not None:
-            self.bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_s:.0f}", lr=f"{lr:.2e}", eta=f"{eta:.2f}")
+            self.bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_s:.0f}", lr=f"{lr:.2e}", inner_lr=f"{eta:.2f}")
             self.bar.update(1)
         elif self.every and (step % self.every == 0 or step == total):
-            print(f"step {step}/{total}  loss {loss:.4f}  {tok_s:.0f} tok/s  lr {lr:.2e}  eta {eta:.2f}", flush=True)
+            per_step = (time.perf_counter() - self.start) / max(1, step - self.initial)
+            left = _duration(per_step * (total - step))
+            print(
+                f"step {step}/{total}  loss {loss:.4f}  {tok_s:.0f} tok/s  lr {lr:.2e}  inner-lr {eta:.2f}  ETA {left}",
+                flush=True,
+            )
 
     def write(self, text: str) -> None:
         if self.bar is not None:
@@ -228,11 +238,15 @@ def train(
     progress: bool | None = None,
     log_every: int = 10,
     overwrite: bool = False,
+    origin: str = "train",
+    reserve_steps: float = 0.0,
 ) -> TrainResult:
     """Trains (or resumes) and writes checkpoints to ``out`` (``resume``'s directory when None). ``stop_after``:
     stop after that many steps of this run; ``seconds``: stop when the next step would exceed this time budget.
     Either way a checkpoint is saved, and ``--resume`` continues the run exactly. ``overwrite``: ``out`` may hold
-    a checkpoint already (replaced when the first save's manifest is written)."""
+    a checkpoint already (replaced when the first save's manifest is written). ``origin``: which command wrote
+    the checkpoint (recorded in trainer-N.json). ``reserve_steps``: with ``seconds``, also keep the time of that
+    many average steps free (for work after training whose cost scales like a step)."""
     ckpt = None
     if resume is not None:
         ckpt = checkpoint.Checkpoint(resume)
@@ -282,7 +296,14 @@ def train(
         step, history, validation = ckpt.step, ckpt.trainer["history"], ckpt.trainer["validation"]
 
     def save():
-        trainer = {"step": step, "settings": s, "history": history, "validation": validation, "corpus": corpus.source}
+        trainer = {
+            "step": step,
+            "origin": origin,
+            "settings": s,
+            "history": history,
+            "validation": validation,
+            "corpus": corpus.source,
+        }
         checkpoint.save(out, model, step=step, trainer=trainer, optimizer=optimizer, rng=_rng_state(sampler, device))
 
     total, tokens_per_step = s["steps"], s["batch"] * s["context"]
@@ -294,7 +315,7 @@ def train(
                 stopped = f"--stop-after {stop_after}"
                 break
             elapsed = time.perf_counter() - start
-            if seconds is not None and run_steps and elapsed + elapsed / run_steps > seconds:
+            if seconds is not None and run_steps and elapsed + (1 + reserve_steps) * elapsed / run_steps > seconds:
                 stopped = f"time budget of {seconds:.0f} s"
                 break
             lr, eta = learning_rate(s, step), inner_learning_rate(s, step)
