@@ -194,3 +194,9 @@ def main(argv=None) -> int:
     except MemoryError:
         print("ttt-kernels: error: out of memory; use a smaller preset, --batch or --context", file=sys.stderr)
         return 2
+    except Exception as e:
+        if type(e).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError (GPU), past the estimate
+            message = f"out of GPU memory ({e}); use a smaller preset, --batch or --context"
+            print(f"ttt-kernels: error: {message}", file=sys.stderr)
+            return 2
+        raise

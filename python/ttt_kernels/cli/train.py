@@ -200,7 +200,13 @@ class _Progress:
         if enabled:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
+            try:
+                width = os.get_terminal_size(sys.stderr.fileno()).columns
+            except (OSError, ValueError):
+                width = 0
+            # A terminal that reports no size (some pseudo-terminals) would hide the bar: assume 100 x 20.
+            sizing = dict(dynamic_ncols=True) if width > 0 else dict(ncols=100, nrows=20)
+            self.bar = tqdm(total=total, initial=initial, desc="train", unit="step", **sizing)
 
     def update(self, step: int, total: int, loss: float, tok_s: float, lr: float, eta: float) -> None:
         if self.bar is not None:
