@@ -175,6 +175,20 @@ def test_resume_is_bit_identical(tmp_path, corpus_file, threads):
     assert fa.trainer["validation"] == fb.trainer["validation"]
 
 
+def test_resume_into_another_directory(tmp_path, corpus_file, capsys):
+    first, second = tmp_path / "first", tmp_path / "second"
+    cfg = tmp_path / "model.json"
+    cfg.write_text(json.dumps({"preset": "tiny", "num_layers": 2, "hidden_size": 32, "mlp_size": 64, "window": 32,
+                               "mini_batch_size": 16}))  # fmt: skip
+    args = ["--corpus", corpus_file, "--config", str(cfg), "--context", "64", "--batch", "2", "--no-progress"]
+    assert main(["train", "--out", str(first), *args, "--steps", "4", "--stop-after", "2"]) == 0
+    os.remove(cfg)  # resuming needs only the checkpoint
+    assert main(["train", "--resume", str(first), "--out", str(second), "--no-progress"]) == 0
+    assert checkpoint.Checkpoint(str(first)).step == 2 and checkpoint.Checkpoint(str(second)).step == 4
+    assert len(_history(second)) == 4 and _history(second)[:2] == _history(first)
+    _fails(["train", "--resume", str(first), "--out", str(second)], capsys, "already holds a checkpoint")
+
+
 def test_save_every_keeps_one_complete_checkpoint(tmp_path, corpus_file):
     out = tmp_path / "run"
     assert _train(out, corpus_file, "--steps", "5", "--save-every", "2") == 0

@@ -290,19 +290,19 @@ def run_demo(args) -> int:
             "SWA baseline: train one with `ttt-kernels train --baseline swa` and compare with `ttt-kernels eval`)"
         )
 
-    prompt = windows[0, :256]
+    n_prompt, n_new = min(256, windows.shape[1]), 128
     t0 = time.perf_counter()
-    sample = trained.generate(prompt, 128, 0.8, 0.95, seed=args.seed, inner_lr=eta)
+    sample = trained.generate(windows[0, :n_prompt], n_new, 0.8, 0.95, seed=args.seed, inner_lr=eta)
     gen_seconds = time.perf_counter() - t0
-    print("\nsample (256 held-out bytes as prompt, 128 generated, temperature 0.8, top-p 0.95):")
+    print(f"\nsample ({n_prompt} held-out bytes as prompt, {n_new} generated, temperature 0.8, top-p 0.95):")
     print("-" * 60)
-    print(data.decode(sample[256:].tolist(), printable=True))
+    print(data.decode(sample[n_prompt:].tolist(), printable=True))
     print("-" * 60)
     print(
         f"throughput on {device} ({torch.get_num_threads()} threads, {platform.machine()}): meta-training "
         f"{result.tokens_per_second:.0f} tokens/s; evaluation TTT on {runs[0].tokens_per_second:.0f} tokens/s, "
-        f"TTT off {runs[1].tokens_per_second:.0f} tokens/s; generation (prefill 256 + decode 128) "
-        f"{(256 + 128) / gen_seconds:.0f} tokens/s"
+        f"TTT off {runs[1].tokens_per_second:.0f} tokens/s; generation (prefill {n_prompt} + decode {n_new}) "
+        f"{(n_prompt + n_new) / gen_seconds:.0f} tokens/s"
     )
     if hasattr(os, "getloadavg"):
         print(

@@ -269,14 +269,16 @@ def train(
         s = resolve_settings(given)
     if out is None:
         raise CLIError("--out: a checkpoint directory is required")
-    if resume is None and not overwrite and checkpoint.is_checkpoint(out):
+    replaces_other = resume is None or os.path.abspath(out) != os.path.abspath(resume)
+    if replaces_other and not overwrite and checkpoint.is_checkpoint(out):
         raise CLIError(f"--out: {out} already holds a checkpoint (continue it with --resume {out}, or choose another)")
     if os.path.exists(out) and not os.path.isdir(out):
         raise CLIError(f"--out: {out} exists and is not a directory")
 
-    config = resolve_config(s["preset"], s["config"], s["set"], s["baseline"], s["context"])
-    if ckpt is not None and config != ckpt.config:
-        raise CLIError(f"--resume: the checkpoint's config.json differs from its training settings ({resume})")
+    if ckpt is not None:  # the checkpoint's own config.json (a --config file may have moved since)
+        config = ckpt.config
+    else:
+        config = resolve_config(s["preset"], s["config"], s["set"], s["baseline"], s["context"])
     check_context(config, s["context"])
     runtime.check_memory(
         config, device, tokens=s["batch"] * s["context"], training=True, what="the training configuration"
