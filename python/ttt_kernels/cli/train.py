@@ -1,0 +1,367 @@
+"""Meta-training (or baseline training) of a TTT-E2E model on a byte corpus, with checkpoints and exact resume.
+
+Outer optimiser: AdamW (no weight decay on norm weights), learning rate with a linear warm-up from lr/warmup to lr
+over ``warmup`` steps then a cosine decay to ``lr * min_lr_ratio`` at the last step, and a global gradient-norm
+clip. The inner learning rate eta warms up linearly from ``inner_lr_start`` (0.1) to ``inner_lr`` (1) over
+``inner_warmup`` steps, as in the paper. Each step draws ``batch`` random windows of ``context`` + 1 tokens from the
+train split with a generator seeded by ``seed``.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+
+from ttt_kernels.model import TTTE2EConfig, TTTE2EModel
+
+from . import checkpoint, data, runtime
+from .errors import CLIError
+
+# Training settings: everything that determines the loss trajectory (saved in the checkpoint; a resumed run must
+# not change them). None in TRAIN_DEFAULTS means "derived" (see resolve_settings).
+TRAIN_DEFAULTS = {
+    "preset": "tiny",
+    "config": None,
+    "set": [],
+    "baseline": "ttt",
+    "corpus": None,
+    "corpus_suffix": None,
+    "steps": 200,
+    "batch": 4,
+    "context": 1024,
+    "lr": 3e-3,
+    "min_lr_ratio": 0.1,
+    "warmup": None,
+    "weight_decay": 0.1,
+    "beta1": 0.9,
+    "beta2": 0.95,
+    "grad_clip": 1.0,
+    "inner_lr": 1.0,
+    "inner_lr_start": 0.1,
+    "inner_warmup": None,
+    "seed": 0,
+    "checkpointing": "chunk",
+    "val_every": 50,
+    "val_windows": 16,
+}
+BASELINES = ("ttt", "swa", "full")
+# meta_loss's activation checkpointing (docs/model.md): none is fastest, chunk/group4 keep less memory per token.
+CHECKPOINTING = {
+    "none": dict(checkpoint=False),
+    "chunk": dict(checkpoint=True),
+    "group4": dict(checkpoint=True, checkpoint_group=4, checkpoint_prefix=True),
+}
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """``key=value`` with value parsed as JSON when possible (``window=128``, ``ttt=false``), else a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise CLIError(f"--set: expected KEY=VALUE (e.g. window=128), got {text!r}")
+    try:
+        return key.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return key.strip(), value
+
+
+def resolve_config(
+    preset: str | None, config_path: str | None, overrides: list, baseline: str, context: int
+) -> TTTE2EConfig:
+    """The model config: a preset or a JSON file (a full config, or {"preset": name, field: value, ...}), then the
+    ``--set`` overrides, then the baseline (swa: TTT off; full: TTT off and window >= context)."""
+    fields = {}
+    if config_path is not None:
+        try:
+            with open(config_path) as f:
+                fields = json.load(f)
+        except OSError as e:
+            raise CLIError(f"--config: cannot read {config_path}: {e.strerror}") from None
+        except json.JSONDecodeError as e:
+            raise CLIError(f"--config: {config_path} is not valid JSON: {e}") from None
+        if not isinstance(fields, dict):
+            raise CLIError(f"--config: {config_path} must hold a JSON object of TTTE2EConfig fields")
+        preset = fields.pop("preset", None)
+    fields.update(parse_override(o) for o in overrides)
+    if baseline not in BASELINES:
+        raise CLIError(f"--baseline must be one of {', '.join(BASELINES)}, got {baseline!r}")
+    if baseline != "ttt":
+        fields["ttt"] = False
+    try:
+        if preset is not None:
+            config = TTTE2EConfig.preset(preset, **fields)
+        else:
+            config = TTTE2EConfig.from_dict(fields)
+    except (ValueError, TypeError) as e:
+        arg = "--preset" if preset is not None and "unknown preset" in str(e) else "--config/--set"
+        raise CLIError(f"{arg}: {e}") from None
+    if baseline == "full" and config.window < context:
+        config = dataclasses.replace(config, window=context)
+    return config
+
+
+def check_context(config: TTTE2EConfig, context: int, of: str = "") -> None:
+    """The context must hold whole mini-batches (``of``: whose mini-batch, for the message)."""
+    b = config.mini_batch_size
+    if context < 1 or context % b:
+        raise CLIError(
+            f"--context ({context}) must be a positive multiple of the mini-batch size{of} (mini_batch_size = {b}): "
+            "one inner step per mini-batch"
+        )
+
+
+def resolve_settings(given: dict) -> dict:
+    """Defaults filled in; warm-ups default to 10% (outer) and 25% (inner) of the steps."""
+    s = {k: (given.get(k) if given.get(k) is not None else v) for k, v in TRAIN_DEFAULTS.items()}
+    for name in ("steps", "batch", "context", "val_windows"):
+        if not isinstance(s[name], int) or s[name] < 1:
+            raise CLIError(f"--{name.replace('_', '-')} must be an integer >= 1, got {s[name]!r}")
+    if s["warmup"] is None:
+        s["warmup"] = max(1, s["steps"] // 10)
+    if s["inner_warmup"] is None:
+        s["inner_warmup"] = max(1, s["steps"] // 4)
+    for name in ("lr", "grad_clip", "inner_lr", "inner_lr_start"):
+        if not (isinstance(s[name], (int, float)) and math.isfinite(s[name]) and s[name] > 0):
+            raise CLIError(f"--{name.replace('_', '-')} must be a finite number > 0, got {s[name]!r}")
+    if s["checkpointing"] not in CHECKPOINTING:
+        raise CLIError(f"--checkpointing must be one of {', '.join(CHECKPOINTING)}, got {s['checkpointing']!r}")
+    if s["val_every"] < 0 or s["warmup"] < 0 or s["inner_warmup"] < 0:
+        raise CLIError("--val-every, --warmup and --inner-warmup must be >= 0")
+    return s
+
+
+def learning_rate(s: dict, step: int) -> float:
+    """Outer learning rate of step ``step`` (0-based): linear warm-up, then cosine to lr * min_lr_ratio."""
+    lr, warmup, total = s["lr"], s["warmup"], s["steps"]
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup - 1)
+    floor = lr * s["min_lr_ratio"]
+    return floor + (lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def inner_learning_rate(s: dict, step: int) -> float:
+    """eta of step ``step``: linear from inner_lr_start to inner_lr over inner_warmup steps."""
+    if step >= s["inner_warmup"]:
+        return s["inner_lr"]
+    return s["inner_lr_start"] + (s["inner_lr"] - s["inner_lr_start"]) * step / s["inner_warmup"]
+
+
+def make_optimizer(model: TTTE2EModel, s: dict) -> torch.optim.AdamW:
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": s["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=s["lr"], betas=(s["beta1"], s["beta2"]), foreach=False)
+
+
+@torch.no_grad()
+def validation_loss(model: TTTE2EModel, windows: torch.Tensor, inner_lr: float, batch: int) -> float:
+    losses = []
+    for i in range(0, len(windows), batch):
+        _, per_chunk = model.meta_loss(windows[i : i + batch], inner_lr)
+        losses.append(per_chunk.mean(1))
+    return torch.cat(losses).mean().item()
+
+
+@dataclasses.dataclass
+class TrainResult:
+    model: TTTE2EModel
+    settings: dict
+    step: int
+    history: list
+    validation: list
+    train_seconds: float
+    tokens_per_second: float
+    stopped_early: str | None
+
+
+def _rng_state(sampler: data.WindowSampler, device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state(), "sampler": sampler.state_dict()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class _Progress:
+    """A tqdm bar on a terminal (loss, tokens/s, ETA); otherwise a log line every ``every`` steps."""
+
+    def __init__(self, total: int, initial: int, enabled: bool | None, every: int):
+        self.every, self.bar, self.initial, self.start = every, None, initial, time.perf_counter()
+        if enabled is None:
+            enabled = sys.stderr.isatty()
+        if enabled:
+            from tqdm import tqdm
+
+            try:
+                width = os.get_terminal_size(sys.stderr.fileno()).columns
+            except (OSError, ValueError):
+                width = 0
+            # A terminal that reports no size (some pseudo-terminals) would hide the bar: assume 100 x 20.
+            sizing = dict(dynamic_ncols=True) if width > 0 else dict(ncols=100, nrows=20)
+            self.bar = tqdm(total=total, initial=initial, desc="train", unit="step", **sizing)
+
+    def update(self, step: int, total: int, loss: float, tok_s: float, lr: float, eta: float) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_s:.0f}", lr=f"{lr:.2e}", inner_lr=f"{eta:.2f}")
+            self.bar.update(1)
+        elif self.every and (step % self.every == 0 or step == total):
+            per_step = (time.perf_counter() - self.start) / max(1, step - self.initial)
+            left = _duration(per_step * (total - step))
+            print(
+                f"step {step}/{total}  loss {loss:.4f}  {tok_s:.0f} tok/s  lr {lr:.2e}  inner-lr {eta:.2f}  ETA {left}",
+                flush=True,
+            )
+
+    def write(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            print(text, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def train(
+    given: dict,
+    *,
+    out: str | None,
+    device: torch.device,
+    resume: str | None = None,
+    corpus: data.Corpus | None = None,
+    save_every: int = 0,
+    stop_after: int | None = None,
+    seconds: float | None = None,
+    progress: bool | None = None,
+    log_every: int = 10,
+    overwrite: bool = False,
+    origin: str = "train",
+    reserve_steps: float = 0.0,
+) -> TrainResult:
+    """Trains (or resumes) and writes checkpoints to ``out`` (``resume``'s directory when None). ``stop_after``:
+    stop after that many steps of this run; ``seconds``: stop when the next step would exceed this time budget.
+    Either way a checkpoint is saved, and ``--resume`` continues the run exactly. ``overwrite``: ``out`` may hold
+    a checkpoint already (replaced when the first save's manifest is written). ``origin``: which command wrote
+    the checkpoint (recorded in trainer-N.json). ``reserve_steps``: with ``seconds``, also keep the time of that
+    many average steps free (for work after training whose cost scales like a step)."""
+    ckpt = None
+    if resume is not None:
+        ckpt = checkpoint.Checkpoint(resume)
+        if not ckpt.resumable:
+            raise CLIError(f"--resume: checkpoint {resume} has no optimizer/RNG state (not a training checkpoint)")
+        saved = ckpt.trainer["settings"]
+        changed = [k for k, v in given.items() if k in saved and v is not None and v != saved[k]]
+        if changed:
+            diffs = ", ".join(f"--{k.replace('_', '-')} {given[k]!r} (checkpoint: {saved[k]!r})" for k in changed)
+            raise CLIError(f"--resume: training settings differ from the checkpoint's: {diffs}")
+        s = resolve_settings(saved)
+        out = resume if out is None else out
+    else:
+        s = resolve_settings(given)
+    if out is None:
+        raise CLIError("--out: a checkpoint directory is required")
+    replaces_other = resume is None or os.path.abspath(out) != os.path.abspath(resume)
+    if replaces_other and not overwrite and checkpoint.is_checkpoint(out):
+        raise CLIError(f"--out: {out} already holds a checkpoint (continue it with --resume {out}, or choose another)")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise CLIError(f"--out: {out} exists and is not a directory")
+
+    if ckpt is not None:  # the checkpoint's own config.json (a --config file may have moved since)
+        config = ckpt.config
+    else:
+        config = resolve_config(s["preset"], s["config"], s["set"], s["baseline"], s["context"])
+    check_context(config, s["context"])
+    runtime.check_memory(
+        config, device, tokens=s["batch"] * s["context"], training=True, what="the training configuration"
+    )
+    if corpus is None:
+        corpus = data.load_corpus(s["corpus"], s["corpus_suffix"])
+    data.require_length(corpus, s["context"])
+
+    torch.manual_seed(s["seed"])
+    model = TTTE2EModel(config).to(device)
+    optimizer = make_optimizer(model, s)
+    sampler = data.WindowSampler(corpus.train, s["context"], s["batch"], s["seed"])
+    val_windows = data.evaluation_windows(corpus.validation, s["context"], s["val_windows"]).to(device)
+    step, history, validation = 0, [], []
+    if ckpt is not None:
+        ckpt.load_model(model)
+        optimizer.load_state_dict(ckpt.load_optimizer_state())
+        rng = ckpt.load_rng()
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], device)
+        sampler.load_state_dict(rng["sampler"])
+        step, history, validation = ckpt.step, ckpt.trainer["history"], ckpt.trainer["validation"]
+
+    def save():
+        trainer = {
+            "step": step,
+            "origin": origin,
+            "settings": s,
+            "history": history,
+            "validation": validation,
+            "corpus": corpus.source,
+        }
+        checkpoint.save(out, model, step=step, trainer=trainer, optimizer=optimizer, rng=_rng_state(sampler, device))
+
+    total, tokens_per_step = s["steps"], s["batch"] * s["context"]
+    bar = _Progress(total, step, progress, log_every)
+    start, saved_step, stopped, run_steps = time.perf_counter(), step if ckpt is not None else None, None, 0
+    try:
+        while step < total:
+            if stop_after is not None and run_steps >= stop_after:
+                stopped = f"--stop-after {stop_after}"
+                break
+            elapsed = time.perf_counter() - start
+            if seconds is not None and run_steps and elapsed + (1 + reserve_steps) * elapsed / run_steps > seconds:
+                stopped = f"time budget of {seconds:.0f} s"
+                break
+            lr, eta = learning_rate(s, step), inner_learning_rate(s, step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            t0 = time.perf_counter()
+            tokens = sampler.next_batch().to(device)
+            loss, _ = model.meta_loss(tokens, eta, **CHECKPOINTING[s["checkpointing"]])
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), s["grad_clip"]).item()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise CLIError(f"training diverged at step {step + 1} (loss {loss_value}); try a lower --lr")
+            step, run_steps = step + 1, run_steps + 1
+            dt = time.perf_counter() - t0
+            history.append({"step": step, "loss": loss_value, "lr": lr, "inner_lr": eta, "grad_norm": grad_norm})
+            bar.update(step, total, loss_value, tokens_per_step / dt, lr, eta)
+            if s["val_every"] and (step % s["val_every"] == 0 or step == total):
+                val = validation_loss(model, val_windows, s["inner_lr"], s["batch"])
+                validation.append({"step": step, "loss": val})
+                bar.write(f"step {step}: validation loss {val:.4f} ({len(val_windows)} held-out windows)")
+            if save_every and step % save_every == 0:
+                save()
+                saved_step = step
+    finally:
+        bar.close()
+    train_seconds = time.perf_counter() - start
+    if saved_step != step:
+        save()
+    return TrainResult(
+        model=model,
+        settings=s,
+        step=step,
+        history=history,
+        validation=validation,
+        train_seconds=train_seconds,
+        tokens_per_second=run_steps * tokens_per_step / train_seconds if train_seconds > 0 else 0.0,
+        stopped_early=stopped,
+    )

@@ -1,0 +1,404 @@
+"""The ttt-kernels command line: train / resume / eval / generate / demo / bench on tiny configs, checkpoints, errors.
+
+Commands run in-process through ``ttt_kernels.cli.main(argv)``; one test runs ``python -m ttt_kernels`` (and the
+``ttt-kernels`` script when it is on PATH) as a subprocess.
+"""
+
+import glob
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import zlib
+
+import pytest
+import torch
+
+from ttt_kernels.cli import checkpoint, data, main
+from ttt_kernels.model import TTTE2EModel
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# 2 blocks of width 32, window 32, mini-batch 16: a training step takes milliseconds.
+MODEL = [
+    *("--set", "num_layers=2", "--set", "hidden_size=32", "--set", "mlp_size=64"),
+    *("--set", "window=32", "--set", "mini_batch_size=16"),
+]
+SMALL = [*MODEL, "--context", "64", "--batch", "2", "--val-every", "3", "--val-windows", "2", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def corpus_file(tmp_path_factory):
+    """A deterministic Python-like text file of ~40 KB."""
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    lines = [f"def f{i}(x, y={i % 7}):\n    return x * y + {i * 31 % 97}  # {'abc' * (i % 5)}\n" for i in range(800)]
+    path.write_text("".join(lines))
+    return str(path)
+
+
+def _train(out, corpus, *extra):
+    return main(["train", "--out", str(out), "--corpus", corpus, *SMALL, *extra])
+
+
+def _history(directory) -> list:
+    (path,) = glob.glob(os.path.join(directory, "trainer-*.json"))
+    with open(path) as f:
+        return json.load(f)["history"]
+
+
+def _check_png(path) -> None:
+    """PNG signature, then every chunk's CRC, ending with IEND; the IHDR has a non-empty size."""
+    with open(path, "rb") as f:
+        blob = f.read()
+    assert blob[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, kinds = 8, []
+    while pos < len(blob):
+        (length,) = struct.unpack(">I", blob[pos : pos + 4])
+        kind, body = blob[pos + 4 : pos + 8], blob[pos + 8 : pos + 8 + length]
+        (crc,) = struct.unpack(">I", blob[pos + 8 + length : pos + 12 + length])
+        assert zlib.crc32(kind + body) == crc, kind
+        kinds.append(kind)
+        pos += 12 + length
+    assert kinds[0] == b"IHDR" and kinds[-1] == b"IEND" and b"IDAT" in kinds
+    width, height = struct.unpack(">II", blob[16:24])
+    assert width > 100 and height > 100
+
+
+def _no_partial(directory) -> None:
+    """Either nothing at all, or no temporaries and no files beyond what a valid manifest lists."""
+    if not os.path.exists(directory):
+        return
+    names = set(os.listdir(directory))
+    assert not any(n.startswith(".tmp-") for n in names), names
+    if checkpoint.MANIFEST in names:
+        ckpt = checkpoint.Checkpoint(str(directory))
+        listed = {e["name"] for e in ckpt.manifest["files"].values()} | {checkpoint.MANIFEST}
+        assert names <= listed | {"loss_by_position.png"}, names - listed
+    else:
+        assert not names, names
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Corpus and sampler
+
+
+def test_corpus_split_is_deterministic_and_by_file(tmp_path):
+    for i in range(40):
+        (tmp_path / f"m{i}.py").write_text(f"x = {i}\n" * 20)
+    (tmp_path / "notes.txt").write_text("not python")
+    a, b = data.load_corpus(str(tmp_path), ".py"), data.load_corpus(str(tmp_path), ".py")
+    assert torch.equal(a.train, b.train) and torch.equal(a.validation, b.validation)
+    assert a.train_files + a.validation_files == 40 and a.validation_files >= 1
+    val_names = [f"m{i}.py" for i in range(40) if data.is_validation(f"m{i}.py")]
+    assert len(val_names) == a.validation_files
+    assert b"not python" not in bytes(a.train.tolist())
+
+
+def test_single_file_is_split_by_position(corpus_file):
+    c = data.load_corpus(corpus_file)
+    raw = open(corpus_file, "rb").read()
+    assert bytes(c.train.tolist()) + bytes(c.validation.tolist()) == raw
+    assert len(c.validation) == len(raw) // data.VALIDATION_MODULUS
+
+
+def test_default_corpus_is_the_standard_library():
+    c = data.load_corpus()
+    assert c.train_files > 100 and c.validation_files > 10
+    assert 0.03 < len(c.validation) / (len(c.train) + len(c.validation)) < 0.3
+    assert data.decode(data.encode("héllo")) == "héllo"
+
+
+def test_sampler_is_deterministic_and_restorable(corpus_file):
+    tokens = data.load_corpus(corpus_file).train
+    a, b = data.WindowSampler(tokens, 64, 3, seed=5), data.WindowSampler(tokens, 64, 3, seed=5)
+    first = a.next_batch()
+    assert torch.equal(first, b.next_batch()) and first.shape == (3, 65) and first.dtype == torch.int64
+    state = a.state_dict()
+    expected = a.next_batch()
+    c = data.WindowSampler(tokens, 64, 3, seed=99)
+    c.load_state_dict(state)
+    assert torch.equal(c.next_batch(), expected)
+    assert not torch.equal(data.WindowSampler(tokens, 64, 3, seed=6).next_batch(), first)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Commands
+
+
+def test_train_eval_generate(tmp_path, corpus_file, capsys):
+    out = tmp_path / "run"
+    assert _train(out, corpus_file, "--steps", "4") == 0
+    ckpt = checkpoint.Checkpoint(str(out))
+    assert ckpt.step == 4 and ckpt.resumable
+    assert ckpt.config.hidden_size == 32 and ckpt.config.ttt
+    assert [h["step"] for h in _history(out)] == [1, 2, 3, 4]
+    assert {"config.json", "manifest.json"} <= set(os.listdir(out))
+    model = TTTE2EModel(ckpt.config)
+    ckpt.load_model(model)
+
+    plot, report = tmp_path / "loss.png", tmp_path / "eval.json"
+    capsys.readouterr()
+    rc = main(["eval", str(out), "--ttt-off", "--windows", "3", "--plot", str(plot), "--json", str(report)])
+    text = capsys.readouterr().out
+    assert rc == 0
+    assert "run (TTT on)" in text and "run (TTT off)" in text and "beyond (32-63)" in text
+    _check_png(plot)
+    result = json.load(open(report))
+    assert result["context"] == 64 and len(result["runs"]) == 2 and len(result["runs"][0]["chunk_losses"]) == 4
+    # chunk 0 is predicted with W_0 either way: TTT on and off agree there
+    assert result["runs"][0]["chunk_losses"][0] == pytest.approx(result["runs"][1]["chunk_losses"][0], abs=1e-6)
+
+    outputs = []
+    for _ in range(2):
+        assert main(["generate", str(out), "--prompt", "def f", "--max-new-tokens", "20", "--seed", "3"]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1] and outputs[0].startswith("def f")
+    assert main(["generate", str(out), "--prompt", "def f", "--max-new-tokens", "5", "--no-ttt"]) == 0
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_resume_is_bit_identical(tmp_path, corpus_file, threads):
+    full, split = tmp_path / "full", tmp_path / "split"
+    common = ["--steps", "6", "--threads", str(threads)]
+    assert _train(full, corpus_file, *common) == 0
+    assert _train(split, corpus_file, *common, "--stop-after", "2") == 0
+    assert checkpoint.Checkpoint(str(split)).step == 2
+    assert main(["train", "--resume", str(split), "--stop-after", "2", "--no-progress", "--threads", str(threads)]) == 0
+    assert main(["train", "--resume", str(split), "--no-progress", "--threads", str(threads)]) == 0
+    a, b = _history(full), _history(split)
+    assert [h["loss"] for h in a] == [h["loss"] for h in b]  # exact float equality, every step
+    assert a == b
+    fa, fb = checkpoint.Checkpoint(str(full)), checkpoint.Checkpoint(str(split))
+    assert fa.manifest["files"]["model"]["sha256"] == fb.manifest["files"]["model"]["sha256"]
+    assert fa.trainer["validation"] == fb.trainer["validation"]
+
+
+def test_resume_into_another_directory(tmp_path, corpus_file, capsys):
+    first, second = tmp_path / "first", tmp_path / "second"
+    cfg = tmp_path / "model.json"
+    cfg.write_text(json.dumps({"preset": "tiny", "num_layers": 2, "hidden_size": 32, "mlp_size": 64, "window": 32,
+                               "mini_batch_size": 16}))  # fmt: skip
+    args = ["--corpus", corpus_file, "--config", str(cfg), "--context", "64", "--batch", "2", "--no-progress"]
+    assert main(["train", "--out", str(first), *args, "--steps", "4", "--stop-after", "2"]) == 0
+    os.remove(cfg)  # resuming needs only the checkpoint
+    assert main(["train", "--resume", str(first), "--out", str(second), "--no-progress"]) == 0
+    assert checkpoint.Checkpoint(str(first)).step == 2 and checkpoint.Checkpoint(str(second)).step == 4
+    assert len(_history(second)) == 4 and _history(second)[:2] == _history(first)
+    _fails(["train", "--resume", str(first), "--out", str(second)], capsys, "already holds a checkpoint")
+
+
+def test_save_every_keeps_one_complete_checkpoint(tmp_path, corpus_file):
+    out = tmp_path / "run"
+    assert _train(out, corpus_file, "--steps", "5", "--save-every", "2") == 0
+    assert checkpoint.Checkpoint(str(out)).step == 5
+    _no_partial(out)
+    assert len(glob.glob(str(out / "model-*.safetensors"))) == 1
+
+
+def test_baselines(tmp_path, corpus_file):
+    assert _train(tmp_path / "swa", corpus_file, "--steps", "2", "--baseline", "swa") == 0
+    assert _train(tmp_path / "full", corpus_file, "--steps", "2", "--baseline", "full") == 0
+    swa, full = checkpoint.Checkpoint(str(tmp_path / "swa")), checkpoint.Checkpoint(str(tmp_path / "full"))
+    assert not swa.config.ttt and swa.config.window == 32
+    assert not full.config.ttt and full.config.window >= 64
+    paths = [str(tmp_path / n) for n in ("swa", "full")]
+    assert main(["eval", *paths, "--windows", "2", "--plot", str(tmp_path / "b.png")]) == 0
+    _check_png(tmp_path / "b.png")
+
+
+def test_config_json(tmp_path, corpus_file):
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"preset": "tiny", "num_layers": 2, "hidden_size": 32, "mlp_size": 64, "window": 32,
+                               "mini_batch_size": 16}))  # fmt: skip
+    args = ["train", "--out", str(tmp_path / "r"), "--corpus", corpus_file, "--config", str(cfg)]
+    assert main([*args, "--context", "32", "--batch", "1", "--steps", "1", "--no-progress"]) == 0
+    assert checkpoint.Checkpoint(str(tmp_path / "r")).config.num_layers == 2
+
+
+def test_demo_small(tmp_path, corpus_file, capsys):
+    out = tmp_path / "demo"
+    args = ["demo", "--minutes", "0.25", "--out", str(out), "--corpus", corpus_file, "--context", "64", *MODEL]
+    assert main([*args, "--windows", "4", "--batch", "2", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "TTT on" in text and "TTT off" in text and "beyond the window (positions 32-63)" in text
+    assert "tokens/s" in text
+    _check_png(out / "loss_by_position.png")
+    assert checkpoint.Checkpoint(str(out)).step >= 1
+    # a second demo replaces the first one's checkpoint
+    assert main([*args, "--windows", "2", "--batch", "2", "--no-progress"]) == 0
+    _no_partial(out)
+
+
+def test_demo_does_not_replace_a_training_checkpoint(trained, corpus_file, capsys):
+    before = checkpoint.Checkpoint(str(trained)).manifest
+    _fails(["demo", "--out", str(trained), "--corpus", corpus_file, *MODEL], capsys, "--out", "demo did not write")
+    assert checkpoint.Checkpoint(str(trained)).manifest == before
+
+
+def test_info_and_selfcheck(capsys):
+    assert main(["info"]) == 0
+    assert "ttt_kernels" in capsys.readouterr().out
+    assert main(["selfcheck"]) == 0
+
+
+@pytest.mark.slow
+def test_bench_runs_the_quick_scripts(capsys):
+    assert main(["bench", "--only", "rms_norm", "--bench-dir", os.path.join(REPO, "bench"), "--threads", "1"]) == 0
+
+
+def test_subprocess_entry_points(tmp_path):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    r = subprocess.run([sys.executable, "-m", "ttt_kernels", "info"], capture_output=True, text=True, env=env)
+    assert r.returncode == 0 and "torch" in r.stdout
+    r = subprocess.run(
+        [sys.executable, "-m", "ttt_kernels", "eval", str(tmp_path / "nope")], capture_output=True, text=True, env=env
+    )
+    assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+    script = shutil.which("ttt-kernels")
+    if script is None:
+        for p in sys.path:  # a --target install puts the script next to the package
+            candidate = os.path.join(p, "bin", "ttt-kernels")
+            if os.path.isfile(candidate):
+                script = candidate
+    if script is not None:
+        r = subprocess.run([script, "info"], capture_output=True, text=True, env=env)
+        assert r.returncode == 0 and "ttt_kernels" in r.stdout
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Errors: one message on stderr naming the problem, exit status 2, nothing half-written
+
+
+def _fails(argv, capsys, *needles):
+    capsys.readouterr()
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc != 0, err
+    assert err.startswith("ttt-kernels: error: ") and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, corpus_file):
+    out = tmp_path_factory.mktemp("trained") / "run"
+    assert _train(out, corpus_file, "--steps", "2") == 0
+    return out
+
+
+def test_error_missing_checkpoint(tmp_path, capsys):
+    _fails(["eval", str(tmp_path / "nope")], capsys, "does not exist")
+    _fails(["generate", str(tmp_path / "nope")], capsys, "does not exist")
+    _fails(["train", "--resume", str(tmp_path / "nope")], capsys, "does not exist")
+    (tmp_path / "empty").mkdir()
+    _fails(["eval", str(tmp_path / "empty")], capsys, "manifest.json")
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "delete", "manifest"])
+def test_error_corrupt_checkpoint(tmp_path, trained, capsys, damage):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(trained, ckpt)
+    (model,) = glob.glob(str(ckpt / "model-*.safetensors"))
+    if damage == "flip":
+        blob = bytearray(open(model, "rb").read())
+        blob[-10] ^= 0xFF
+        open(model, "wb").write(bytes(blob))
+    elif damage == "truncate":
+        open(model, "r+b").truncate(100)
+    elif damage == "delete":
+        os.remove(model)
+    else:
+        (ckpt / "manifest.json").write_text("{not json")
+    expected = {"flip": "corrupt", "truncate": "corrupt", "delete": "missing", "manifest": "corrupt"}[damage]
+    _fails(["eval", str(ckpt)], capsys, expected)
+    _fails(["generate", str(ckpt)], capsys, expected)
+    _fails(["train", "--resume", str(ckpt)], capsys, expected)
+
+
+def test_error_empty_corpus(tmp_path, capsys):
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "a.bin").write_bytes(b"\0\1\2")
+    for corpus in (tmp_path / "empty.txt", tmp_path / "dir"):
+        out = tmp_path / "out"
+        _fails(["train", "--out", str(out), "--corpus", str(corpus), *SMALL], capsys, "--corpus", "empty")
+        assert not out.exists()
+    _fails(["train", "--out", str(tmp_path / "o"), "--corpus", str(tmp_path / "missing")], capsys, "does not exist")
+    (tmp_path / "short.txt").write_text("abc")
+    _fails(["train", "--out", str(tmp_path / "o"), "--corpus", str(tmp_path / "short.txt"), *SMALL], capsys, "fewer")
+    assert not (tmp_path / "o").exists()
+
+
+def test_error_context_not_multiple_of_mini_batch(tmp_path, corpus_file, capsys):
+    out = tmp_path / "out"
+    args = ["train", "--out", str(out), "--corpus", corpus_file, *SMALL, "--context", "70"]
+    _fails(args, capsys, "--context (70)", "multiple of the mini-batch size", "16")
+    assert not out.exists()
+
+
+def test_error_context_in_eval(trained, capsys):
+    _fails(["eval", str(trained), "--context", "40"], capsys, "--context (40)", "mini-batch")
+
+
+def test_error_unknown_preset(tmp_path, corpus_file, capsys):
+    _fails(["train", "--out", str(tmp_path / "o"), "--preset", "huge"], capsys, "--preset", "unknown preset 'huge'")
+    _fails(["train", "--out", str(tmp_path / "o"), "--set", "window"], capsys, "--set", "KEY=VALUE")
+    _fails(["train", "--out", str(tmp_path / "o"), "--set", "windw=3"], capsys, "unknown fields", "windw")
+    _fails(["train", "--out", str(tmp_path / "o"), "--set", "window=8"], capsys, "window (8)")
+    assert not (tmp_path / "o").exists()
+
+
+def test_error_does_not_fit_in_memory(tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["train", "--out", str(out), "--preset", "3b", "--context", "65536", "--batch", "1024"]
+    _fails(args, capsys, "does not fit in memory", "GiB", "available")
+    assert not out.exists()
+
+
+def test_error_out_already_holds_a_checkpoint(trained, corpus_file, capsys):
+    _fails(["train", "--out", str(trained), "--corpus", corpus_file, *SMALL], capsys, "already holds a checkpoint")
+    checkpoint.Checkpoint(str(trained))
+
+
+def test_error_resume_with_changed_settings(tmp_path, trained, capsys):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(trained, ckpt)
+    _fails(["train", "--resume", str(ckpt), "--lr", "0.5"], capsys, "--lr 0.5", "differ")
+    assert checkpoint.Checkpoint(str(ckpt)).step == 2
+
+
+def test_error_bad_arguments(trained, tmp_path, capsys):
+    _fails(["generate", str(trained), "--top-p", "0"], capsys, "--top-p")
+    _fails(["generate", str(trained), "--temperature", "-1"], capsys, "--temperature")
+    _fails(["generate", str(trained), "--prompt", ""], capsys, "--prompt")
+    _fails(["train", "--out", str(tmp_path / "o"), "--steps", "0"], capsys, "--steps")
+    _fails(["eval", str(trained), "--device", "cuda:0" if not torch.cuda.is_available() else "tpu"], capsys, "--device")
+    _fails(["bench", "--bench-dir", str(tmp_path)], capsys, "--bench-dir")
+    assert main(["train", "--no-such-option"]) == 2  # argparse's usage error
+
+
+def test_failed_save_keeps_the_previous_checkpoint(tmp_path, trained, monkeypatch):
+    ckpt_dir = tmp_path / "ckpt"
+    shutil.copytree(trained, ckpt_dir)
+    before = sorted(os.listdir(ckpt_dir))
+    ckpt = checkpoint.Checkpoint(str(ckpt_dir))
+    model = TTTE2EModel(ckpt.config)
+    ckpt.load_model(model)
+
+    def broken_save(obj, f):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint.torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        checkpoint.save(str(ckpt_dir), model, step=7, trainer={}, rng={"x": torch.zeros(1)})
+    assert sorted(os.listdir(ckpt_dir)) == before
+    assert checkpoint.Checkpoint(str(ckpt_dir)).step == 2
+
+    fresh = tmp_path / "fresh"
+    with pytest.raises(OSError, match="disk full"):
+        checkpoint.save(str(fresh), model, step=1, trainer={}, rng={"x": torch.zeros(1)})
+    assert not fresh.exists()
