@@ -229,7 +229,7 @@ class TTTE2EModel(nn.Module):
         a, b = x.to(compute).unflatten(-1, (hd // 2, 2)).unbind(-1)
         return torch.stack((a * cos - b * sin, a * sin + b * cos), -1).flatten(-2).to(x.dtype)
 
-    def _attention(self, blk: _Block, x: torch.Tensor, pos0: int, past: list, attend) -> tuple[torch.Tensor, KV]:
+    def _attention(self, blk: _Block, x: torch.Tensor, pos0: int, past: list) -> tuple[torch.Tensor, KV]:
         """Sliding-window attention of x's n tokens (positions pos0..) over the keys in ``past`` (earlier positions,
         a list of key/value pairs in order, at most k-1 of them used) and their own keys. Returns (out, (k, v))."""
         c, att = self.config, blk.attn
@@ -244,13 +244,13 @@ class TTTE2EModel(nn.Module):
             # Keys beyond the window are masked anyway; dropping them keeps the problem [n x (k-1+n)].
             keys = torch.cat([p[0] for p in past] + [k], 1)[:, -(c.window - 1 + n) :]
             values = torch.cat([p[1] for p in past] + [v], 1)[:, -(c.window - 1 + n) :]
-        out = attend(q, keys, values, c.window)
+        out = self._opset.swa_attention(q, keys, values, c.window)
         return F.linear(out.reshape(bsz, n, -1), att.wo.weight), (k, v)
 
-    def _block(self, blk: _Block, x: torch.Tensor, pos0: int, past: list, attend, fast=None) -> tuple:
+    def _block(self, blk: _Block, x: torch.Tensor, pos0: int, past: list, fast=None) -> tuple:
         """One block over x [B, n, d]; ``fast``: this suffix block's (w1, w3, w2), batched (fast weights) or not
         (W_0 itself, TTT off). Returns (x, (k, v))."""
-        a, kv = self._attention(blk, self._norm(x, blk.seq_norm), pos0, past, attend)
+        a, kv = self._attention(blk, self._norm(x, blk.seq_norm), pos0, past)
         x = x + self._norm(a, blk.seq_post_norm)
         if fast is not None:
             y = self._norm(x, blk.prime_norm)
@@ -266,15 +266,12 @@ class TTTE2EModel(nn.Module):
         """The dynamic MLP's weights when TTT is off: W_0, unbatched."""
         return (blk.prime.w1.weight, blk.prime.w3.weight, blk.prime.w2.weight)
 
-    def _suffix(self, h: torch.Tensor, pos0: int, fast: tuple, past: list, second_order: bool) -> tuple:
+    def _suffix(self, h: torch.Tensor, pos0: int, fast: tuple, past: list) -> tuple:
         """Suffix blocks over h [B, n, d] (prefix output at positions pos0..) with fast weights ``fast``; ``past[j]``
-        the earlier key/value pairs of suffix block j. ``second_order``: the inner gradient will be differentiated,
-        so the attention of every suffix block after the first needs a double backward. Returns (x, [kv per
-        block])."""
+        the earlier key/value pairs of suffix block j. Returns (x, [kv per block])."""
         kvs = []
         for j, blk in enumerate(self.suffix_blocks):
-            attend = self._opset.swa_attention_twice if second_order and j > 0 else self._opset.swa_attention
-            h, kv = self._block(blk, h, pos0, past[j], attend, fast[3 * j : 3 * j + 3])
+            h, kv = self._block(blk, h, pos0, past[j], fast[3 * j : 3 * j + 3])
             kvs.append(kv)
         return h, kvs
 
@@ -319,7 +316,7 @@ class TTTE2EModel(nn.Module):
         h = self.embed(tokens)
         kvs = []
         for i, blk in enumerate(self.prefix_blocks):
-            h, kv_i = self._block(blk, h, pos0, [kv[i]] if kv and kv[i] is not None else [], self._opset.swa_attention)
+            h, kv_i = self._block(blk, h, pos0, [kv[i]] if kv and kv[i] is not None else [])
             kvs.append(kv_i)
         return h, kvs
 
@@ -403,7 +400,7 @@ class TTTE2EModel(nn.Module):
             h = self._sliced_blocks(blocks, h, checkpoint_prefix_group * b)
         else:
             for blk in blocks:
-                h = self._block(blk, h, 0, [], self._opset.swa_attention, self._static_fast_or_none(blk))[0]
+                h = self._block(blk, h, 0, [], self._static_fast_or_none(blk))[0]
         if not c.ttt:
             ce, valid = self._token_losses(h, targets)
             per_chunk = ce.view(bsz, n_chunks, b).sum(2) / valid.view(bsz, n_chunks, b).sum(2).clamp(min=1)
@@ -459,7 +456,7 @@ class TTTE2EModel(nn.Module):
             tails = []
             with torch.set_grad_enabled(create_graph):
                 for blk, p in zip(blocks, past):
-                    h, (k, v) = self._block(blk, h, pos0, p, self._opset.swa_attention, self._static_fast_or_none(blk))
+                    h, (k, v) = self._block(blk, h, pos0, p, self._static_fast_or_none(blk))
                     tails += [tail(k), tail(v)]
             return (h, *tails)
 
@@ -548,7 +545,7 @@ class TTTE2EModel(nn.Module):
         if step:  # the inner gradient needs fast weights that require grad, even if W_0 is frozen
             fast = tuple(w if w.requires_grad else w.detach().requires_grad_() for w in fast)
         second_order = create_graph and not meta.first_order
-        x, kvs = self._suffix(h, pos0, fast, past, second_order)
+        x, kvs = self._suffix(h, pos0, fast, past)
         loss = self._chunk_loss(x, targets)
         if step:
             fast = self._inner_step(fast, loss, meta.inner_lr, second_order, retain_graph=create_graph)
@@ -670,9 +667,7 @@ class TTTE2EModel(nn.Module):
             h = self.embed(tokens)
             for i, blk in enumerate(self.blocks):
                 fast = self._static_fast(blk) if hasattr(blk, "prime") else None
-                h, kv = self._block(
-                    blk, h, state.pos, [state.kv[i]] if state.kv[i] else [], self._opset.swa_attention, fast
-                )
+                h, kv = self._block(blk, h, state.pos, [state.kv[i]] if state.kv[i] else [], fast)
                 state.kv[i] = self._keep_window(state.kv[i], kv)
             state.pos += n
             logits = self._logits(h if all_logits else h[:, -1:])
@@ -700,7 +695,7 @@ class TTTE2EModel(nn.Module):
                     [kv for kv in (state.kv[n_pre + j], state.pending_kv[j]) if kv is not None]
                     for j in range(c.num_suffix_layers)
                 ]
-                x, new_kv = self._suffix(h[:, i : i + m], state.pos, state.fast, past, second_order=False)
+                x, new_kv = self._suffix(h[:, i : i + m], state.pos, state.fast, past)
                 outs.append(self._logits(x if all_logits else x[:, -1:]))
                 state.pending_h = _append(state.pending_h, h[:, i : i + m])
                 state.pending_tokens = _append(state.pending_tokens, tokens[:, i : i + m])
@@ -719,7 +714,7 @@ class TTTE2EModel(nn.Module):
         past = [[kv] if kv is not None else [] for kv in state.kv[n_pre:]]
         with torch.enable_grad():
             fast = tuple(w.detach().requires_grad_() for w in state.fast)
-            x, kvs = self._suffix(h, pos0, fast, past, second_order=False)
+            x, kvs = self._suffix(h, pos0, fast, past)
             new_fast = self._inner_step(fast, self._chunk_loss(x, targets), state.inner_lr, create_graph=False)
         state.fast = tuple(w.detach() for w in new_fast)
         for j, (k, v) in enumerate(kvs):

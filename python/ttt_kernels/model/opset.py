@@ -15,12 +15,8 @@ from .. import reference as _reference
 class OpSet:
     name: str
     rms_norm: Callable
-    # Attention whose backward is never differentiated: prefix blocks, the first suffix block, inference, and every
-    # suffix block when the inner gradient is first order.
+    # Sliding-window attention, differentiable twice (the suffix blocks' backward is part of the inner gradient).
     swa_attention: Callable
-    # Attention inside the inner gradient's graph when the outer gradient is second order: the suffix blocks after the
-    # first one (their backward is part of g_i, so the outer backward differentiates it).
-    swa_attention_twice: Callable
     # SwiGLU MLP with torch Linear weights (static MLPs, and each sequence's fast weights), differentiable twice.
     swiglu_mlp: Callable
     # [w - lr * clip(g)] over a list of tensors with one global norm (one sequence's fast weights).
@@ -31,7 +27,6 @@ PACKAGE = OpSet(
     name="package",
     rms_norm=_package.rms_norm,
     swa_attention=_package.swa_attention,
-    swa_attention_twice=_package.swa_attention,
     swiglu_mlp=_package.swiglu_mlp,
     clip_sgd_update=_package.clip_sgd_update,
 )
@@ -40,7 +35,6 @@ REFERENCE = OpSet(
     name="reference",
     rms_norm=_reference.rms_norm,
     swa_attention=_reference.swa_attention,
-    swa_attention_twice=_reference.swa_attention,
     swiglu_mlp=_reference.swiglu_mlp,
     clip_sgd_update=_reference.clip_sgd_update,
 )
