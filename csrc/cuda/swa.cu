@@ -66,25 +66,21 @@ __global__ void __launch_bounds__(kThreads, 1) swa_fwd_kernel(const SwaParams p)
   const int hk = h / (static_cast<int>(p.heads_q) / static_cast<int>(p.heads_kv));
   const int m0 = blockIdx.x * kBlockM;
   const int rows = min(kBlockM, geo.seqlen_q - m0);
-  // Key blocks holding the keys of the block's windows, keys (m0 + offset - window, m0 + rows - 1 + offset].
-  const int n_first = max(0, m0 + geo.offset - geo.window + 1) / kBlockN;
-  const int n_last = (m0 + rows - 1 + geo.offset) / kBlockN;
+  const QueryBlockKeys<kBlockN> key_blocks(geo, m0, rows);
 
   Elem* s_q = dynamic_smem<Elem>();
   Elem* s_k = s_q + kBlockM * kP;  // [2][kBlockN][kP]
   Elem* s_v = s_k + 2 * kBlockN * kP;
-  const Elem* q = static_cast<const Elem*>(p.q) + b * p.q_batch_stride + h * p.q_head_stride;
-  const Elem* k = static_cast<const Elem*>(p.k) + b * p.k_batch_stride + hk * p.k_head_stride;
-  const Elem* v = static_cast<const Elem*>(p.v) + b * p.v_batch_stride + hk * p.v_head_stride;
-  const auto load_kv = [&](int n_block, int stage) {
-    const int n0 = n_block * kBlockN;
+  const Elem* q = head_rows<const Elem>(p.q, p.q_batch_stride, p.q_head_stride, b, h);
+  const Elem* k = head_rows<const Elem>(p.k, p.k_batch_stride, p.k_head_stride, b, hk);
+  const Elem* v = head_rows<const Elem>(p.v, p.v_batch_stride, p.v_head_stride, b, hk);
+  const auto load_kv = [&](int step, int stage) {
+    const int n0 = key_blocks.n0(step);
     const int valid = min(kBlockN, geo.seqlen_k - n0);
     load_tile<kBlockN, kD>(s_k + stage * kBlockN * kP, k + n0 * p.k_row_stride, p.k_row_stride, valid);
     load_tile<kBlockN, kD>(s_v + stage * kBlockN * kP, v + n0 * p.v_row_stride, p.v_row_stride, valid);
   };
   load_tile<kBlockM, kD>(s_q, q + m0 * p.q_row_stride, p.q_row_stride, rows);
-  load_kv(n_last, 0);
-  arch::cp_async_commit();
 
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
@@ -97,18 +93,8 @@ __global__ void __launch_bounds__(kThreads, 1) swa_fwd_kernel(const SwaParams p)
   // Running max (in scaled log2 units) and this lane's partial sum of exp2(s - max) of rows g and g + 8.
   float row_max[2] = {-INFINITY, -INFINITY};
   float row_sum[2] = {0.0f, 0.0f};
-  // Right to left, as FlashAttention-2: the first tile holds the diagonal.
-  for (int n_block = n_last, stage = 0; n_block >= n_first; --n_block, stage ^= 1) {
-    if (n_block > n_first) {
-      load_kv(n_block - 1, stage ^ 1);
-      arch::cp_async_commit();
-      arch::cp_async_wait<1>();
-    } else {
-      arch::cp_async_wait<0>();
-    }
-    __syncthreads();
-
-    const int n0 = n_block * kBlockN;
+  pipelined_steps(key_blocks.steps, load_kv, [&](int step, int stage) {
+    const int n0 = key_blocks.n0(step);
     float s[kBlockN / 8][4] = {};
     gemm_abt<Elem, kD, kBlockN>(s, s_q_warp, s_k + stage * kBlockN * kP, lane);
     const bool mask = geo.tile_needs_mask<kBlockN>(m0, rows, n0);
@@ -146,8 +132,7 @@ __global__ void __launch_bounds__(kThreads, 1) swa_fwd_kernel(const SwaParams p)
     uint32_t pa[kBlockN / 16][4];
     to_a_operand<Elem, kBlockN>(pa, s);
     gemm_rb<Elem, kD, kBlockN>(o, pa, s_v + stage * kBlockN * kP, lane);
-    __syncthreads();  // the next iteration's loads overwrite this stage
-  }
+  });
 
   // Every query sees at least its own key, so rows < seqlen_q have row_sum >= 1 (the max element contributes 1);
   // rows past seqlen_q are not stored.
@@ -160,7 +145,7 @@ __global__ void __launch_bounds__(kThreads, 1) swa_fwd_kernel(const SwaParams p)
     const int row = m0 + warp * 16 + g + 8 * r;
     if (t == 0 && row < geo.seqlen_q) lse[row] = (row_max[r] + log2f(row_sum[r])) * kLn2;
   }
-  Elem* out = static_cast<Elem*>(p.out) + b * p.o_batch_stride + h * p.o_head_stride;
+  Elem* out = head_rows<Elem>(p.out, p.o_batch_stride, p.o_head_stride, b, h);
   store_rows<Elem, kD>(o, inv_sum, s_q + warp * 16 * kP, out + (m0 + warp * 16) * p.o_row_stride, p.o_row_stride,
                        rows - warp * 16, lane);
 }
@@ -178,15 +163,9 @@ __global__ void __launch_bounds__(kThreads, 1) swa_bwd_dkdv_kernel(const SwaPara
   const Geometry geo(p);
   const int hk = blockIdx.y;
   const int b = blockIdx.z;
-  const int group = static_cast<int>(p.heads_q) / static_cast<int>(p.heads_kv);
   const int n0 = blockIdx.x * kBlockN;
   const int keys = min(kBlockN, geo.seqlen_k - n0);
-  // Queries whose windows touch keys [n0, n0 + keys): t in [n0, n0 + keys - 1 + window - 1].
-  const int i_first = max(0, n0 - geo.offset);
-  const int i_last = min(geo.seqlen_q - 1, n0 + keys + geo.window - 2 - geo.offset);
-  const int m_first = i_first / kBM;
-  const int m_blocks = i_last >= i_first ? i_last / kBM - m_first + 1 : 0;
-  const int steps = group * m_blocks;  // (query head, query block) pairs, head-major
+  const KeyBlockSteps<kBM> walk(geo, static_cast<int>(p.heads_q / p.heads_kv), hk, n0, keys);
 
   Elem* s_k = dynamic_smem<Elem>();  // [kBlockN][kP]
   Elem* s_v = s_k + kBlockN * kP;
@@ -197,20 +176,17 @@ __global__ void __launch_bounds__(kThreads, 1) swa_bwd_dkdv_kernel(const SwaPara
 
   const float* lse = static_cast<const float*>(p.softmax_lse);
   const float* dd = static_cast<const float*>(p.softmax_d);
-  const auto step_head = [&](int step) { return hk * group + step / m_blocks; };
-  const auto step_m0 = [&](int step) { return (m_first + step % m_blocks) * kBM; };
   // Q, dout, lse and D of a step's query block into `stage`; rows past seqlen_q are zero-filled, which makes their
   // P = exp2(0 - 0) = 1 meet zero dout and D: they add exactly nothing to dk and dv.
   const auto load_step = [&](int step, int stage) {
-    const int h = step_head(step);
-    const int m0 = step_m0(step);
+    const int h = walk.head(step);
+    const int m0 = walk.m0(step);
     const int rows = min(kBM, geo.seqlen_q - m0);
     load_tile<kBM, kD>(s_q + stage * kBM * kP,
-                       static_cast<const Elem*>(p.q) + b * p.q_batch_stride + h * p.q_head_stride +
-                           m0 * p.q_row_stride,
+                       head_rows<const Elem>(p.q, p.q_batch_stride, p.q_head_stride, b, h) + m0 * p.q_row_stride,
                        p.q_row_stride, rows);
     load_tile<kBM, kD>(s_do + stage * kBM * kP,
-                       static_cast<const Elem*>(p.dout) + b * p.do_batch_stride + h * p.do_head_stride +
+                       head_rows<const Elem>(p.dout, p.do_batch_stride, p.do_head_stride, b, h) +
                            m0 * p.do_row_stride,
                        p.do_row_stride, rows);
     const int64_t stats = (static_cast<int64_t>(b) * p.heads_q + h) * geo.seqlen_q + m0;
@@ -233,25 +209,14 @@ __global__ void __launch_bounds__(kThreads, 1) swa_bwd_dkdv_kernel(const SwaPara
 
   float dk[kD / 8][4] = {};
   float dv[kD / 8][4] = {};
-  if (steps > 0) {
-    const Elem* k = static_cast<const Elem*>(p.k) + b * p.k_batch_stride + hk * p.k_head_stride;
-    const Elem* v = static_cast<const Elem*>(p.v) + b * p.v_batch_stride + hk * p.v_head_stride;
+  if (walk.steps > 0) {  // a key block no query sees stores zeros
+    const Elem* k = head_rows<const Elem>(p.k, p.k_batch_stride, p.k_head_stride, b, hk);
+    const Elem* v = head_rows<const Elem>(p.v, p.v_batch_stride, p.v_head_stride, b, hk);
     load_tile<kBlockN, kD>(s_k, k + n0 * p.k_row_stride, p.k_row_stride, keys);
     load_tile<kBlockN, kD>(s_v, v + n0 * p.v_row_stride, p.v_row_stride, keys);
-    load_step(0, 0);
-    arch::cp_async_commit();
   }
-  for (int step = 0, stage = 0; step < steps; ++step, stage ^= 1) {
-    if (step + 1 < steps) {
-      load_step(step + 1, stage ^ 1);
-      arch::cp_async_commit();
-      arch::cp_async_wait<1>();
-    } else {
-      arch::cp_async_wait<0>();
-    }
-    __syncthreads();
-
-    const int m0 = step_m0(step);
+  pipelined_steps(walk.steps, load_step, [&](int step, int stage) {
+    const int m0 = walk.m0(step);
     const Elem* q_tile = s_q + stage * kBM * kP;
     const Elem* do_tile = s_do + stage * kBM * kP;
     const float* lse_tile = s_lse + stage * kBM;
@@ -282,16 +247,13 @@ __global__ void __launch_bounds__(kThreads, 1) swa_bwd_dkdv_kernel(const SwaPara
     }
     to_a_operand<Elem, kBM>(pa, dp);
     gemm_rb<Elem, kD, kBM>(dk, pa, q_tile, lane);
-    __syncthreads();  // the next iteration's loads overwrite this stage
-  }
+  });
 
   // Each warp stages its results in its own K and V rows, which only it has read.
   const float dk_scale[2] = {static_cast<float>(p.scale), static_cast<float>(p.scale)};
   const float dv_scale[2] = {1.0f, 1.0f};
-  Elem* dk_out = static_cast<Elem*>(p.dk) + b * p.dk_batch_stride + hk * p.dk_head_stride +
-                 (n0 + warp * 16) * p.dk_row_stride;
-  Elem* dv_out = static_cast<Elem*>(p.dv) + b * p.dv_batch_stride + hk * p.dv_head_stride +
-                 (n0 + warp * 16) * p.dv_row_stride;
+  Elem* dk_out = head_rows<Elem>(p.dk, p.dk_batch_stride, p.dk_head_stride, b, hk) + (n0 + warp * 16) * p.dk_row_stride;
+  Elem* dv_out = head_rows<Elem>(p.dv, p.dv_batch_stride, p.dv_head_stride, b, hk) + (n0 + warp * 16) * p.dv_row_stride;
   store_rows<Elem, kD>(dk, dk_scale, s_k + warp * 16 * kP, dk_out, p.dk_row_stride, keys - warp * 16, lane);
   store_rows<Elem, kD>(dv, dv_scale, s_v + warp * 16 * kP, dv_out, p.dv_row_stride, keys - warp * 16, lane);
 }
@@ -307,31 +269,26 @@ __global__ void __launch_bounds__(kThreads, 1) swa_bwd_dq_kernel(const SwaParams
   const int hk = h / (static_cast<int>(p.heads_q) / static_cast<int>(p.heads_kv));
   const int m0 = blockIdx.x * kBlockM;
   const int rows = min(kBlockM, geo.seqlen_q - m0);
-  const int n_first = max(0, m0 + geo.offset - geo.window + 1) / kBlockN;
-  const int n_last = (m0 + rows - 1 + geo.offset) / kBlockN;
+  const QueryBlockKeys<kBlockN> key_blocks(geo, m0, rows);
 
   Elem* s_q = dynamic_smem<Elem>();
   Elem* s_do = s_q + kBlockM * kP;
   Elem* s_k = s_do + kBlockM * kP;  // [2][kBlockN][kP]
   Elem* s_v = s_k + 2 * kBlockN * kP;
-  const Elem* k = static_cast<const Elem*>(p.k) + b * p.k_batch_stride + hk * p.k_head_stride;
-  const Elem* v = static_cast<const Elem*>(p.v) + b * p.v_batch_stride + hk * p.v_head_stride;
-  const auto load_kv = [&](int n_block, int stage) {
-    const int n0 = n_block * kBlockN;
+  const Elem* k = head_rows<const Elem>(p.k, p.k_batch_stride, p.k_head_stride, b, hk);
+  const Elem* v = head_rows<const Elem>(p.v, p.v_batch_stride, p.v_head_stride, b, hk);
+  const auto load_kv = [&](int step, int stage) {
+    const int n0 = key_blocks.n0(step);
     const int valid = min(kBlockN, geo.seqlen_k - n0);
     load_tile<kBlockN, kD>(s_k + stage * kBlockN * kP, k + n0 * p.k_row_stride, p.k_row_stride, valid);
     load_tile<kBlockN, kD>(s_v + stage * kBlockN * kP, v + n0 * p.v_row_stride, p.v_row_stride, valid);
   };
-  load_tile<kBlockM, kD>(s_q,
-                         static_cast<const Elem*>(p.q) + b * p.q_batch_stride + h * p.q_head_stride +
-                             m0 * p.q_row_stride,
+  load_tile<kBlockM, kD>(s_q, head_rows<const Elem>(p.q, p.q_batch_stride, p.q_head_stride, b, h) + m0 * p.q_row_stride,
                          p.q_row_stride, rows);
   load_tile<kBlockM, kD>(s_do,
-                         static_cast<const Elem*>(p.dout) + b * p.do_batch_stride + h * p.do_head_stride +
+                         head_rows<const Elem>(p.dout, p.do_batch_stride, p.do_head_stride, b, h) +
                              m0 * p.do_row_stride,
                          p.do_row_stride, rows);
-  load_kv(n_last, 0);
-  arch::cp_async_commit();
 
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
@@ -353,17 +310,8 @@ __global__ void __launch_bounds__(kThreads, 1) swa_bwd_dq_kernel(const SwaParams
   }
 
   float dq[kD / 8][4] = {};
-  for (int n_block = n_last, stage = 0; n_block >= n_first; --n_block, stage ^= 1) {
-    if (n_block > n_first) {
-      load_kv(n_block - 1, stage ^ 1);
-      arch::cp_async_commit();
-      arch::cp_async_wait<1>();
-    } else {
-      arch::cp_async_wait<0>();
-    }
-    __syncthreads();
-
-    const int n0 = n_block * kBlockN;
+  pipelined_steps(key_blocks.steps, load_kv, [&](int step, int stage) {
+    const int n0 = key_blocks.n0(step);
     const Elem* k_tile = s_k + stage * kBlockN * kP;
     float s[kBlockN / 8][4] = {};
     gemm_abt<Elem, kD, kBlockN>(s, s_q_warp, k_tile, lane);
@@ -383,11 +331,10 @@ __global__ void __launch_bounds__(kThreads, 1) swa_bwd_dq_kernel(const SwaParams
     uint32_t ds[kBlockN / 16][4];
     to_a_operand<Elem, kBlockN>(ds, dp);
     gemm_rb<Elem, kD, kBlockN>(dq, ds, k_tile, lane);
-    __syncthreads();  // the next iteration's loads overwrite this stage
-  }
+  });
 
   const float dq_scale[2] = {static_cast<float>(p.scale), static_cast<float>(p.scale)};
-  Elem* dq_out = static_cast<Elem*>(p.dq) + b * p.dq_batch_stride + h * p.dq_head_stride;
+  Elem* dq_out = head_rows<Elem>(p.dq, p.dq_batch_stride, p.dq_head_stride, b, h);
   store_rows<Elem, kD>(dq, dq_scale, s_q + warp * 16 * kP, dq_out + (m0 + warp * 16) * p.dq_row_stride,
                        p.dq_row_stride, rows - warp * 16, lane);
 }

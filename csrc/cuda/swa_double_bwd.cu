@@ -44,13 +44,6 @@ constexpr size_t key_smem_bytes() {  // K, V, Uk, Uv [kRows] + Q, dO, Uq [2 stag
   return size_t{4 * kRows + 6 * kTile<kD>} * kPitch<kD> * 2 + 8 * kTile<kD> * sizeof(float);
 }
 
-// Rows of head `head` of batch `b` of a [batch, seqlen, heads, head_dim] tensor.
-template <typename Elem>
-__device__ __forceinline__ const Elem* head_rows(const void* base, int64_t batch_stride, int64_t head_stride, int b,
-                                                 int head) {
-  return static_cast<const Elem*>(base) + b * batch_stride + head * head_stride;
-}
-
 // The smem operands of one warp's score tiles: q, dout, uq are the query-side tiles, k, v, uk, uv the key-side ones
 // (one side the warp's own 16 rows, the other the step's kN rows). uq, uk, uv are nullptr when absent.
 template <typename Elem>
@@ -106,8 +99,7 @@ __global__ void __launch_bounds__(kThreads, 1) swa_bwd_bwd_query_kernel(const Sw
   const int hk = h / (static_cast<int>(p.heads_q) / static_cast<int>(p.heads_kv));
   const int m0 = blockIdx.x * kRows;
   const int rows = min(kRows, geo.seqlen_q - m0);
-  const int n_first = max(0, m0 + geo.offset - geo.window + 1) / kN;
-  const int n_last = (m0 + rows - 1 + geo.offset) / kN;
+  const QueryBlockKeys<kN> key_blocks(geo, m0, rows);
 
   Elem* s_q = dynamic_smem<Elem>();  // [kRows][kP] each
   Elem* s_do = s_q + kRows * kP;
@@ -116,12 +108,12 @@ __global__ void __launch_bounds__(kThreads, 1) swa_bwd_bwd_query_kernel(const Sw
   Elem* s_v = s_k + 2 * kN * kP;
   Elem* s_uk = s_v + 2 * kN * kP;
   Elem* s_uv = s_uk + 2 * kN * kP;
-  const Elem* k = head_rows<Elem>(p.k, p.k_batch_stride, p.k_head_stride, b, hk);
-  const Elem* v = head_rows<Elem>(p.v, p.v_batch_stride, p.v_head_stride, b, hk);
-  const Elem* uk = p.gdk ? head_rows<Elem>(p.gdk, p.gdk_batch_stride, p.gdk_head_stride, b, hk) : nullptr;
-  const Elem* uv = p.gdv ? head_rows<Elem>(p.gdv, p.gdv_batch_stride, p.gdv_head_stride, b, hk) : nullptr;
-  const auto load_keys = [&](int n_block, int stage) {
-    const int n0 = n_block * kN;
+  const Elem* k = head_rows<const Elem>(p.k, p.k_batch_stride, p.k_head_stride, b, hk);
+  const Elem* v = head_rows<const Elem>(p.v, p.v_batch_stride, p.v_head_stride, b, hk);
+  const Elem* uk = p.gdk ? head_rows<const Elem>(p.gdk, p.gdk_batch_stride, p.gdk_head_stride, b, hk) : nullptr;
+  const Elem* uv = p.gdv ? head_rows<const Elem>(p.gdv, p.gdv_batch_stride, p.gdv_head_stride, b, hk) : nullptr;
+  const auto load_keys = [&](int step, int stage) {
+    const int n0 = key_blocks.n0(step);
     const int valid = min(kN, geo.seqlen_k - n0);
     const int at = stage * kN * kP;
     load_tile<kN, kD>(s_k + at, k + n0 * p.k_row_stride, p.k_row_stride, valid);
@@ -129,18 +121,15 @@ __global__ void __launch_bounds__(kThreads, 1) swa_bwd_bwd_query_kernel(const Sw
     if (uk) load_tile<kN, kD>(s_uk + at, uk + n0 * p.gdk_row_stride, p.gdk_row_stride, valid);
     if (uv) load_tile<kN, kD>(s_uv + at, uv + n0 * p.gdv_row_stride, p.gdv_row_stride, valid);
   };
-  load_tile<kRows, kD>(s_q, head_rows<Elem>(p.q, p.q_batch_stride, p.q_head_stride, b, h) + m0 * p.q_row_stride,
+  load_tile<kRows, kD>(s_q, head_rows<const Elem>(p.q, p.q_batch_stride, p.q_head_stride, b, h) + m0 * p.q_row_stride,
                        p.q_row_stride, rows);
   load_tile<kRows, kD>(s_do,
-                       head_rows<Elem>(p.dout, p.do_batch_stride, p.do_head_stride, b, h) + m0 * p.do_row_stride,
+                       head_rows<const Elem>(p.dout, p.do_batch_stride, p.do_head_stride, b, h) + m0 * p.do_row_stride,
                        p.do_row_stride, rows);
   if (p.gdq) {
-    load_tile<kRows, kD>(s_uq,
-                         head_rows<Elem>(p.gdq, p.gdq_batch_stride, p.gdq_head_stride, b, h) + m0 * p.gdq_row_stride,
-                         p.gdq_row_stride, rows);
+    const Elem* uq = head_rows<const Elem>(p.gdq, p.gdq_batch_stride, p.gdq_head_stride, b, h);
+    load_tile<kRows, kD>(s_uq, uq + m0 * p.gdq_row_stride, p.gdq_row_stride, rows);
   }
-  load_keys(n_last, 0);
-  arch::cp_async_commit();
 
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
@@ -166,17 +155,8 @@ __global__ void __launch_bounds__(kThreads, 1) swa_bwd_bwd_query_kernel(const Sw
   float e_sum[2] = {0.0f, 0.0f}, f_sum[2] = {0.0f, 0.0f};
   float gq[kD / 8][4] = {};
   float gdo[kD / 8][4] = {};
-  for (int n_block = n_last, stage = 0; n_block >= n_first; --n_block, stage ^= 1) {
-    if (n_block > n_first) {
-      load_keys(n_block - 1, stage ^ 1);
-      arch::cp_async_commit();
-      arch::cp_async_wait<1>();
-    } else {
-      arch::cp_async_wait<0>();
-    }
-    __syncthreads();
-
-    const int n0 = n_block * kN;
+  pipelined_steps(key_blocks.steps, load_keys, [&](int step, int stage) {
+    const int n0 = key_blocks.n0(step);
     const int at = stage * kN * kP;
     const int own = warp * 16 * kP;
     const ScoreOperands<Elem> tiles{s_q + own,  s_do + own,          p.gdq ? s_uq + own : nullptr,
@@ -220,17 +200,16 @@ __global__ void __launch_bounds__(kThreads, 1) swa_bwd_bwd_query_kernel(const Sw
         gemm_rb<Elem, kD, kN>(gdo, op, tiles.uv, lane);  // P Uv
       }
     }
-    __syncthreads();  // the next iteration's loads overwrite this stage
-  }
+  });
 
   if constexpr (kGradients) {
     // Staged in the warp's own Q and dO rows, which only it has read.
     const float gq_scale[2] = {scale, scale};
     const float gdo_scale[2] = {1.0f, 1.0f};
-    Elem* gq_out = static_cast<Elem*>(p.grad_q) + b * p.gq_batch_stride + h * p.gq_head_stride +
-                   (m0 + warp * 16) * p.gq_row_stride;
-    Elem* gdo_out = static_cast<Elem*>(p.grad_dout) + b * p.gdo_batch_stride + h * p.gdo_head_stride +
-                    (m0 + warp * 16) * p.gdo_row_stride;
+    Elem* gq_out =
+        head_rows<Elem>(p.grad_q, p.gq_batch_stride, p.gq_head_stride, b, h) + (m0 + warp * 16) * p.gq_row_stride;
+    Elem* gdo_out =
+        head_rows<Elem>(p.grad_dout, p.gdo_batch_stride, p.gdo_head_stride, b, h) + (m0 + warp * 16) * p.gdo_row_stride;
     store_rows<Elem, kD>(gq, gq_scale, s_q + warp * 16 * kP, gq_out, p.gq_row_stride, rows - warp * 16, lane);
     store_rows<Elem, kD>(gdo, gdo_scale, s_do + warp * 16 * kP, gdo_out, p.gdo_row_stride, rows - warp * 16, lane);
   } else {
@@ -257,15 +236,9 @@ __global__ void __launch_bounds__(kThreads, 1) swa_bwd_bwd_key_kernel(const SwaD
   const Geometry geo(p);
   const int hk = blockIdx.y;
   const int b = blockIdx.z;
-  const int group = static_cast<int>(p.heads_q) / static_cast<int>(p.heads_kv);
   const int n0 = blockIdx.x * kRows;
   const int keys = min(kRows, geo.seqlen_k - n0);
-  // Queries whose windows touch keys [n0, n0 + keys): t in [n0, n0 + keys - 1 + window - 1].
-  const int i_first = max(0, n0 - geo.offset);
-  const int i_last = min(geo.seqlen_q - 1, n0 + keys + geo.window - 2 - geo.offset);
-  const int m_first = i_first / kM;
-  const int m_blocks = i_last >= i_first ? i_last / kM - m_first + 1 : 0;
-  const int steps = group * m_blocks;  // (query head, query block) pairs, head-major
+  const KeyBlockSteps<kM> walk(geo, static_cast<int>(p.heads_q / p.heads_kv), hk, n0, keys);
 
   Elem* s_k = dynamic_smem<Elem>();  // [kRows][kP] each
   Elem* s_v = s_k + kRows * kP;
@@ -276,24 +249,22 @@ __global__ void __launch_bounds__(kThreads, 1) swa_bwd_bwd_key_kernel(const SwaD
   Elem* s_uq = s_do + 2 * kM * kP;
   float* s_stats = reinterpret_cast<float*>(s_uq + 2 * kM * kP);  // [2][lse, D, E, F][kM]
 
-  const auto step_head = [&](int step) { return hk * group + step / m_blocks; };
-  const auto step_m0 = [&](int step) { return (m_first + step % m_blocks) * kM; };
   // Q, dout, Uq and the row statistics of a step's query block into `stage`; rows past seqlen_q are zero-filled, so
   // their P = exp2(0 - 0) = 1 meets zero dout, Q, Uq, D, E, F: every cotangent of theirs is exactly 0.
   const auto load_step = [&](int step, int stage) {
-    const int h = step_head(step);
-    const int m0 = step_m0(step);
+    const int h = walk.head(step);
+    const int m0 = walk.m0(step);
     const int rows = min(kM, geo.seqlen_q - m0);
     const int at = stage * kM * kP;
-    load_tile<kM, kD>(s_q + at, head_rows<Elem>(p.q, p.q_batch_stride, p.q_head_stride, b, h) + m0 * p.q_row_stride,
+    load_tile<kM, kD>(s_q + at,
+                      head_rows<const Elem>(p.q, p.q_batch_stride, p.q_head_stride, b, h) + m0 * p.q_row_stride,
                       p.q_row_stride, rows);
     load_tile<kM, kD>(s_do + at,
-                      head_rows<Elem>(p.dout, p.do_batch_stride, p.do_head_stride, b, h) + m0 * p.do_row_stride,
+                      head_rows<const Elem>(p.dout, p.do_batch_stride, p.do_head_stride, b, h) + m0 * p.do_row_stride,
                       p.do_row_stride, rows);
     if (p.gdq) {
-      load_tile<kM, kD>(s_uq + at,
-                        head_rows<Elem>(p.gdq, p.gdq_batch_stride, p.gdq_head_stride, b, h) + m0 * p.gdq_row_stride,
-                        p.gdq_row_stride, rows);
+      const Elem* uq = head_rows<const Elem>(p.gdq, p.gdq_batch_stride, p.gdq_head_stride, b, h);
+      load_tile<kM, kD>(s_uq + at, uq + m0 * p.gdq_row_stride, p.gdq_row_stride, rows);
     }
     const int64_t stats = (static_cast<int64_t>(b) * p.heads_q + h) * geo.seqlen_q + m0;
 #pragma unroll
@@ -317,33 +288,22 @@ __global__ void __launch_bounds__(kThreads, 1) swa_bwd_bwd_key_kernel(const SwaD
 
   float gk[kD / 8][4] = {};  // grad_k / c
   float gv[kD / 8][4] = {};
-  if (steps > 0) {
-    const Elem* k = head_rows<Elem>(p.k, p.k_batch_stride, p.k_head_stride, b, hk);
-    const Elem* v = head_rows<Elem>(p.v, p.v_batch_stride, p.v_head_stride, b, hk);
+  if (walk.steps > 0) {  // a key block no query sees stores zeros
+    const Elem* k = head_rows<const Elem>(p.k, p.k_batch_stride, p.k_head_stride, b, hk);
+    const Elem* v = head_rows<const Elem>(p.v, p.v_batch_stride, p.v_head_stride, b, hk);
     load_tile<kRows, kD>(s_k, k + n0 * p.k_row_stride, p.k_row_stride, keys);
     load_tile<kRows, kD>(s_v, v + n0 * p.v_row_stride, p.v_row_stride, keys);
     if (p.gdk) {
-      const Elem* uk = head_rows<Elem>(p.gdk, p.gdk_batch_stride, p.gdk_head_stride, b, hk);
+      const Elem* uk = head_rows<const Elem>(p.gdk, p.gdk_batch_stride, p.gdk_head_stride, b, hk);
       load_tile<kRows, kD>(s_uk, uk + n0 * p.gdk_row_stride, p.gdk_row_stride, keys);
     }
     if (p.gdv) {
-      const Elem* uv = head_rows<Elem>(p.gdv, p.gdv_batch_stride, p.gdv_head_stride, b, hk);
+      const Elem* uv = head_rows<const Elem>(p.gdv, p.gdv_batch_stride, p.gdv_head_stride, b, hk);
       load_tile<kRows, kD>(s_uv, uv + n0 * p.gdv_row_stride, p.gdv_row_stride, keys);
     }
-    load_step(0, 0);
-    arch::cp_async_commit();
   }
-  for (int step = 0, stage = 0; step < steps; ++step, stage ^= 1) {
-    if (step + 1 < steps) {
-      load_step(step + 1, stage ^ 1);
-      arch::cp_async_commit();
-      arch::cp_async_wait<1>();
-    } else {
-      arch::cp_async_wait<0>();
-    }
-    __syncthreads();
-
-    const int m0 = step_m0(step);
+  pipelined_steps(walk.steps, load_step, [&](int step, int stage) {
+    const int m0 = walk.m0(step);
     const int at = stage * kM * kP;
     const float* lse = s_stats + stage * 4 * kM;
     const float* dd = lse + kM;
@@ -378,16 +338,15 @@ __global__ void __launch_bounds__(kThreads, 1) swa_bwd_bwd_key_kernel(const SwaD
       to_a_operand<Elem, kM>(op, a);
       gemm_rb<Elem, kD, kM>(gv, op, tiles.dout, lane);  // GdP^T dO
     }
-    __syncthreads();  // the next iteration's loads overwrite this stage
-  }
+  });
 
   // Staged in the warp's own K and V rows, which only it has read.
   const float gk_scale[2] = {scale, scale};
   const float gv_scale[2] = {1.0f, 1.0f};
-  Elem* gk_out = static_cast<Elem*>(p.grad_k) + b * p.gk_batch_stride + hk * p.gk_head_stride +
-                 (n0 + warp * 16) * p.gk_row_stride;
-  Elem* gv_out = static_cast<Elem*>(p.grad_v) + b * p.gv_batch_stride + hk * p.gv_head_stride +
-                 (n0 + warp * 16) * p.gv_row_stride;
+  Elem* gk_out =
+      head_rows<Elem>(p.grad_k, p.gk_batch_stride, p.gk_head_stride, b, hk) + (n0 + warp * 16) * p.gk_row_stride;
+  Elem* gv_out =
+      head_rows<Elem>(p.grad_v, p.gv_batch_stride, p.gv_head_stride, b, hk) + (n0 + warp * 16) * p.gv_row_stride;
   store_rows<Elem, kD>(gk, gk_scale, s_k + own, gk_out, p.gk_row_stride, keys - warp * 16, lane);
   store_rows<Elem, kD>(gv, gv_scale, s_v + own, gv_out, p.gv_row_stride, keys - warp * 16, lane);
 }

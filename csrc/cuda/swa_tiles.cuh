@@ -1,8 +1,9 @@
 // Tile machinery shared by the sliding-window attention kernels (csrc/cuda/swa.cu: forward and backward;
-// csrc/cuda/swa_double_bwd.cu: double backward): CTA shape, smem pitch, window geometry, cp.async tile loads, the
-// warp-level mma products on ldmatrix fragments, the vectorized epilogue, D = rowsum(dout * out), and the host-side
-// argument checks and dtype / head_dim dispatch. Included by .cu files only (the .cuh suffix keeps it out of CMake's
-// csrc/cuda/*.cu glob); like them it is compiled by nvcc and, under TTT_SIM, by the host compiler.
+// csrc/cuda/swa_double_bwd.cu: double backward): CTA shape, smem pitch, window geometry, the tiles a query block or
+// a key block visits and the double-buffered pipeline over them, cp.async tile loads, the warp-level mma products on
+// ldmatrix fragments, the vectorized epilogue, D = rowsum(dout * out), and the host-side argument checks and dtype /
+// head_dim dispatch. Included by .cu files only (the .cuh suffix keeps it out of CMake's csrc/cuda/*.cu glob); like
+// them it is compiled by nvcc and, under TTT_SIM, by the host compiler.
 #pragma once
 
 #include "ttt_kernels/device/runtime.h"
@@ -60,6 +61,71 @@ struct Geometry {
     return n0 + kKeys - 1 > m0 + offset || n0 <= m0 + rows - 1 + offset - window;
   }
 };
+
+// The key blocks of kN keys a query-block CTA visits: queries [m0, m0 + rows) see the keys
+// (m0 + offset - window, m0 + rows - 1 + offset]. Step i visits block last - i, right to left as FlashAttention-2:
+// the first block holds the diagonal.
+template <int kN>
+struct QueryBlockKeys {
+  int last;
+  int steps;
+
+  __device__ QueryBlockKeys(const Geometry& geo, int m0, int rows)
+      : last((m0 + rows - 1 + geo.offset) / kN), steps(last - max(0, m0 + geo.offset - geo.window + 1) / kN + 1) {}
+
+  __device__ int n0(int step) const { return (last - step) * kN; }
+};
+
+// The steps of a key-block CTA: keys [n0, n0 + keys) of kv head hk are seen by the queries
+// t in [n0 - offset, n0 + keys - 1 + window - 1 - offset] of each of the group's query heads, visited as
+// (query head, query block of kM rows) pairs, head-major.
+template <int kM>
+struct KeyBlockSteps {
+  int first_head;
+  int m_first;
+  int m_blocks;
+  int steps;
+
+  __device__ KeyBlockSteps(const Geometry& geo, int group, int hk, int n0, int keys) : first_head(hk * group) {
+    const int i_first = max(0, n0 - geo.offset);
+    const int i_last = min(geo.seqlen_q - 1, n0 + keys + geo.window - 2 - geo.offset);
+    m_first = i_first / kM;
+    m_blocks = i_last >= i_first ? i_last / kM - m_first + 1 : 0;
+    steps = group * m_blocks;
+  }
+
+  __device__ int head(int step) const { return first_head + step / m_blocks; }
+  __device__ int m0(int step) const { return (m_first + step % m_blocks) * kM; }
+};
+
+// The double-buffered cp.async pipeline of every kernel's main loop: load(i, stage) issues step i's tile loads into
+// smem stage `stage` (0 or 1), body(i, stage) consumes them. Step i + 1's loads are in flight while step i runs;
+// loads the caller issued before the call land with step 0's. The barrier after each body keeps the next loads off a
+// stage other warps still read.
+template <typename Load, typename Body>
+__device__ __forceinline__ void pipelined_steps(int steps, const Load& load, const Body& body) {
+  if (steps <= 0) return;
+  load(0, 0);
+  arch::cp_async_commit();
+  for (int step = 0, stage = 0; step < steps; ++step, stage ^= 1) {
+    if (step + 1 < steps) {
+      load(step + 1, stage ^ 1);
+      arch::cp_async_commit();
+      arch::cp_async_wait<1>();
+    } else {
+      arch::cp_async_wait<0>();
+    }
+    __syncthreads();
+    body(step, stage);
+    __syncthreads();
+  }
+}
+
+// Rows of head `head` of batch `b` of a [batch, seqlen, heads, head_dim] tensor; Elem const for inputs.
+template <typename Elem, typename Void>
+__device__ __forceinline__ Elem* head_rows(Void* base, int64_t batch_stride, int64_t head_stride, int b, int head) {
+  return static_cast<Elem*>(base) + b * batch_stride + head * head_stride;
+}
 
 // Copies rows [0, rows) of a [kRows, kD] global tile (row stride `stride` elements, 16-byte aligned rows) to smem
 // rows of kPitch elements with 16-byte cp.async, zero-filling rows >= rows. All kThreads threads call it; the caller
