@@ -480,6 +480,11 @@ def test_prefill_matches_decode_and_meta_loss(overrides):
     decoded = model.new_state(2)
     step_logits = torch.stack([model.decode(decoded, tokens[:, i]) for i in range(tokens.shape[1])], 1)
     torch.testing.assert_close(step_logits, logits, rtol=1e-10, atol=1e-10)
+    # Slices of the prompt (not multiples of b, and one token) read the same as one pass.
+    for slice_tokens in (1, 23):
+        sliced, sliced_logits = model.prefill(tokens, return_logits=True, slice_tokens=slice_tokens)
+        torch.testing.assert_close(sliced_logits, logits, rtol=1e-10, atol=1e-10)
+        assert sliced.pos == 65
     pieces, first = model.prefill(tokens[:, :21], return_logits=True)
     pieces, second = model.prefill(tokens[:, 21:50], pieces, return_logits=True)
     rest = torch.stack([model.decode(pieces, tokens[:, i]) for i in range(50, 65)], 1)
@@ -509,6 +514,9 @@ def test_generate():
         model.generate(prompt, 1, top_p=0)
     with pytest.raises(ValueError, match="one token per sequence"):
         model.decode(model.new_state(2), prompt[:, :2])
+    for bad in (0, 2.0, True):
+        with pytest.raises(ValueError, match="slice_tokens must be an int >= 1"):
+            model.prefill(prompt, slice_tokens=bad)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -580,17 +580,24 @@ class TTTE2EModel(nn.Module):
         *,
         inner_lr: float = 1.0,
         return_logits: bool = False,
+        slice_tokens: int = 4096,
     ):
         """Reads a prompt [B, n] (continuing ``state`` if given, else from a new state with ``inner_lr``).
 
-        Prefix blocks run over the whole prompt in one pass; suffix blocks chunk by chunk, with one first-order TTT
-        step for every chunk of b tokens whose next token is known. Returns the state (its ``logits`` are the last
-        token's), or (state, logits [B, n, V]) with ``return_logits``.
+        The prompt is read in slices of ``slice_tokens`` tokens, each continuing the state of the previous one (the
+        same logits and fast weights as one pass, up to rounding): prefix blocks run over a slice at a time, suffix
+        blocks chunk by chunk with one first-order TTT step for every chunk of b tokens whose next token is known.
+        Slices keep the activations of the prefix blocks ([B, slice, mlp_size] per block) cache-sized and the memory
+        of a long prompt bounded (one pass over 64K tokens was 1.6x slower per token: docs/model.md). Returns the
+        state (its ``logits`` are the last token's), or (state, logits [B, n, V]) with ``return_logits``.
         """
         self._check_tokens(tokens, "prefill", 1)
+        if isinstance(slice_tokens, bool) or not isinstance(slice_tokens, int) or slice_tokens < 1:
+            raise ValueError(f"TTTE2EModel.prefill: slice_tokens must be an int >= 1, got {slice_tokens!r}")
         state = self.new_state(tokens.shape[0], inner_lr=inner_lr) if state is None else state
-        logits = self._feed(state, tokens, return_logits)
-        return (state, logits) if return_logits else state
+        n = tokens.shape[1]
+        logits = [self._feed(state, tokens[:, i : i + slice_tokens], return_logits) for i in range(0, n, slice_tokens)]
+        return (state, torch.cat(logits, 1)) if return_logits else state
 
     @torch.no_grad()
     def decode(self, state: TTTE2EState, token: torch.Tensor) -> torch.Tensor:
