@@ -303,22 +303,33 @@ def sass_by_kernel(library):
     return {key: ops for key, ops in kernels.items() if "swa_" in key[1]}
 
 
-@pytest.mark.skipif(not ttt_kernels.build_info()["cuda_kernels"], reason="built without CUDA kernels (no nvcc)")
-def test_sass_uses_tensor_cores_and_no_local_memory():
+def swa_sass_or_skip():
+    """{(arch, kernel): opcodes} of the swa kernels in libttt_kernels.so; skips without cuobjdump and nvdisasm."""
     if find_cuda_tool("cuobjdump") is None or find_cuda_tool("nvdisasm") is None:
         pytest.skip(
             "cuobjdump -sass needs cuobjdump and nvdisasm: pip install nvidia-cuda-cuobjdump "
             "nvidia-cuda-nvdisasm, or put the CUDA toolkit's bin directory on PATH"
         )
-    library = os.path.join(ttt_kernels.lib_dir(), "libttt_kernels.so")
-    kernels = sass_by_kernel(library)
+    return sass_by_kernel(os.path.join(ttt_kernels.lib_dir(), "libttt_kernels.so"))
+
+
+def assert_tensor_core_kernels(kernels, instantiations):
+    """For every arch, instantiations[kernel] instantiations of each kernel, every one with mma (HMMA) and ldmatrix
+    (LDSM) instructions and no local memory (LDL/STL)."""
     for arch in SASS_ARCHS:
         names = [name for a, name in kernels if a == arch]
-        for kernel in MMA_KERNELS:
-            # 2 dtypes x 4 head dims
-            assert sum(kernel + "<" in name for name in names) == 8, f"{arch}: instantiations of {kernel}: {names}"
+        for kernel, count in instantiations.items():
+            assert sum(kernel + "<" in name for name in names) == count, f"{arch}: instantiations of {kernel}: {names}"
     for (arch, name), opcodes in kernels.items():
-        assert not opcodes & {"LDL", "STL"}, f"{name} [{arch}] uses local memory"
-        if any(kernel + "<" in name for kernel in MMA_KERNELS):
+        if any(kernel + "<" in name for kernel in instantiations):
+            assert not opcodes & {"LDL", "STL"}, f"{name} [{arch}] uses local memory"
             assert "HMMA" in opcodes, f"{name} [{arch}] has no HMMA instruction"
             assert "LDSM" in opcodes, f"{name} [{arch}] has no ldmatrix (LDSM) instruction"
+
+
+@pytest.mark.skipif(not ttt_kernels.build_info()["cuda_kernels"], reason="built without CUDA kernels (no nvcc)")
+def test_sass_uses_tensor_cores_and_no_local_memory():
+    kernels = swa_sass_or_skip()
+    assert_tensor_core_kernels(kernels, dict.fromkeys(MMA_KERNELS, 8))  # 2 dtypes x 4 head dims
+    for (arch, name), opcodes in kernels.items():
+        assert not opcodes & {"LDL", "STL"}, f"{name} [{arch}] uses local memory"

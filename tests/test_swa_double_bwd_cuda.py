@@ -8,12 +8,11 @@ allocated NaN-filled, so an element a kernel does not write fails the comparison
 """
 
 import itertools
-import os
 
 import pytest
 import torch
 from helpers import assert_bit_identical, requires_simulator, run_in_simulator
-from test_swa_cuda import find_cuda_tool, make_inputs, nan_filled_allocations, sass_by_kernel
+from test_swa_cuda import assert_tensor_core_kernels, make_inputs, nan_filled_allocations, swa_sass_or_skip
 
 import ttt_kernels
 from ttt_kernels import reference
@@ -105,28 +104,25 @@ def simulate(inputs, cotangents, scale, **kwargs):
         return run_in_simulator(lambda: op_double_backward(inputs, cotangents, scale, out, lse), **kwargs)
 
 
+def check_simulated(shape, dtype, scale, schedules, present=COTANGENTS, seed=None, cotangent_seed=1):
+    """The simulated kernels on random inputs of `shape` against the reference."""
+    inputs = make_inputs(shape, dtype, seed=sum(shape) if seed is None else seed)
+    cotangents = make_cotangents(shape, dtype, set(present), seed=cotangent_seed)
+    results = simulate(inputs, cotangents, scale, schedules=schedules)
+    assert_matches_reference(inputs, cotangents, results, scale)
+
+
 # ---- simulator -------------------------------------------------------------------------------------------------------
 
+SIMULATED_SHAPES = [pytest.param(shape, ("in_order", "reverse"), id=str(shape)) for shape in SHAPES] + [
+    pytest.param(shape, ("in_order", "shuffle"), id=str(shape), marks=pytest.mark.slow) for shape in SLOW_SHAPES
+]
+
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", SHAPES)
-def test_simulated_kernels_match_reference(shape, dtype):
-    inputs = make_inputs(shape, dtype, seed=sum(shape))
-    cotangents = make_cotangents(shape, dtype, set(COTANGENTS))
-    scale = shape[5] ** -0.5
-    results = simulate(inputs, cotangents, scale, schedules=("in_order", "reverse"))
-    assert_matches_reference(inputs, cotangents, results, scale)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", SLOW_SHAPES)
-def test_simulated_kernels_match_reference_long(shape, dtype):
-    inputs = make_inputs(shape, dtype, seed=sum(shape))
-    cotangents = make_cotangents(shape, dtype, set(COTANGENTS))
-    scale = shape[5] ** -0.5
-    results = simulate(inputs, cotangents, scale, schedules=("in_order", "shuffle"))
-    assert_matches_reference(inputs, cotangents, results, scale)
+@pytest.mark.parametrize(("shape", "schedules"), SIMULATED_SHAPES)
+def test_simulated_kernels_match_reference(shape, schedules, dtype):
+    check_simulated(shape, dtype, shape[5] ** -0.5, schedules)
 
 
 @pytest.mark.parametrize("present", COTANGENT_SETS, ids=lambda s: "+".join(sorted(s)))
@@ -134,29 +130,19 @@ def test_simulated_absent_cotangents_count_as_zero(present):
     """Each subset of cotangents: the kernels skip the absent ones (the reference sees zeros) and still write every
     output element."""
     shape = (1, 33, 47, 4, 2, 64, 20)
-    inputs = make_inputs(shape, torch.float16, seed=7)
-    cotangents = make_cotangents(shape, torch.float16, present, seed=len(present))
-    results = simulate(inputs, cotangents, 0.125, schedules=("in_order", "reverse"))
-    assert_matches_reference(inputs, cotangents, results, 0.125)
+    check_simulated(shape, torch.float16, 0.125, ("in_order", "reverse"), present, seed=7, cotangent_seed=len(present))
 
 
 @pytest.mark.parametrize("window", [63, 64, 65, 129])
 def test_simulated_windows_around_tile_boundaries(window):
     """Window edges just before, on and after 16-, 32- and 64-position tile boundaries."""
     shape = (1, 90, 130, 1, 1, 80, window)
-    inputs = make_inputs(shape, torch.bfloat16, seed=window)
-    cotangents = make_cotangents(shape, torch.bfloat16, set(COTANGENTS), seed=window)
-    results = simulate(inputs, cotangents, 0.11, schedules=("in_order",))
-    assert_matches_reference(inputs, cotangents, results, 0.11)
+    check_simulated(shape, torch.bfloat16, 0.11, ("in_order",), seed=window, cotangent_seed=window)
 
 
 @pytest.mark.parametrize("scale", [-0.37, 0.0])
 def test_simulated_kernels_any_finite_scale(scale):
-    shape = (1, 40, 50, 2, 1, 64, 24)
-    inputs = make_inputs(shape, torch.float16, seed=11)
-    cotangents = make_cotangents(shape, torch.float16, set(COTANGENTS))
-    results = simulate(inputs, cotangents, scale, schedules=("in_order",))
-    assert_matches_reference(inputs, cotangents, results, scale)
+    check_simulated((1, 40, 50, 2, 1, 64, 24), torch.float16, scale, ("in_order",), seed=11)
 
 
 def test_simulated_results_do_not_depend_on_the_worker_count_or_schedule():
@@ -282,18 +268,4 @@ MMA_KERNELS = {"swa_bwd_bwd_query_kernel": 16, "swa_bwd_bwd_key_kernel": 8}
 
 @pytest.mark.skipif(not ttt_kernels.build_info()["cuda_kernels"], reason="built without CUDA kernels (no nvcc)")
 def test_sass_uses_tensor_cores_and_no_local_memory():
-    if find_cuda_tool("cuobjdump") is None or find_cuda_tool("nvdisasm") is None:
-        pytest.skip(
-            "cuobjdump -sass needs cuobjdump and nvdisasm: pip install nvidia-cuda-cuobjdump "
-            "nvidia-cuda-nvdisasm, or put the CUDA toolkit's bin directory on PATH"
-        )
-    kernels = sass_by_kernel(os.path.join(ttt_kernels.lib_dir(), "libttt_kernels.so"))
-    for arch in ("sm_80", "sm_90a"):
-        names = [name for a, name in kernels if a == arch]
-        for kernel, count in MMA_KERNELS.items():
-            assert sum(kernel + "<" in name for name in names) == count, f"{arch}: instantiations of {kernel}: {names}"
-    for (arch, name), opcodes in kernels.items():
-        if any(kernel + "<" in name for kernel in MMA_KERNELS):
-            assert not opcodes & {"LDL", "STL"}, f"{name} [{arch}] uses local memory"
-            assert "HMMA" in opcodes, f"{name} [{arch}] has no HMMA instruction"
-            assert "LDSM" in opcodes, f"{name} [{arch}] has no ldmatrix (LDSM) instruction"
+    assert_tensor_core_kernels(swa_sass_or_skip(), MMA_KERNELS)

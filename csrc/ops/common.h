@@ -6,6 +6,16 @@
 
 #include "ttt_kernels/dtype.h"
 
+// What an op's dispatch needs of the optional backends: the simulator's schedule, the CUDA device guard and stream.
+#if defined(TTT_KERNELS_WITH_SIM)
+#include "ttt_kernels/sim/config.h"
+#endif
+
+#if defined(TTT_KERNELS_WITH_CUDA)
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
 namespace ttt::ops {
 
 // The kernels' DType of a float32 / float64 / bfloat16 / float16 tensor; any other dtype fails with

@@ -15,15 +15,6 @@
 #include "common.h"
 #include "ttt_kernels/rms_norm.h"
 
-#if defined(TTT_KERNELS_WITH_SIM)
-#include "ttt_kernels/sim/config.h"
-#endif
-
-#if defined(TTT_KERNELS_WITH_CUDA)
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#endif
-
 namespace ttt {
 namespace {
 
