@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "ttt_kernels/dtype.h"
 
@@ -15,19 +16,17 @@ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // take no other (the glue widens 16-bit inputs first).
 template <typename Fn>
 void dispatch_float(DType dtype, const char* kernel, Fn&& fn) {
-  switch (dtype) {
-    case DType::kFloat32:
-      return fn(float{});
-    case DType::kFloat64:
-      return fn(double{});
-    case DType::kBFloat16:
-    case DType::kFloat16:
-      break;
-  }
-  throw std::invalid_argument(std::string("ttt::cpu::") + kernel +
-                              ": tensors must be float32 or float64 (16-bit inputs are widened by the caller), got "
-                              "dtype enum value " +
-                              std::to_string(static_cast<int>(dtype)));
+  struct Widened16 {};  // bfloat16 / float16: the caller widens them
+  dispatch_dtype<Widened16, Widened16>(dtype, kernel, [&](auto tag) {
+    if constexpr (std::is_same_v<decltype(tag), Widened16>) {
+      throw std::invalid_argument(std::string("ttt::cpu::") + kernel +
+                                  ": tensors must be float32 or float64 (16-bit inputs are widened by the caller), "
+                                  "got dtype enum value " +
+                                  std::to_string(static_cast<int>(dtype)));
+    } else {
+      fn(tag);
+    }
+  });
 }
 
 }  // namespace ttt::cpu

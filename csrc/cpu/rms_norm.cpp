@@ -156,33 +156,18 @@ void bwd(const RmsNormParams& p) {
   for (int64_t i = 0; i < dim; ++i) dw[i] = narrow<T>(total[i]);
 }
 
-// Calls fn(T{}) with the element type of p.dtype.
-template <typename Fn>
-void dispatch_dtype(const RmsNormParams& p, const char* op, Fn&& fn) {
-  switch (p.dtype) {
-    case DType::kFloat32:
-      return fn(float{});
-    case DType::kFloat64:
-      return fn(double{});
-    case DType::kBFloat16:
-      return fn(c10::BFloat16{});
-    case DType::kFloat16:
-      return fn(c10::Half{});
-  }
-  throw std::runtime_error(std::string(op) + ": unsupported dtype enum value " +
-                           std::to_string(static_cast<int>(p.dtype)));
-}
-
 }  // namespace
 
 void rms_norm_fwd(const RmsNormParams& params) {
   if (params.rows == 0 || params.dim == 0) return;
-  dispatch_dtype(params, "rms_norm_fwd", [&](auto tag) { fwd<decltype(tag)>(params); });
+  dispatch_dtype<c10::BFloat16, c10::Half>(params.dtype, "rms_norm_fwd",
+                                           [&](auto tag) { fwd<decltype(tag)>(params); });
 }
 
 void rms_norm_bwd(const RmsNormParams& params) {
   if (params.dim == 0) return;
-  dispatch_dtype(params, "rms_norm_bwd", [&](auto tag) { bwd<decltype(tag)>(params); });
+  dispatch_dtype<c10::BFloat16, c10::Half>(params.dtype, "rms_norm_bwd",
+                                           [&](auto tag) { bwd<decltype(tag)>(params); });
 }
 
 }  // namespace ttt::cpu

@@ -448,7 +448,9 @@ void key_chunk_pass(const SwaParams& p, const std::array<Rows<T>, kQueryOuts>& q
         for (int o = 0; o < kQueryOuts; ++o) {
           outs.query[o] = own ? query_out[o].at(b, h, i0 + col_lo) : spill(o, b, h, c, n) + col_lo * dim;
           outs.query_ld[o] = own ? query_out[o].row : dim;
-          for (int64_t ii = col_lo; ii < kTile; ++ii) std::fill_n(outs.query[o] + (ii - col_lo) * outs.query_ld[o], dim, T(0));
+          for (int64_t ii = col_lo; ii < kTile; ++ii) {
+            std::fill_n(outs.query[o] + (ii - col_lo) * outs.query_ld[o], dim, T(0));
+          }
         }
         for (int64_t kt = std::max(kt_begin, g.first_key_tile(n)); kt < std::min(kt_end, n + 1); ++kt) {
           for (int o = 0; o < kKeyOuts; ++o) outs.key[o] = sc.key[o].get() + (kt - kt_begin) * tile_elems;

@@ -233,23 +233,6 @@ __global__ void __launch_bounds__(kThreads) clip_update_kernel(const ClipBatch b
 // Host side
 // ---------------------------------------------------------------------------------------------------------------
 
-// Calls fn(T{}) with the element type of `dtype`.
-template <typename Fn>
-void dispatch_dtype(DType dtype, const char* kernel, Fn&& fn) {
-  switch (dtype) {
-    case DType::kFloat32:
-      return fn(float{});
-    case DType::kFloat64:
-      return fn(double{});
-    case DType::kBFloat16:
-      return fn(__nv_bfloat16{});
-    case DType::kFloat16:
-      return fn(__half{});
-  }
-  throw std::invalid_argument(std::string(kernel) + ": unsupported dtype enum value " +
-                              std::to_string(static_cast<int>(dtype)));
-}
-
 // Blocks of a grid-stride launch over `items` work items.
 dim3 grid_for(int64_t items) {
   return dim3(static_cast<unsigned>(std::clamp<int64_t>(ceil_div(items, kThreads), 1, kMaxBlocks)));
@@ -279,7 +262,7 @@ void pack_rows(const PackRowsParams& p, void* stream) {
     throw std::invalid_argument("pack_rows: the destination must be bfloat16 or float16");
   }
   const dim3 grid(static_cast<unsigned>(std::min(rows, kMaxBlocks)));
-  dispatch_dtype(p.src_dtype, "pack_rows", [&](auto src_tag) {
+  dispatch_dtype<__nv_bfloat16, __half>(p.src_dtype, "pack_rows", [&](auto src_tag) {
     using Src = decltype(src_tag);
     if (p.dst_dtype == DType::kBFloat16) {
       launch(pack_rows_kernel<Src, __nv_bfloat16>, grid, dim3(kThreads), 0, stream, p);
@@ -298,7 +281,7 @@ void swiglu_bwd(const SwigluBwdParams& p, void* stream) {
 
 void swiglu_bwd_bwd(const SwigluBwdBwdParams& p, void* stream) {
   if (p.rows == 0 || p.width == 0) return;
-  dispatch_dtype(p.dtype, "swiglu_bwd_bwd", [&](auto tag) {
+  dispatch_dtype<__nv_bfloat16, __half>(p.dtype, "swiglu_bwd_bwd", [&](auto tag) {
     using T = decltype(tag);
     launch(p.grad_h ? swiglu_bwd_bwd_kernel<T, true> : swiglu_bwd_bwd_kernel<T, false>, grid_for(p.rows * p.width),
            dim3(kThreads), 0, stream, p);

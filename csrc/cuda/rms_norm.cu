@@ -281,23 +281,6 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
-// Calls fn(T{}) with the element type of `dtype`.
-template <typename Fn>
-void dispatch_dtype(const RmsNormParams& p, const char* op, Fn&& fn) {
-  switch (p.dtype) {
-    case DType::kFloat32:
-      return fn(float{});
-    case DType::kFloat64:
-      return fn(double{});
-    case DType::kBFloat16:
-      return fn(__nv_bfloat16{});
-    case DType::kFloat16:
-      return fn(__half{});
-  }
-  throw std::runtime_error(std::string(op) + ": unsupported dtype enum value " +
-                           std::to_string(static_cast<int>(p.dtype)));
-}
-
 // Threads per row and row slots per block. A function of (dim, dtype) only, so the backward's workspace size does
 // not depend on pointer alignment.
 struct RowLayout {
@@ -355,7 +338,7 @@ void launch_bwd(const RmsNormParams& p, void* stream) {
 
 void rms_norm_fwd(const RmsNormParams& p, void* stream) {
   if (p.rows == 0 || p.dim == 0) return;
-  dispatch_dtype(p, "rms_norm_fwd", [&](auto tag) {
+  dispatch_dtype<__nv_bfloat16, __half>(p.dtype, "rms_norm_fwd", [&](auto tag) {
     using T = decltype(tag);
     constexpr int kVec = kVecElems<T>;
     if (p.dim % kVec == 0 && aligned16(p.x) && aligned16(p.weight) && aligned16(p.out)) {
@@ -368,13 +351,14 @@ void rms_norm_fwd(const RmsNormParams& p, void* stream) {
 
 int64_t rms_norm_bwd_workspace_rows(const RmsNormParams& p) {
   int64_t rows = 1;
-  dispatch_dtype(p, "rms_norm_bwd", [&](auto tag) { rows = bwd_blocks<decltype(tag)>(p); });
+  dispatch_dtype<__nv_bfloat16, __half>(p.dtype, "rms_norm_bwd",
+                                        [&](auto tag) { rows = bwd_blocks<decltype(tag)>(p); });
   return rows;
 }
 
 void rms_norm_bwd(const RmsNormParams& p, void* stream) {
   if (p.dim == 0) return;
-  dispatch_dtype(p, "rms_norm_bwd", [&](auto tag) {
+  dispatch_dtype<__nv_bfloat16, __half>(p.dtype, "rms_norm_bwd", [&](auto tag) {
     using T = decltype(tag);
     constexpr int kVec = kVecElems<T>;
     if (p.dim % kVec == 0 && aligned16(p.x) && aligned16(p.weight) && aligned16(p.grad_out) &&

@@ -44,9 +44,12 @@ bool any_cotangent(const Cotangent& gdq, const Cotangent& gdk, const Cotangent& 
   return gdq.has_value() || gdk.has_value() || gdv.has_value();
 }
 
-Grads zero_grads(const at::Tensor& q, const at::Tensor& k) {
-  return {at::zeros(q.sizes(), q.options()), at::zeros(k.sizes(), k.options()), at::zeros(k.sizes(), k.options()),
-          at::zeros(q.sizes(), q.options())};
+// (grad_q, grad_k, grad_v, grad_dout), contiguous in q's, k's, k's and q's shapes; zero-filled or uninitialized.
+Grads new_grads(const at::Tensor& q, const at::Tensor& k, bool zeroed) {
+  const auto like = [zeroed](const at::Tensor& t) {
+    return zeroed ? at::zeros(t.sizes(), t.options()) : at::empty(t.sizes(), t.options());
+  };
+  return {like(q), like(k), like(k), like(q)};
 }
 
 // Everything but the workspaces: inputs, present cotangents (absent ones stay nullptr) and outputs.
@@ -66,18 +69,13 @@ void set_double_bwd_params(SwaDoubleBwdParams& p, const Cotangent& gdq, const Co
   set_rows(p.grad_dout, p.gdo_batch_stride, p.gdo_row_stride, p.gdo_head_stride, grad_dout);
 }
 
-Grads empty_grads(const at::Tensor& q, const at::Tensor& k) {
-  return {at::empty(q.sizes(), q.options()), at::empty(k.sizes(), k.options()), at::empty(k.sizes(), k.options()),
-          at::empty(q.sizes(), q.options())};
-}
-
 // Allocates the outputs and the row statistics D, E, F (lse's shape and dtype), fills the params and runs
 // launch(params, grads); the inputs are checked and in the layout the backend needs.
 template <typename Launch>
 Grads run_double_bwd(const Cotangent& gdq, const Cotangent& gdk, const Cotangent& gdv, const at::Tensor& q,
                      const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& dout,
                      const at::Tensor& lse, int64_t window, double scale, Launch&& launch) {
-  Grads grads = empty_grads(q, k);
+  Grads grads = new_grads(q, k, /*zeroed=*/false);
   SwaDoubleBwdParams params;
   set_double_bwd_params(params, gdq, gdk, gdv, q, k, v, out, dout, lse, window, scale, grads);
   const at::Tensor row_stats = at::empty({3, lse.size(0), lse.size(1), lse.size(2)}, lse.options());
@@ -97,7 +95,7 @@ Grads double_bwd_device(const Cotangent& gdq, const Cotangent& gdk, const Cotang
                         const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& dout,
                         const at::Tensor& lse, int64_t window, double scale, Launch&& launch) {
   check_double_bwd_inputs(gdq, gdk, gdv, q, k, v, out, dout, lse, window, scale);
-  if (!any_cotangent(gdq, gdk, gdv)) return zero_grads(q, k);
+  if (!any_cotangent(gdq, gdk, gdv)) return new_grads(q, k, /*zeroed=*/true);
   return run_double_bwd(aligned(gdq), aligned(gdk), aligned(gdv), with_aligned_rows(q), with_aligned_rows(k),
                         with_aligned_rows(v), with_aligned_rows(out), with_aligned_rows(dout), lse, window, scale,
                         std::forward<Launch>(launch));
@@ -114,7 +112,7 @@ Grads swa_bwd_bwd_cpu(const Cotangent& gdq, const Cotangent& gdk, const Cotangen
   }
 #endif
   check_double_bwd_inputs(gdq, gdk, gdv, q, k, v, out, dout, lse, window, scale);
-  if (!any_cotangent(gdq, gdk, gdv)) return zero_grads(q, k);
+  if (!any_cotangent(gdq, gdk, gdv)) return new_grads(q, k, /*zeroed=*/true);
   if (is_16bit(q)) {
     const auto widen = [](const at::Tensor& t) { return t.to(at::kFloat); };
     const auto widen_opt = [&](const Cotangent& t) { return t ? Cotangent(widen(*t)) : std::nullopt; };

@@ -15,6 +15,14 @@ _PAPER_PRESETS = {
 _LLAMA3_VOCAB = 128256
 _LLAMA3_BOS = 128000  # <|begin_of_text|>
 
+
+def check_int(value, name: str, minimum: int = 1, alternatives: str = "") -> None:
+    """ValueError "<name> must be an int >= <minimum><alternatives>, got <value>" unless value is an int (a bool is
+    not) >= minimum."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}{alternatives}, got {value!r}")
+
+
 # Byte-level presets for experiments on a CPU: 256 byte tokens, no token reserved for BOS.
 _BYTE_PRESETS = {
     "tiny": dict(
@@ -84,9 +92,7 @@ class TTTE2EConfig:
             "window",
             "mini_batch_size",
         ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"TTTE2EConfig.{name} must be an int >= 1, got {value!r}")
+            check_int(getattr(self, name), f"TTTE2EConfig.{name}")
         if self.num_suffix_layers > self.num_layers:
             raise ValueError(
                 f"TTTE2EConfig.num_suffix_layers ({self.num_suffix_layers}) must not exceed num_layers "

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import official
-from .config import TTTE2EConfig
+from .config import TTTE2EConfig, check_int
 from .opset import OPSETS
 
 KV = tuple[torch.Tensor, torch.Tensor]  # keys (after QK-norm and RoPE) and values, [B, n, Hkv, hd] each
@@ -376,20 +376,14 @@ class TTTE2EModel(nn.Module):
                 f"TTTE2EModel.meta_loss: the number of input tokens ({t} = tokens.shape[1] - 1) must be "
                 f"a multiple of mini_batch_size ({b})"
             )
-        if isinstance(checkpoint_group, bool) or not isinstance(checkpoint_group, int) or checkpoint_group < 1:
-            raise ValueError(f"TTTE2EModel.meta_loss: checkpoint_group must be an int >= 1, got {checkpoint_group!r}")
+        check_int(checkpoint_group, "TTTE2EModel.meta_loss: checkpoint_group")
         if checkpoint_prefix is None:
             checkpoint_prefix = c.ttt
         if checkpoint_prefix_group is None:
             checkpoint_prefix_group = -(-2 * c.window // b)
-        if (
-            isinstance(checkpoint_prefix_group, bool)
-            or not isinstance(checkpoint_prefix_group, int)
-            or checkpoint_prefix_group < 1
-        ):
-            raise ValueError(
-                "TTTE2EModel.meta_loss: checkpoint_prefix_group must be an int >= 1 or None, got "
-                f"{checkpoint_prefix_group!r}"
+        else:
+            check_int(
+                checkpoint_prefix_group, "TTTE2EModel.meta_loss: checkpoint_prefix_group", alternatives=" or None"
             )
         n_chunks = t // b
 
@@ -556,8 +550,7 @@ class TTTE2EModel(nn.Module):
 
     def new_state(self, batch_size: int, *, inner_lr: float = 1.0) -> TTTE2EState:
         """An empty inference state: fast weights W_0, no keys, nothing pending."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"TTTE2EModel.new_state: batch_size must be an int >= 1, got {batch_size!r}")
+        check_int(batch_size, "TTTE2EModel.new_state: batch_size")
         with torch.no_grad():
             fast = tuple(w.clone() for w in self.initial_fast_weights(batch_size)) if self.config.ttt else None
         return TTTE2EState(
@@ -592,8 +585,7 @@ class TTTE2EModel(nn.Module):
         state (its ``logits`` are the last token's), or (state, logits [B, n, V]) with ``return_logits``.
         """
         self._check_tokens(tokens, "prefill", 1)
-        if isinstance(slice_tokens, bool) or not isinstance(slice_tokens, int) or slice_tokens < 1:
-            raise ValueError(f"TTTE2EModel.prefill: slice_tokens must be an int >= 1, got {slice_tokens!r}")
+        check_int(slice_tokens, "TTTE2EModel.prefill: slice_tokens")
         state = self.new_state(tokens.shape[0], inner_lr=inner_lr) if state is None else state
         n = tokens.shape[1]
         logits = [self._feed(state, tokens[:, i : i + slice_tokens], return_logits) for i in range(0, n, slice_tokens)]
@@ -627,8 +619,7 @@ class TTTE2EModel(nn.Module):
         """Prefills ``prompt`` ([n] or [B, n]) and samples ``max_new_tokens`` tokens (temperature 0: greedy; top_p:
         nucleus sampling), decoding (and test-time training) as it goes. Returns prompt + new tokens, [B, n + new]
         ([n + new] for a 1-d prompt). Deterministic for a given seed."""
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise ValueError(f"TTTE2EModel.generate: max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+        check_int(max_new_tokens, "TTTE2EModel.generate: max_new_tokens", minimum=0)
         if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
             raise ValueError(f"TTTE2EModel.generate: temperature must be a finite number >= 0, got {temperature!r}")
         if not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
@@ -673,8 +664,9 @@ class TTTE2EModel(nn.Module):
         if not c.ttt:
             h = self.embed(tokens)
             for i, blk in enumerate(self.blocks):
-                fast = self._static_fast(blk) if hasattr(blk, "prime") else None
-                h, kv = self._block(blk, h, state.pos, [state.kv[i]] if state.kv[i] else [], fast)
+                h, kv = self._block(
+                    blk, h, state.pos, [state.kv[i]] if state.kv[i] else [], self._static_fast_or_none(blk)
+                )
                 state.kv[i] = self._keep_window(state.kv[i], kv)
             state.pos += n
             logits = self._logits(h if all_logits else h[:, -1:])
