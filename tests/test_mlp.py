@@ -54,7 +54,7 @@ def _eager_16bit(x, w1, w3, w2, gy):
     """The reference's math run by eager PyTorch in x's 16-bit dtype (the weights cast to it)."""
 
     def fn(x, w1, w3, w2):
-        return torch.nn.functional.silu(x @ w1.to(x.dtype).T) * (x @ w3.to(x.dtype).T) @ w2.to(x.dtype).T
+        return torch.nn.functional.silu(x @ w1.to(x.dtype).mT) * (x @ w3.to(x.dtype).mT) @ w2.to(x.dtype).mT
 
     return _results(fn, x, w1, w3, w2, gy)
 
@@ -201,6 +201,82 @@ def test_third_order_raises():
         torch.autograd.grad(second[0].sum(), x)
 
 
+# ---- batched fast weights ------------------------------------------------------------------------------------------
+
+
+def _batched_inputs(batch, n, d, m, dtype=torch.float64, weight_dtype=None, seed=0):
+    """x [B, n, d], w1, w3 [B, m, d], w2 [B, d, m], grad_y [B, n, d]: each sequence its own weights."""
+    per_seq = [_mlp_inputs((n,), d, m, dtype, weight_dtype, seed=seed + b) for b in range(batch)]
+    return tuple(torch.stack(ts) for ts in zip(*per_seq))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("batch, n, d, m", [(1, 7, 16, 24), (3, 1, 13, 7), (4, 97, 16, 24), (2, 200, 64, 96)])
+def test_batched_cpu_matches_reference(dtype, batch, n, d, m, cpu_gemm):
+    """Batched weights (one MLP per sequence) against the reference and against one unbatched call per sequence."""
+    inputs = _batched_inputs(batch, n, d, m, dtype, seed=batch + n)
+    got = _results(ops.swiglu_mlp, *inputs)
+    _assert_close_to_reference(inputs, got)
+    for b in range(batch):
+        one = _results(ops.swiglu_mlp, *(t[b] for t in inputs))
+        for g, w in zip(got, one):
+            tol = 1e-12 if dtype == torch.float64 else 1e-5
+            torch.testing.assert_close(g[b], w, rtol=tol, atol=tol)
+
+
+def test_batched_gradcheck_and_gradgradcheck():
+    x, w1, w3, w2, _ = _batched_inputs(3, 4, 5, 6, seed=3)
+    args = [t.requires_grad_() for t in (x, w1, w3, w2)]
+    assert torch.autograd.gradcheck(ops.swiglu_mlp, args)
+    assert torch.autograd.gradgradcheck(ops.swiglu_mlp, args)
+
+
+def test_batched_meta_step_matches_reference():
+    """Second order through batched fast weights and a batched clipped step (one norm per sequence)."""
+    inputs = _batched_inputs(3, 9, 16, 24, seed=4)
+    inputs[4][1] *= 40  # sequence 1's gradient is clipped, the others are not
+
+    def outer_grads(mlp, clip):
+        leaves = [t.clone().requires_grad_() for t in inputs[:4]]
+        w = leaves[1:]
+        grads = torch.autograd.grad((mlp(leaves[0], *w) * inputs[4]).sum(), w, create_graph=True)
+        new_w = clip(w, list(grads), 0.7, 0.5, batched=True)
+        return torch.autograd.grad((mlp(leaves[0], *new_w) ** 2).sum(), leaves)
+
+    got = outer_grads(ops.swiglu_mlp, ops.clip_sgd_update)
+    want = outer_grads(reference.swiglu_mlp, reference.clip_sgd_update)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-11)
+
+
+@requires_simulator
+@pytest.mark.parametrize("weight_dtype", [None, torch.float32])
+def test_simulated_batched_cuda_mlp_matches_reference(weight_dtype):
+    """One batched launch per GEMM in the simulated CUDA pipeline (batched pack_rows, batch strides of every
+    operand), forward and backward."""
+    for batch, n, d, m in [(3, 7, 16, 24), (2, 1, 32, 8), (4, 33, 16, 40)]:
+        inputs = _batched_inputs(batch, n, d, m, torch.bfloat16, weight_dtype, seed=batch * n)
+        got = run_in_simulator(lambda inputs=inputs: _op_results(*inputs))
+        _assert_close_to_reference(inputs, got)
+
+
+def test_batched_arguments_are_checked():
+    x, w1, w3, w2, _ = _batched_inputs(2, 3, 8, 16)
+    bad = [
+        ((x[:1], w1, w3, w2), r"x must have shape \(2, n, d\)"),
+        ((x[0], w1, w3, w2), r"x must have shape \(2, n, d\)"),
+        ((x, w1, w3, w2[:, :, :4]), r"w2 must have shape \(2, 8, 16\)"),
+        ((x, w1, w3[:1], w2), "w3 must have w1's shape"),
+    ]
+    for args, message in bad:
+        with pytest.raises(ValueError, match=message):
+            ops.swiglu_mlp(*args)
+    with pytest.raises(RuntimeError, match=r"x must have shape \[B, n, d\] with B = 2"):
+        fwd_op(x[:1].contiguous(), w1, w3, w2)
+    with pytest.raises(RuntimeError, match=r"w2 must have shape \[2, 8, 16\]"):
+        fwd_op(x, w1, w3, w2[:1].contiguous())
+
+
 # ---- clipped SGD ---------------------------------------------------------------------------------------------------
 
 
@@ -308,6 +384,76 @@ def test_clip_zero_gradients_have_finite_second_derivatives():
     torch.testing.assert_close(ddg, torch.full((4,), 0.5, dtype=torch.float64))  # d/dg of -lr * 2 (w - lr g)
 
 
+def _batched_clip_case(dtype=torch.float64):
+    """Fast weights of 4 sequences: sequence 0 has zero gradients, 1 is clipped, 2 and 3 are not (max_norm 1)."""
+    gen = torch.Generator().manual_seed(12)
+    shapes = [(4, 24, 16), (4, 16, 24), (4, 7)]
+    weights = [torch.randn(s, generator=gen, dtype=torch.float64).to(dtype) for s in shapes]
+    grads = [torch.randn(s, generator=gen, dtype=torch.float64) * 0.01 for s in shapes]
+    for g in grads:
+        g[0] = 0
+        g[1] *= 1000
+    return weights, [g.to(dtype) for g in grads]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_batched_clip_clips_each_sequence_by_its_own_norm(dtype):
+    weights, grads = _batched_clip_case(dtype)
+    new, norm = clip_op(weights, grads, 0.5, 1.0, True)
+    assert norm.shape == (4,) and norm.dtype == dtype
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-6, atol=1e-6)
+    for b in range(4):
+        want, want_norm = _clip_by_hand([w[b] for w in weights], [g[b] for g in grads], 0.5, 1.0)
+        torch.testing.assert_close(norm[b].double(), torch.tensor(want_norm, dtype=torch.float64), **tol)
+        for got, w in zip(new, want):
+            torch.testing.assert_close(got[b].double(), w, **tol)
+    assert norm[0] == 0 and norm[1] > 1 > norm[2] > 0
+    for got, w in zip(new, reference.clip_sgd_update(weights, grads, 0.5, 1.0, batched=True)):
+        torch.testing.assert_close(got, w, **tol)
+    inplace = [w.clone() for w in weights]
+    assert torch.equal(ops.clip_sgd_update_(inplace, grads, 0.5, 1.0, batched=True), norm)
+    assert all(torch.equal(a, b) for a, b in zip(inplace, new))
+
+
+def test_batched_clip_gradcheck_and_gradgradcheck():
+    weights, grads = _batched_clip_case()
+    weights, grads = [w[:, :3, :2] for w in weights[:2]], [g[:, :3, :2] * 20 for g in grads[:2]]
+    n = len(weights)
+
+    def fn(*tensors):
+        return ops.clip_sgd_update(list(tensors[:n]), list(tensors[n:]), 0.7, 1.0, batched=True)
+
+    args = [t.contiguous().requires_grad_() for t in weights + grads]
+    assert torch.autograd.gradcheck(fn, args)
+    assert torch.autograd.gradgradcheck(fn, args)
+
+
+@requires_simulator
+def test_simulated_batched_clip():
+    """The CUDA clip kernels with one norm per sequence (grid z), more tensors than one launch takes."""
+    gen = torch.Generator().manual_seed(13)
+    shapes = [(3, 40000), (3, 0)] + [(3, i + 1, 3) for i in range(17)]
+    weights = [torch.randn(s, generator=gen) for s in shapes]
+    grads = [torch.randn(s, generator=gen) * (0.001 if i % 2 else 1) for i, s in enumerate(shapes)]
+    grads[0][1] *= 0
+    new, norm = run_in_simulator(lambda: clip_op(weights, grads, 0.3, 2.0, True))
+    want, want_norm = clip_op([w.double() for w in weights], [g.double() for g in grads], 0.3, 2.0, True)
+    torch.testing.assert_close(norm.double(), want_norm, rtol=1e-6, atol=0)
+    for g, w in zip(new, want):
+        torch.testing.assert_close(g.double(), w, rtol=1e-6, atol=1e-6)
+
+
+def test_batched_clip_arguments_are_checked():
+    with pytest.raises(ValueError, match="batched weights must share the leading dimension"):
+        ops.clip_sgd_update([torch.ones(2, 3), torch.ones(3, 2)], [torch.ones(2, 3), torch.ones(3, 2)], batched=True)
+    with pytest.raises(ValueError, match="leading batch dimension >= 1"):
+        ops.clip_sgd_update([torch.ones(())], [torch.ones(())], batched=True)
+    with pytest.raises(RuntimeError, match="batched weights must share the leading dimension"):
+        clip_op([torch.ones(2, 3), torch.ones(3, 2)], [torch.ones(2, 3), torch.ones(3, 2)], 1.0, 1.0, True)
+    with pytest.raises(ValueError, match="batched needs weights"):
+        ops.clip_sgd_update([], [], batched=True)
+
+
 # ---- sgd_gemm_update_ ----------------------------------------------------------------------------------------------
 
 
@@ -340,6 +486,12 @@ def test_opcheck():
     torch.library.opcheck(
         gemm_update_op, (torch.randn(8, 16), torch.randn(5, 8), torch.randn(5, 16), torch.tensor(0.5))
     )
+    xb, w1b, w3b, w2b, gyb = (t.float().requires_grad_() for t in _batched_inputs(3, 4, 16, 8))
+    torch.library.opcheck(fwd_op, (xb, w1b, w3b, w2b))
+    _, hb = fwd_op(xb.detach(), w1b.detach(), w3b.detach(), w2b.detach())
+    torch.library.opcheck(bwd_op, (gyb, xb, w1b, w3b, w2b, hb.requires_grad_(), None))
+    gb = [torch.randn_like(t).requires_grad_() for t in (w1b, w2b)]
+    torch.library.opcheck(clip_op, ([w1b, w2b], gb, 0.5, 1.0, True))
 
 
 def test_torch_compile_fullgraph():
@@ -504,13 +656,14 @@ def test_simulated_cuda_rejects_unsupported_shapes():
 # ---- the GEMM wrapper (host side: operand mapping, epilogues, argument checks) -------------------------------------
 
 
-def _gemm_operands(layout_a, layout_b, m, n, k, dtype, gen):
-    """A [m, k] and B [k, n] as views with the requested layouts and leading dimensions above their extents."""
+def _gemm_operands(layout_a, layout_b, m, n, k, dtype, gen, batch=()):
+    """A [*batch, m, k] and B [*batch, k, n] as views with the requested layouts and leading dimensions above their
+    extents."""
 
     def view(rows, cols, layout):
         if layout == "row":
-            return torch.randn(rows, cols + 8, generator=gen).to(dtype)[:, :cols]
-        return torch.randn(cols, rows + 8, generator=gen).to(dtype)[:, :rows].T
+            return torch.randn(*batch, rows, cols + 8, generator=gen).to(dtype)[..., :cols]
+        return torch.randn(*batch, cols, rows + 8, generator=gen).to(dtype)[..., :rows].mT
 
     return view(m, k, layout_a), view(k, n, layout_b)
 
@@ -520,24 +673,26 @@ def _gemm_operands(layout_a, layout_b, m, n, k, dtype, gen):
     "epilogue, layout_a, layout_b",
     [("store", "row", "col"), ("store", "row", "row"), ("swiglu", "row", "col"), ("accumulate", "col", "row")],
 )
-def test_gemm_wrapper_in_simulator(epilogue, layout_a, layout_b):
+@pytest.mark.parametrize("batch", [(), (3,)])
+def test_gemm_wrapper_in_simulator(epilogue, layout_a, layout_b, batch):
+    """One GEMM of 2-D views, or a batch of 3 problems (3-D views: a batch stride per operand) in one call."""
     gen = torch.Generator().manual_seed(7)
     m, n, k = 24, 16, 40
-    a, b = _gemm_operands(layout_a, layout_b, m, n, k, torch.bfloat16, gen)
+    a, b = _gemm_operands(layout_a, layout_b, m, n, k, torch.bfloat16, gen, batch)
     exact = a.double() @ b.double()
     if epilogue == "accumulate":
-        c = torch.randn(m, n + 4, generator=gen)[:, :n]
+        c = torch.randn(*batch, m, n + 4, generator=gen)[..., :n]
         d, scale = c.clone(), torch.tensor([0.5])
         run_in_simulator(lambda: gemm_op(a, b, d, c, None, epilogue, -2.0, 1.0, scale), schedules=("in_order",))
         torch.testing.assert_close(d.double(), c.double() - exact, rtol=1e-5, atol=1e-4)
         return
-    d = torch.empty(m, n + 8, dtype=torch.bfloat16)[:, :n]
-    t = torch.empty(m, n // 2 + 4, dtype=torch.bfloat16)[:, : n // 2] if epilogue == "swiglu" else None
+    d = torch.empty(*batch, m, n + 8, dtype=torch.bfloat16)[..., :n]
+    t = torch.empty(*batch, m, n // 2 + 4, dtype=torch.bfloat16)[..., : n // 2] if epilogue == "swiglu" else None
     with ttt_kernels.sim.enabled():
         gemm_op(a, b, d, None, t, epilogue, 1.0, 0.0, None)
     torch.testing.assert_close(d.double(), exact.bfloat16().double(), rtol=0.01, atol=0.01)
     if t is not None:
-        h1, h3 = exact[:, 0::2], exact[:, 1::2]
+        h1, h3 = exact[..., 0::2], exact[..., 1::2]
         torch.testing.assert_close(t.double(), torch.nn.functional.silu(h1) * h3, rtol=0.02, atol=0.02)
 
 

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from reference_model import naive_meta_loss, reference_copy
 
 from ttt_kernels.model import TTTE2EConfig, TTTE2EModel
+from ttt_kernels.op_counter import OpCounter
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -255,6 +256,59 @@ def test_meta_loss_argument_errors():
         model.meta_loss(_tokens(1, 33, 0), checkpoint_prefix_group=0)
     with pytest.raises(ValueError, match="ops must be one of"):
         TTTE2EModel(_config(), ops="fast")
+
+
+@pytest.mark.parametrize("ops", ["package", "reference"])
+def test_meta_loss_under_no_grad_every_checkpoint_mode(ops):
+    """meta_loss under torch.no_grad (evaluation) and with grad give the same losses in every checkpointing mode;
+    the inner steps run either way."""
+    model = _model(_config(), ops=ops)
+    tokens = _tokens(2, 65, 3)
+    want_loss, want_chunks = model.meta_loss(tokens, checkpoint=False, checkpoint_prefix=False)
+    for checkpoint in (True, False):
+        for checkpoint_prefix in (True, False, None):
+            kwargs = dict(checkpoint=checkpoint, checkpoint_prefix=checkpoint_prefix)
+            with torch.no_grad():
+                loss, chunks = model.meta_loss(tokens, **kwargs)
+            assert not loss.requires_grad
+            _assert_close(chunks, want_chunks.detach(), f"no_grad {kwargs}", 1e-12)
+            loss, chunks = model.meta_loss(tokens, **kwargs)
+            assert loss.requires_grad
+            _assert_close(chunks.detach(), want_chunks.detach(), f"grad {kwargs}", 1e-12)
+    # The inner steps ran: without them the later chunks' losses differ.
+    no_ttt = _model(_config(ttt=False), ops=ops)
+    no_ttt.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        _, static_chunks = no_ttt.meta_loss(tokens)
+    assert (static_chunks[:, 1:] - want_chunks[:, 1:].detach()).abs().max() > 1e-6
+
+
+def test_no_host_synchronization():
+    """meta_loss (forward and backward), prefill and decode never read a tensor's value on the host (no .item(),
+    .tolist(), data-dependent branches): aten._local_scalar_dense is never called, so a GPU never waits. The op
+    count per step does not depend on the batch size (beyond 1, where more slices happen to be contiguous)."""
+    model = _model(_config())
+    totals = {}
+    for batch in (2, 5):
+        tokens = _tokens(batch, 65, 4)
+        model.meta_loss(tokens)[0].backward()  # warm-up
+        state = model.prefill(tokens[:, :40])
+        counts = {}
+        with OpCounter() as ops:
+            model.meta_loss(tokens)[0].backward()
+        counts["meta_loss"] = ops
+        with OpCounter() as ops:
+            model.prefill(tokens[:, 40:], state)
+        counts["prefill"] = ops
+        with OpCounter() as ops:
+            for i in range(20):  # crosses an inner step
+                model.decode(state, tokens[:, i])
+        counts["decode"] = ops
+        for what, ops in counts.items():
+            assert ops.total > 100, what
+            assert ops.counts["aten._local_scalar_dense"] == 0, what
+        totals[batch] = {what: ops.total for what, ops in counts.items()}
+    assert totals[2] == totals[5]
 
 
 def test_matches_reference_model_tiny_preset():

@@ -27,8 +27,11 @@ namespace {
 // Elements per parallel_for grain of the row kernels (torch's own grain size: smaller tensors run on the calling
 // thread).
 constexpr int64_t kGrainElements = 1 << 15;
-// Elements per chunk of the clipped update (the unit of parallelism and of the norm's partial sums).
+// Elements per chunk of the clipped update (the unit of parallelism and of the norm's partial sums), and the chunks
+// below which it runs on the calling thread (forking a thread team costs more than summing 256K squares, and a team
+// waits for its slowest thread when another process shares the cores).
 constexpr int64_t kClipChunk = 1 << 15;
+constexpr int64_t kClipParallelChunks = 8;
 
 // exp(x) for float, branch-free so that it vectorizes (glibc's expf, std::floor and std::fmin do not, without
 // -ffast-math): x = n ln2 + r with n = round(x / ln2) (adding and subtracting 1.5 * 2^23 rounds to an integer),
@@ -198,8 +201,10 @@ void bwd_bwd(const SwigluBwdBwdParams& p) {
 
 // ---- clipped SGD ---------------------------------------------------------------------------------------------------
 
+// Elements of one sequence's slice of one tensor, [begin, end).
 struct Chunk {
   int64_t tensor;
+  int64_t seq;
   int64_t begin;
   int64_t end;
 };
@@ -228,38 +233,49 @@ void axpy_inplace(A* __restrict__ w, const A* __restrict__ g, A step, int64_t n)
 
 template <typename A>
 void clip_sgd(const ClipSgdParams& p) {
+  // Chunks ordered by sequence, then tensor, then position: each sequence's partial sums are added in that order.
   std::vector<Chunk> chunks;
-  for (int64_t t = 0; t < p.count; ++t) {
-    for (int64_t b = 0; b < p.tensors[t].numel; b += kClipChunk) {
-      chunks.push_back({t, b, std::min(p.tensors[t].numel, b + kClipChunk)});
+  std::vector<int64_t> first_chunk(p.batch + 1, 0);  // chunks of sequence s: [first_chunk[s], first_chunk[s + 1])
+  for (int64_t s = 0; s < p.batch; ++s) {
+    for (int64_t t = 0; t < p.count; ++t) {
+      const int64_t per_seq = p.tensors[t].numel / p.batch;
+      for (int64_t b = 0; b < per_seq; b += kClipChunk) {
+        chunks.push_back({t, s, s * per_seq + b, s * per_seq + std::min(per_seq, b + kClipChunk)});
+      }
     }
+    first_chunk[s + 1] = static_cast<int64_t>(chunks.size());
   }
   const int64_t num_chunks = static_cast<int64_t>(chunks.size());
+  // Below kClipParallelChunks chunks the whole update runs on the calling thread.
+  const int64_t grain = kClipParallelChunks;
   std::vector<double> partial(chunks.size());
-  at::parallel_for(0, num_chunks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, num_chunks, grain, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       const Chunk& k = chunks[c];
       partial[c] = sum_squares(static_cast<const A*>(p.tensors[k.tensor].grad) + k.begin, k.end - k.begin);
     }
   });
-  double total = 0;
-  for (const double v : partial) total += v;
-  const A norm = static_cast<A>(std::sqrt(total));
+  std::vector<A> steps(p.batch);
   const A max_norm = static_cast<A>(p.max_norm);
-  const A scale = norm < max_norm ? A(1) : max_norm / norm;
-  const A step = static_cast<A>(p.lr) * scale;
-  *static_cast<A*>(p.norm) = norm;
+  for (int64_t s = 0; s < p.batch; ++s) {
+    double total = 0;
+    for (int64_t c = first_chunk[s]; c < first_chunk[s + 1]; ++c) total += partial[c];
+    const A norm = static_cast<A>(std::sqrt(total));
+    const A scale = norm < max_norm ? A(1) : max_norm / norm;
+    steps[s] = static_cast<A>(p.lr) * scale;
+    static_cast<A*>(p.norm)[s] = norm;
+  }
 
-  at::parallel_for(0, num_chunks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, num_chunks, grain, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       const Chunk& k = chunks[c];
       const ClipTensor& t = p.tensors[k.tensor];
       const A* g = static_cast<const A*>(t.grad) + k.begin;
       A* out = static_cast<A*>(t.out) + k.begin;
       if (t.out == t.weight) {
-        axpy_inplace(out, g, step, k.end - k.begin);
+        axpy_inplace(out, g, steps[k.seq], k.end - k.begin);
       } else {
-        axpy(static_cast<const A*>(t.weight) + k.begin, g, out, step, k.end - k.begin);
+        axpy(static_cast<const A*>(t.weight) + k.begin, g, out, steps[k.seq], k.end - k.begin);
       }
     }
   });

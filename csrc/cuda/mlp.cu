@@ -7,11 +7,12 @@
 // - swiglu_bwd: (h, da[, grad_h]) -> (dh, a), 4 gates per thread (16-byte loads of h), grid-stride over
 //   rows x gates. The CUDA MLP's width is a multiple of 8 and its buffers are fresh allocations.
 // - swiglu_bwd_bwd: the gate's double backward, one gate per thread, any dtype.
-// - clip_sgd_update: three launches. clip_norm_kernel: grid (kClipBlocks, tensors of the batch); block b of tensor t
-//   sums grad^2 over the elements b * blockDim + i + k * kClipBlocks * blockDim in float64 and writes one partial.
-//   clip_scale_kernel: one block sums all partials in a fixed order, writes the norm and the step lr * scale.
-//   clip_update_kernel: same grid as the norm, out = weight - step * grad. Batches of kClipMaxTensors tensors per
-//   launch (the tensor table is a kernel argument). No atomics: the norm is bitwise reproducible.
+// - clip_sgd_update: three launches. clip_norm_kernel: grid (kClipBlocks, tensors of the launch, sequences); block
+//   (b, t, s) sums grad^2 over the elements b * blockDim + i + k * kClipBlocks * blockDim of sequence s's slice of
+//   tensor t in float64 and writes one partial. clip_scale_kernel: block s sums sequence s's partials in a fixed
+//   order, writes its norm and its step lr * scale. clip_update_kernel: same grid as the norm, out = weight - step[s]
+//   * grad. Launches of kClipMaxTensors tensors (the tensor table is a kernel argument). No atomics: the norms are
+//   bitwise reproducible.
 // Loops over compile-time trip counts are fully unrolled by nvcc without `#pragma unroll`.
 #include "ttt_kernels/device/runtime.h"
 #include "ttt_kernels/device/launch.h"
@@ -77,17 +78,19 @@ struct alignas(sizeof(T) * kN < 16 ? sizeof(T) * kN : 16) Pack {
 
 // ---- pack_rows ----------------------------------------------------------------------------------------------------
 
-// dst[r, :] = convert(src[g][i, :]) for the destination rows r = blockIdx.x (+ k * gridDim.x), with (g, i) =
-// (r % groups, r / groups) when interleaving, (r / src_rows, r % src_rows) when stacking.
+// dst[z, r, :] = convert(src[g][z, i, :]) for the destination rows z * groups * src_rows + r = blockIdx.x (+ k *
+// gridDim.x), with (g, i) = (r % groups, r / groups) when interleaving, (r / src_rows, r % src_rows) when stacking.
 template <typename Src, typename Dst>
 __global__ void __launch_bounds__(kThreads) pack_rows_kernel(const PackRowsParams p) {
-  const int64_t rows = p.groups * p.src_rows;
-  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+  const int64_t per_batch = p.groups * p.src_rows;
+  for (int64_t row = blockIdx.x; row < p.batch * per_batch; row += gridDim.x) {
+    const int64_t z = row / per_batch;
+    const int64_t r = row % per_batch;
     const int64_t g = p.interleave ? r % p.groups : r / p.src_rows;
-    const int64_t i = p.interleave ? r / p.groups : r % p.src_rows;
+    const int64_t i = z * p.src_rows + (p.interleave ? r / p.groups : r % p.src_rows);
     // A select, not p.src[g]: indexing the parameter array with a runtime index would copy it to local memory.
     const Src* __restrict__ src = static_cast<const Src*>(g == 0 ? p.src[0] : p.src[1]) + i * p.cols;
-    Dst* __restrict__ dst = static_cast<Dst*>(p.dst) + r * p.cols;
+    Dst* __restrict__ dst = static_cast<Dst*>(p.dst) + row * p.cols;
     for (int64_t c = threadIdx.x; c < p.cols; c += blockDim.x) dst[c] = Num<Dst>::store(Num<Src>::load(src[c]));
   }
 }
@@ -164,11 +167,24 @@ __global__ void __launch_bounds__(kThreads) swiglu_bwd_bwd_kernel(const SwigluBw
 
 // ---- clip_sgd_update ----------------------------------------------------------------------------------------------
 
-// The tensors of one launch: a kernel argument (kClipMaxTensors * 32 bytes).
+// The tensors of one launch: a kernel argument (kClipMaxTensors * 32 bytes). Sequence s's partials of tensor t (in
+// the op's list) start at (s * count + t) * kClipBlocks.
 struct ClipBatch {
   ClipTensor tensors[kClipMaxTensors];
-  int64_t first;  // index of tensors[0] in the op's list: its partials start at first * kClipBlocks
+  int64_t first;  // index of tensors[0] in the op's list
+  int64_t count;  // tensors in the op's list
+  int64_t batch;  // sequences: each tensor's numel is batch slices of numel / batch elements
 };
+
+// Sequence blockIdx.z's slice of tensor blockIdx.y of the launch: its first element and its length.
+struct ClipSlice {
+  int64_t offset;
+  int64_t numel;
+};
+__device__ __forceinline__ ClipSlice clip_slice(const ClipTensor& t, int64_t batch) {
+  const int64_t per_seq = t.numel / batch;
+  return {static_cast<int64_t>(blockIdx.z) * per_seq, per_seq};
+}
 
 // Sum over the block of v; every thread gets the same bits (xor butterfly, then the warp totals in a fixed order).
 // scratch: [kThreads / kWarp]. Every thread of the block must call it.
@@ -181,49 +197,55 @@ __device__ __forceinline__ double block_sum(double v, double* scratch) {
   return total;
 }
 
-// workspace[(first + t) * kClipBlocks + b] = sum of grad^2 over the elements of tensor t that block (b, t) owns.
+// partials[(s * count + first + t) * kClipBlocks + b] = sum of grad^2 over the elements of sequence s's slice of
+// tensor t that block (b, t, s) owns.
 template <typename T>
 __global__ void __launch_bounds__(kThreads) clip_norm_kernel(const ClipBatch batch, double* partials) {
   __shared__ double scratch[kThreads / kWarp];
   const ClipTensor& t = batch.tensors[blockIdx.y];
-  const T* __restrict__ g = static_cast<const T*>(t.grad);
+  const ClipSlice slice = clip_slice(t, batch.batch);
+  const T* __restrict__ g = static_cast<const T*>(t.grad) + slice.offset;
   double sum = 0;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < t.numel;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < slice.numel;
        i += int64_t{kClipBlocks} * kThreads) {
     const double v = static_cast<double>(g[i]);
     sum += v * v;
   }
   sum = block_sum(sum, scratch);
-  if (threadIdx.x == 0) partials[(batch.first + blockIdx.y) * kClipBlocks + blockIdx.x] = sum;
+  if (threadIdx.x == 0) {
+    partials[(blockIdx.z * batch.count + batch.first + blockIdx.y) * kClipBlocks + blockIdx.x] = sum;
+  }
 }
 
-// norm = sqrt(sum of the `count` partials); scale = 1 if norm < max_norm else max_norm / norm (in T);
-// step[0] = lr * scale. One block.
+// Block s: norm[s] = sqrt(sum of sequence s's `per_seq` partials); scale = 1 if norm < max_norm else max_norm / norm
+// (in T); step[s] = lr * scale.
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    clip_scale_kernel(const double* partials, int64_t count, T* norm_out, T* step, double lr, double max_norm) {
+    clip_scale_kernel(const double* partials, int64_t per_seq, T* norm_out, T* step, double lr, double max_norm) {
   __shared__ double scratch[kThreads / kWarp];
+  const double* seq_partials = partials + blockIdx.x * per_seq;
   double sum = 0;
-  for (int64_t i = threadIdx.x; i < count; i += kThreads) sum += partials[i];
+  for (int64_t i = threadIdx.x; i < per_seq; i += kThreads) sum += seq_partials[i];
   sum = block_sum(sum, scratch);
   if (threadIdx.x == 0) {
     const T norm = static_cast<T>(sqrt(sum));
     const T limit = static_cast<T>(max_norm);
     const T scale = norm < limit ? T(1) : limit / norm;
-    *norm_out = norm;
-    *step = static_cast<T>(lr) * scale;
+    norm_out[blockIdx.x] = norm;
+    step[blockIdx.x] = static_cast<T>(lr) * scale;
   }
 }
 
-// out = weight - step * grad over the elements block (b, t) owns (as in clip_norm_kernel).
+// out = weight - step[s] * grad over the elements block (b, t, s) owns (as in clip_norm_kernel).
 template <typename T>
-__global__ void __launch_bounds__(kThreads) clip_update_kernel(const ClipBatch batch, const T* step_ptr) {
+__global__ void __launch_bounds__(kThreads) clip_update_kernel(const ClipBatch batch, const T* steps) {
   const ClipTensor& t = batch.tensors[blockIdx.y];
-  const T step = *step_ptr;
-  const T* g = static_cast<const T*>(t.grad);
-  const T* w = static_cast<const T*>(t.weight);
-  T* out = static_cast<T*>(t.out);
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < t.numel;
+  const ClipSlice slice = clip_slice(t, batch.batch);
+  const T step = steps[blockIdx.z];
+  const T* g = static_cast<const T*>(t.grad) + slice.offset;
+  const T* w = static_cast<const T*>(t.weight) + slice.offset;
+  T* out = static_cast<T*>(t.out) + slice.offset;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < slice.numel;
        i += int64_t{kClipBlocks} * kThreads) {
     out[i] = w[i] - step * g[i];
   }
@@ -256,7 +278,7 @@ void pack_rows(const PackRowsParams& p, void* stream) {
   if (p.groups != 1 && p.groups != 2) {
     throw std::invalid_argument("pack_rows: groups must be 1 or 2, got " + std::to_string(p.groups));
   }
-  const int64_t rows = p.groups * p.src_rows;
+  const int64_t rows = p.batch * p.groups * p.src_rows;
   if (rows == 0 || p.cols == 0) return;
   if (p.dst_dtype != DType::kBFloat16 && p.dst_dtype != DType::kFloat16) {
     throw std::invalid_argument("pack_rows: the destination must be bfloat16 or float16");
@@ -289,26 +311,32 @@ void swiglu_bwd_bwd(const SwigluBwdBwdParams& p, void* stream) {
 }
 
 int64_t clip_sgd_workspace_bytes(const ClipSgdParams& p) {
-  // The partials, then one float64 slot for the step.
-  return (p.count * kClipBlocks + 1) * static_cast<int64_t>(sizeof(double));
+  // The partials, then one float64 slot per sequence for its step.
+  return p.batch * (p.count * kClipBlocks + 1) * static_cast<int64_t>(sizeof(double));
 }
 
 void clip_sgd_update(const ClipSgdParams& p, void* stream) {
   const auto run = [&](auto tag) {
     using T = decltype(tag);
+    if (p.batch < 1 || p.batch > 65535) {
+      throw std::invalid_argument("clip_sgd_update: batch must be in [1, 65535], got " + std::to_string(p.batch));
+    }
     double* partials = static_cast<double*>(p.workspace);
-    T* step = reinterpret_cast<T*>(partials + p.count * kClipBlocks);
+    T* step = reinterpret_cast<T*>(partials + p.batch * p.count * kClipBlocks);
     for (int pass = 0; pass < 2; ++pass) {
       if (pass == 1) {
-        launch(clip_scale_kernel<T>, dim3(1), dim3(kThreads), 0, stream, static_cast<const double*>(partials),
-               p.count * kClipBlocks, static_cast<T*>(p.norm), step, p.lr, p.max_norm);
+        launch(clip_scale_kernel<T>, dim3(static_cast<unsigned>(p.batch)), dim3(kThreads), 0, stream,
+               static_cast<const double*>(partials), p.count * kClipBlocks, static_cast<T*>(p.norm), step, p.lr,
+               p.max_norm);
       }
       for (int64_t first = 0; first < p.count; first += kClipMaxTensors) {
         ClipBatch batch{};
         batch.first = first;
+        batch.count = p.count;
+        batch.batch = p.batch;
         const int64_t n = std::min<int64_t>(kClipMaxTensors, p.count - first);
         for (int64_t i = 0; i < n; ++i) batch.tensors[i] = p.tensors[first + i];
-        const dim3 grid(kClipBlocks, static_cast<unsigned>(n));
+        const dim3 grid(kClipBlocks, static_cast<unsigned>(n), static_cast<unsigned>(p.batch));
         if (pass == 0) {
           launch(clip_norm_kernel<T>, grid, dim3(kThreads), 0, stream, batch, partials);
         } else {

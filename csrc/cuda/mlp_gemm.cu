@@ -82,6 +82,22 @@ float element(const GemmOperand& op, int64_t i, int64_t j) {
   return to_float(op.layout == GemmLayout::kRowMajor ? ptr[i * op.ld + j] : ptr[j * op.ld + i]);
 }
 
+// Problem z of a batched GemmParams, as a single GEMM.
+GemmParams batch_entry(const GemmParams& p, int64_t z) {
+  const auto at = [z](const void* ptr, int64_t stride, int64_t element_bytes) {
+    return ptr == nullptr ? nullptr : static_cast<const char*>(ptr) + z * stride * element_bytes;
+  };
+  const int64_t out_bytes = p.epilogue == GemmEpilogue::kAccumulate ? 4 : 2;
+  GemmParams q = p;
+  q.batch = 1;
+  q.a.ptr = at(p.a.ptr, p.a.batch_stride, 2);
+  q.b.ptr = at(p.b.ptr, p.b.batch_stride, 2);
+  q.d = const_cast<char*>(at(p.d, p.batch_stride_d, out_bytes));
+  q.c = at(p.c, p.batch_stride_c, 4);
+  q.t = const_cast<char*>(at(p.t, p.batch_stride_t, 2));
+  return q;
+}
+
 template <typename T>
 void reference_gemm(const GemmParams& p) {
   // B as a float32 [k, n] row-major copy, then per row of A: acc[j] = sum over kk in order of A[i, kk] * B[kk, j].
@@ -134,6 +150,8 @@ void check_mlp_gemm(const GemmParams& p) {
   for (const auto& [name, v] : {std::pair{"m", p.m}, std::pair{"n", p.n}, std::pair{"k", p.k}}) {
     if (v < 1 || v > INT_MAX) fail(std::string(name) + " must be in [1, 2^31), got " + std::to_string(v));
   }
+  // The batch is the grid's z dimension.
+  if (p.batch < 1 || p.batch > 65535) fail("batch must be in [1, 65535], got " + std::to_string(p.batch));
   // Supported (A, B) layouts per epilogue: the MLP's GEMMs, each one CUTLASS instantiation per dtype.
   const bool a_row = p.a.layout == GemmLayout::kRowMajor;
   const bool b_row = p.b.layout == GemmLayout::kRowMajor;
@@ -148,8 +166,9 @@ void check_mlp_gemm(const GemmParams& p) {
   // An operand [rows, cols] with unit stride along its contiguous extent: 16-byte aligned base, leading dimension a
   // multiple of the access width and at least the contiguous extent, which must itself be a multiple of the access
   // width (CUTLASS predicates whole 16-byte accesses).
+  // Batched: every problem's base is aligned like the first, so batch strides are multiples of the access width.
   const auto check_operand = [&](const char* name, const void* ptr, int64_t ld, bool row_major, int64_t rows,
-                                 int64_t cols, int64_t vec) {
+                                 int64_t cols, int64_t vec, int64_t batch_stride) {
     const int64_t contiguous = row_major ? cols : rows;
     const std::string shape = std::string(name) + " [" + std::to_string(rows) + ", " + std::to_string(cols) + "] " +
                               (row_major ? "row-major" : "column-major");
@@ -163,18 +182,22 @@ void check_mlp_gemm(const GemmParams& p) {
       fail(shape + ": leading dimension " + std::to_string(ld) + " must be >= " + std::to_string(contiguous) +
            ", a multiple of " + std::to_string(vec) + " and < 2^31");
     }
+    if (p.batch > 1 && (batch_stride < 0 || batch_stride % vec != 0)) {
+      fail(shape + ": batch stride " + std::to_string(batch_stride) + " must be >= 0 and a multiple of " +
+           std::to_string(vec));
+    }
   };
-  check_operand("A", p.a.ptr, p.a.ld, a_row, p.m, p.k, kVec16);
-  check_operand("B", p.b.ptr, p.b.ld, b_row, p.k, p.n, kVec16);
+  check_operand("A", p.a.ptr, p.a.ld, a_row, p.m, p.k, kVec16, p.a.batch_stride);
+  check_operand("B", p.b.ptr, p.b.ld, b_row, p.k, p.n, kVec16, p.b.batch_stride);
   if (p.epilogue == GemmEpilogue::kAccumulate) {
-    check_operand("D", p.d, p.ldd, true, p.m, p.n, kVec32);
-    if (p.beta != 0.0f) check_operand("C", p.c, p.ldc, true, p.m, p.n, kVec32);
+    check_operand("D", p.d, p.ldd, true, p.m, p.n, kVec32, p.batch_stride_d);
+    if (p.beta != 0.0f) check_operand("C", p.c, p.ldc, true, p.m, p.n, kVec32, p.batch_stride_c);
   } else {
-    check_operand("D", p.d, p.ldd, true, p.m, p.n, kVec16);
+    check_operand("D", p.d, p.ldd, true, p.m, p.n, kVec16, p.batch_stride_d);
   }
   if (p.epilogue == GemmEpilogue::kSwiglu) {
     // T: kVec16 / 2 gate outputs per 16-byte D access -> 8-byte accesses of T.
-    check_operand("T", p.t, p.ldt, true, p.m, p.n / 2, kVec16 / 2);
+    check_operand("T", p.t, p.ldt, true, p.m, p.n / 2, kVec16 / 2, p.batch_stride_t);
   }
 }
 
@@ -198,10 +221,12 @@ void mlp_gemm(const GemmParams& p, void* stream) {
   }
 #else
   (void)stream;
-  if (p.dtype == DType::kBFloat16) {
-    reference_gemm<__nv_bfloat16>(p);
-  } else {
-    reference_gemm<__half>(p);
+  for (int64_t z = 0; z < p.batch; ++z) {
+    if (p.dtype == DType::kBFloat16) {
+      reference_gemm<__nv_bfloat16>(batch_entry(p, z));
+    } else {
+      reference_gemm<__half>(batch_entry(p, z));
+    }
   }
 #endif
 }

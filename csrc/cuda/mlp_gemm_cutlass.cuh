@@ -12,6 +12,8 @@
 //   of the byte matrix (ldt bytes) is thus row i of a [m, n / 2] 16-bit matrix with row stride ldt / 2 elements.
 //   The broadcast vector is unused (nullptr: CUTLASS then reads nothing).
 // - kStore is the stock LinearCombination with ScaleType::Nothing (D = accumulator, converted).
+// Every kernel runs in GemmUniversalMode::kBatched: GemmParams::batch problems in one launch (grid z), each operand
+// of problem z at its base + z * its batch stride (the fast weights of B sequences; batch 1 is one plain GEMM).
 // - kAccumulate is AccumulateEpilogue: D = beta C + alpha * (*scale) * accumulator in float32; *scale is read on the
 //   device, so the SGD step computed by the clip kernels never goes through the host.
 #pragma once
@@ -19,7 +21,7 @@
 #include <cutlass/cutlass.h>
 #include <cutlass/epilogue/thread/linear_combination.h>
 #include <cutlass/fast_math.h>
-#include <cutlass/gemm/device/gemm.h>
+#include <cutlass/gemm/device/gemm_universal.h>
 #include <cutlass/gemm/device/gemm_universal_with_broadcast.h>
 #include <cutlass/numeric_conversion.h>
 
@@ -156,6 +158,10 @@ using Layout = std::conditional_t<kRowMajor, cutlass::layout::RowMajor, cutlass:
                            cutlassGetStatusString(status));
 }
 
+inline cutlass::gemm::GemmCoord problem_size(const GemmParams& p) {
+  return {static_cast<int>(p.m), static_cast<int>(p.n), static_cast<int>(p.k)};
+}
+
 // can_implement, initialize and run of a device-level CUTLASS operator (no workspace: no split-K).
 template <typename Op>
 void run(const char* kernel, const typename Op::Arguments& args, void* stream) {
@@ -184,12 +190,12 @@ void swiglu_rc(const GemmParams& p, void* stream) {
       cutlass::arch::OpClassTensorOp, cutlass::arch::Sm80, ThreadblockShape, WarpShape, InstructionShape,
       SwigluEpilogue<E>, cutlass::gemm::threadblock::GemmIdentityThreadblockSwizzle<8>, kStages, kAlignment,
       kAlignment>;
-  // T is addressed as bytes: its leading dimension in bytes is twice the 16-bit row stride.
-  const typename Op::Arguments args(cutlass::gemm::GemmUniversalMode::kGemm,
-                                    {static_cast<int>(p.m), static_cast<int>(p.n), static_cast<int>(p.k)},
-                                    /*batch_count=*/1, {}, p.a.ptr, p.b.ptr, /*ptr_C=*/nullptr, p.d,
-                                    /*ptr_Vector=*/nullptr, p.t, 0, 0, 0, 0, 0, 0, p.a.ld, p.b.ld, /*ldc=*/0, p.ldd,
-                                    /*ldr=*/0, 2 * p.ldt);
+  // T is addressed as bytes: its leading dimension and batch stride in bytes are twice the 16-bit ones.
+  const typename Op::Arguments args(cutlass::gemm::GemmUniversalMode::kBatched, problem_size(p),
+                                    static_cast<int>(p.batch), {}, p.a.ptr, p.b.ptr, /*ptr_C=*/nullptr, p.d,
+                                    /*ptr_Vector=*/nullptr, p.t, p.a.batch_stride, p.b.batch_stride,
+                                    /*batch_stride_C=*/0, p.batch_stride_d, /*batch_stride_Vector=*/0,
+                                    2 * p.batch_stride_t, p.a.ld, p.b.ld, /*ldc=*/0, p.ldd, /*ldr=*/0, 2 * p.ldt);
   run<Op>("swiglu", args, stream);
 }
 
@@ -198,16 +204,15 @@ void store_r(const GemmParams& p, void* stream) {
   using E = typename CutlassElement<Element>::type;
   using Epilogue = cutlass::epilogue::thread::LinearCombination<E, kAlignment, float, float,
                                                                 cutlass::epilogue::thread::ScaleType::Nothing>;
-  using Op = cutlass::gemm::device::Gemm<E, cutlass::layout::RowMajor, E, Layout<kBRowMajor>, E,
-                                         cutlass::layout::RowMajor, float, cutlass::arch::OpClassTensorOp,
-                                         cutlass::arch::Sm80, ThreadblockShape, WarpShape, InstructionShape,
-                                         Epilogue, cutlass::gemm::threadblock::GemmIdentityThreadblockSwizzle<8>,
-                                         kStages, kAlignment, kAlignment>;
-  const E* a = static_cast<const E*>(p.a.ptr);
-  const E* b = static_cast<const E*>(p.b.ptr);
-  E* d = static_cast<E*>(p.d);
-  const typename Op::Arguments args({static_cast<int>(p.m), static_cast<int>(p.n), static_cast<int>(p.k)},
-                                    {a, p.a.ld}, {b, p.b.ld}, {d, p.ldd}, {d, p.ldd}, {});
+  using Op = cutlass::gemm::device::GemmUniversal<
+      E, cutlass::layout::RowMajor, E, Layout<kBRowMajor>, E, cutlass::layout::RowMajor, float,
+      cutlass::arch::OpClassTensorOp, cutlass::arch::Sm80, ThreadblockShape, WarpShape, InstructionShape, Epilogue,
+      cutlass::gemm::threadblock::GemmIdentityThreadblockSwizzle<8>, kStages, kAlignment, kAlignment>;
+  // C is never read (ScaleType::Nothing); D stands in for it.
+  const typename Op::Arguments args(cutlass::gemm::GemmUniversalMode::kBatched, problem_size(p),
+                                    static_cast<int>(p.batch), {}, p.a.ptr, p.b.ptr, p.d, p.d, p.a.batch_stride,
+                                    p.b.batch_stride, p.batch_stride_d, p.batch_stride_d, p.a.ld, p.b.ld, p.ldd,
+                                    p.ldd);
   run<Op>(kBRowMajor ? "store, B row-major" : "store, B column-major", args, stream);
 }
 
@@ -215,20 +220,17 @@ template <typename Element>
 void accumulate_cr(const GemmParams& p, void* stream) {
   using E = typename CutlassElement<Element>::type;
   using Epilogue = AccumulateEpilogue<4>;  // 16-byte float32 accesses
-  using Op = cutlass::gemm::device::Gemm<E, cutlass::layout::ColumnMajor, E, cutlass::layout::RowMajor, float,
-                                         cutlass::layout::RowMajor, float, cutlass::arch::OpClassTensorOp,
-                                         cutlass::arch::Sm80, ThreadblockShape, WarpShape, InstructionShape,
-                                         Epilogue, cutlass::gemm::threadblock::GemmIdentityThreadblockSwizzle<8>,
-                                         kStages, kAlignment, kAlignment>;
-  const E* a = static_cast<const E*>(p.a.ptr);
-  const E* b = static_cast<const E*>(p.b.ptr);
-  float* d = static_cast<float*>(p.d);
+  using Op = cutlass::gemm::device::GemmUniversal<
+      E, cutlass::layout::ColumnMajor, E, cutlass::layout::RowMajor, float, cutlass::layout::RowMajor, float,
+      cutlass::arch::OpClassTensorOp, cutlass::arch::Sm80, ThreadblockShape, WarpShape, InstructionShape, Epilogue,
+      cutlass::gemm::threadblock::GemmIdentityThreadblockSwizzle<8>, kStages, kAlignment, kAlignment>;
   // C is read only when beta != 0; D stands in for it otherwise (never dereferenced).
-  const float* c = p.beta != 0.0f ? static_cast<const float*>(p.c) : d;
-  const int64_t ldc = p.beta != 0.0f ? p.ldc : p.ldd;
-  const typename Op::Arguments args({static_cast<int>(p.m), static_cast<int>(p.n), static_cast<int>(p.k)},
-                                    {a, p.a.ld}, {b, p.b.ld}, {c, ldc}, {d, p.ldd},
-                                    typename Epilogue::Params{p.alpha, p.beta, p.scale});
+  const bool read_c = p.beta != 0.0f;
+  const typename Op::Arguments args(cutlass::gemm::GemmUniversalMode::kBatched, problem_size(p),
+                                    static_cast<int>(p.batch), typename Epilogue::Params{p.alpha, p.beta, p.scale},
+                                    p.a.ptr, p.b.ptr, read_c ? p.c : p.d, p.d, p.a.batch_stride, p.b.batch_stride,
+                                    read_c ? p.batch_stride_c : p.batch_stride_d, p.batch_stride_d, p.a.ld, p.b.ld,
+                                    read_c ? p.ldc : p.ldd, p.ldd);
   run<Op>("accumulate", args, stream);
 }
 

@@ -2,15 +2,17 @@
 // dispatch (math and layouts: include/ttt_kernels/mlp.h, docs/mlp.md).
 //
 //   swiglu_mlp_fwd(x [..., d], w1 [m, d], w3 [m, d], w2 [d, m]) -> (y [..., d], h [rows, m, 2])
+//     or, batched (the fast weights of B sequences): x [B, n, d], w1 [B, m, d], w3 [B, m, d], w2 [B, d, m]
 //   swiglu_mlp_bwd(grad_y, x, w1, w3, w2, h, grad_h?) -> (grad_x, grad_w1, grad_w3, grad_w2)
 //   swiglu_gate_bwd_bwd(h, da, grad_h?, cot_dh [rows, 2, m], cot_a) -> (cot_h, cot_da, dh [rows, 2, m], a)
-//   clip_sgd_update(weights[], grads[], lr, max_norm) -> (new_weights[], norm)
-//   clip_sgd_update_(weights[] (in place), grads[], lr, max_norm) -> norm
+//   clip_sgd_update(weights[], grads[], lr, max_norm, batched) -> (new_weights[], norm)
+//   clip_sgd_update_(weights[] (in place), grads[], lr, max_norm, batched) -> norm
+//     batched: every tensor is [B, ...]; sequence b is clipped by the norm of its own slices (norm [B])
 //   sgd_gemm_update_(weight [M, N] (in place), a [K, M], b [K, N], step []) -> ()     weight -= step * a^T b
 //   _mlp_gemm(a, b, d (out), c?, t? (out), epilogue, alpha, beta, scale?) -> ()         the GEMM wrapper, for tests
 //
-// rows = x.numel() / d. Weights have x's dtype, or float32 when x is bfloat16 / float16 (fp32 master weights; their
-// gradients are then float32 too).
+// rows = x.numel() / d (B * n when batched). Weights have x's dtype, or float32 when x is bfloat16 / float16 (fp32
+// master weights; their gradients are then float32 too).
 // CPU: GEMMs in float32 (float64 for float64 x; cpu_gemm: the AVX-512 sgemm of csrc/cpu/mlp_gemm.cpp or BLAS) around
 // the element-wise kernels of csrc/cpu/mlp.cpp.
 // CUDA (and the simulator, on CPU tensors inside ttt_kernels.sim.enabled()): bfloat16 / float16 x with d and m
@@ -19,6 +21,8 @@
 // Autograd, fake tensors and the Python API are in python/ttt_kernels/ops/mlp.py.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/addmm.h>
+#include <ATen/ops/baddbmm.h>
+#include <ATen/ops/bmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/mm.h>
@@ -88,12 +92,31 @@ void cpu_gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, double 
   }
 }
 
-// a b into a new [m, n] tensor (see cpu_gemm).
-at::Tensor cpu_mm(const at::Tensor& a, const at::Tensor& b) {
-  at::Tensor out = at::empty({a.size(0), b.size(1)}, a.options());
-  cpu_gemm(out, a, b);
+// out [B, m, n] = alpha a b + beta out for batches of matrices a [B, m, k], b [B, k, n] (any strides; out with unit
+// column stride). One batch entry is cpu_gemm; more are one batched BLAS call (the AVX-512 sgemm per entry when
+// cpu::use_sgemm()).
+void cpu_bgemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, double alpha = 1.0, double beta = 0.0) {
+  if (a.size(0) == 1 || (out.scalar_type() == at::kFloat && cpu::use_sgemm())) {
+    for (int64_t z = 0; z < a.size(0); ++z) {
+      at::Tensor entry = out[z];
+      cpu_gemm(entry, a[z], b[z], alpha, beta);
+    }
+  } else if (alpha == 1.0 && beta == 0.0) {
+    at::bmm_out(out, a, b);
+  } else {
+    out.baddbmm_(a, b, beta, alpha);
+  }
+}
+
+// a b into a new [B, m, n] tensor (see cpu_bgemm).
+at::Tensor cpu_bmm(const at::Tensor& a, const at::Tensor& b) {
+  at::Tensor out = at::empty({a.size(0), a.size(1), b.size(2)}, a.options());
+  cpu_bgemm(out, a, b);
   return out;
 }
+
+// The last two dimensions of t swapped: a batch of transposed matrices.
+at::Tensor mT(const at::Tensor& t) { return t.transpose(-2, -1); }
 
 void check_same_device(const char* op, const char* name, const at::Tensor& t, const at::Tensor& ref) {
   TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " must be on x's device ", ref.device(), ", got ",
@@ -105,20 +128,36 @@ void check_contiguous(const char* op, const char* name, const at::Tensor& t) {
               t.sizes());
 }
 
-// x [..., d], w1 and w3 [m, d], w2 [d, m]: dtypes, devices, shapes and contiguity. Returns (rows, d, m).
-std::tuple<int64_t, int64_t, int64_t> check_mlp(const char* op, const at::Tensor& x, const at::Tensor& w1,
-                                                const at::Tensor& w3, const at::Tensor& w2) {
+// The problem of one swiglu_mlp call: `batch` independent MLPs (1 for unbatched weights) of `rows` rows each.
+struct MlpShape {
+  int64_t batch;
+  int64_t rows;  // per batch entry
+  int64_t d;
+  int64_t m;
+};
+
+// x [..., d], w1 and w3 [m, d], w2 [d, m] (or batched: x [B, n, d], w1 and w3 [B, m, d], w2 [B, d, m]): dtypes,
+// devices, shapes and contiguity.
+MlpShape check_mlp(const char* op, const at::Tensor& x, const at::Tensor& w1, const at::Tensor& w3,
+                   const at::Tensor& w2) {
   TORCH_CHECK(x.dim() >= 1, op, ": x must have at least 1 dimension, got a 0-d tensor");
   TORCH_CHECK(is_float(x.scalar_type()), op, ": x must be float32, float64, bfloat16 or float16, got ",
               x.scalar_type());
   const int64_t d = x.size(-1);
   TORCH_CHECK(d > 0, op, ": x must have a non-empty last dimension, got shape ", x.sizes());
-  TORCH_CHECK(w1.dim() == 2 && w1.size(1) == d && w1.size(0) > 0, op, ": w1 must have shape [m, ", d,
-              "] with m > 0 (torch.nn.Linear(d, m).weight), got ", w1.sizes());
-  const int64_t m = w1.size(0);
+  const bool batched = w1.dim() == 3;
+  if (batched) {
+    TORCH_CHECK(x.dim() == 3 && x.size(0) == w1.size(0), op, ": with batched weights w1 [B, m, d] = ", w1.sizes(),
+                ", x must have shape [B, n, d] with B = ", w1.size(0), ", got ", x.sizes());
+  }
+  const std::string batch_dims = batched ? std::to_string(w1.size(0)) + ", " : "";
+  TORCH_CHECK((w1.dim() == 2 || batched) && w1.size(-1) == d && w1.size(-2) > 0, op, ": w1 must have shape [",
+              batched ? "B, " : "", "m, ", d, "] with m > 0 (torch.nn.Linear(d, m).weight), got ", w1.sizes());
+  const int64_t m = w1.size(-2);
   TORCH_CHECK(w3.sizes() == w1.sizes(), op, ": w3 must have w1's shape ", w1.sizes(), ", got ", w3.sizes());
-  TORCH_CHECK(w2.dim() == 2 && w2.size(0) == d && w2.size(1) == m, op, ": w2 must have shape [", d, ", ", m,
-              "] (torch.nn.Linear(m, d).weight), got ", w2.sizes());
+  TORCH_CHECK(w2.dim() == w1.dim() && w2.size(-2) == d && w2.size(-1) == m && (!batched || w2.size(0) == w1.size(0)),
+              op, ": w2 must have shape [", batch_dims, d, ", ", m, "] (torch.nn.Linear(m, d).weight), got ",
+              w2.sizes());
   const at::ScalarType wt = w1.scalar_type();
   TORCH_CHECK(wt == x.scalar_type() || (wt == at::kFloat && is_16bit(x.scalar_type())), op,
               ": the weights must have x's dtype ", x.scalar_type(),
@@ -130,8 +169,15 @@ std::tuple<int64_t, int64_t, int64_t> check_mlp(const char* op, const at::Tensor
     check_contiguous(op, name, w);
   }
   check_contiguous(op, "x", x);
-  return {x.numel() / d, d, m};
+  const int64_t batch = batched ? w1.size(0) : 1;
+  return {batch, batched ? x.size(1) : x.numel() / d, d, m};
 }
+
+// A weight as a batch of matrices: [B, r, c] unchanged, [r, c] as [1, r, c].
+at::Tensor weight3(const at::Tensor& w) { return w.dim() == 3 ? w : w.unsqueeze(0); }
+
+// x (or a tensor of x's shape) as [B, n, d].
+at::Tensor rows3(const at::Tensor& x, const MlpShape& s) { return x.reshape({s.batch, s.rows, s.d}); }
 
 void check_h(const char* op, const char* name, const at::Tensor& h, const at::Tensor& x, int64_t rows, int64_t m) {
   TORCH_CHECK(h.dim() == 3 && h.size(0) == rows && h.size(1) == m && h.size(2) == 2, op, ": ", name,
@@ -171,16 +217,29 @@ struct CudaBackend {
 
 // ---- GEMM operands --------------------------------------------------------------------------------------------------
 
-// A 2-D view as a GEMM operand: row-major when its last stride is 1, column-major when its first stride is 1.
+// The batch stride of a 2-D view (one matrix: 0) or of a 3-D batch of matrices.
+int64_t batch_stride(const at::Tensor& t) { return t.dim() == 3 ? t.stride(0) : 0; }
+
+// A 2-D view or a 3-D batch of them as a GEMM operand: row-major when its last stride is 1, column-major when the one
+// before is.
 GemmOperand operand_of(const char* op, const char* name, const at::Tensor& t) {
-  TORCH_CHECK(t.dim() == 2, op, ": ", name, " must be 2-D, got shape ", t.sizes());
-  if (t.stride(1) == 1) return {t.data_ptr(), t.stride(0), GemmLayout::kRowMajor};
-  TORCH_CHECK(t.stride(0) == 1, op, ": ", name, " must have unit stride along one dimension, got strides ",
-              t.strides());
-  return {t.data_ptr(), t.stride(1), GemmLayout::kColumnMajor};
+  TORCH_CHECK(t.dim() == 2 || t.dim() == 3, op, ": ", name, " must be 2-D or 3-D, got shape ", t.sizes());
+  if (t.stride(-1) == 1) return {t.data_ptr(), t.stride(-2), GemmLayout::kRowMajor, batch_stride(t)};
+  TORCH_CHECK(t.stride(-2) == 1, op, ": ", name, " must have unit stride along one of its last two dimensions, ",
+              "got strides ", t.strides());
+  return {t.data_ptr(), t.stride(-1), GemmLayout::kColumnMajor, batch_stride(t)};
 }
 
-// d = a b with the given epilogue; a [m, k], b [k, n] and d [m, n] are 2-D views (d row-major).
+// A row-major output (D, C or T) of the GEMM wrapper: 2-D, or 3-D when batched.
+void check_output(const char* name, const at::Tensor& t, int64_t batch) {
+  TORCH_CHECK((t.dim() == 2 && batch == 1) || (t.dim() == 3 && t.size(0) == batch), "mlp_gemm: ", name,
+              " must be a 2-D view or a 3-D batch of ", batch, ", got shape ", t.sizes());
+  TORCH_CHECK(t.stride(-1) == 1, "mlp_gemm: ", name, " must be row-major (unit last stride), got strides ",
+              t.strides());
+}
+
+// d = a b with the given epilogue; a [m, k], b [k, n] and d [m, n] are 2-D views (d row-major), or 3-D batches of
+// them ([batch, m, k] ...: one batched launch).
 template <typename Backend>
 void gemm(GemmEpilogue epilogue, const at::Tensor& a, const at::Tensor& b, const at::Tensor& d,
           const at::Tensor* t = nullptr, const at::Tensor* c = nullptr, float alpha = 1.0f, float beta = 0.0f,
@@ -188,23 +247,30 @@ void gemm(GemmEpilogue epilogue, const at::Tensor& a, const at::Tensor& b, const
   GemmParams p;
   p.epilogue = epilogue;
   p.dtype = to_dtype(a.scalar_type());
-  p.m = a.size(0);
-  p.k = a.size(1);
-  p.n = b.size(1);
+  p.batch = a.dim() == 3 ? a.size(0) : 1;
+  TORCH_CHECK(b.dim() == a.dim() && (a.dim() == 2 || b.size(0) == p.batch),
+              "mlp_gemm: A and B must both be 2-D or both 3-D batches of one size, got ", a.sizes(), " and ",
+              b.sizes());
+  p.m = a.size(-2);
+  p.k = a.size(-1);
+  p.n = b.size(-1);
   p.a = operand_of("mlp_gemm", "A", a);
   p.b = operand_of("mlp_gemm", "B", b);
-  TORCH_CHECK(d.dim() == 2 && d.stride(1) == 1, "mlp_gemm: D must be a row-major 2-D view");
+  check_output("D", d, p.batch);
   p.d = d.data_ptr();
-  p.ldd = d.stride(0);
+  p.ldd = d.stride(-2);
+  p.batch_stride_d = batch_stride(d);
   if (t != nullptr) {
-    TORCH_CHECK(t->dim() == 2 && t->stride(1) == 1, "mlp_gemm: T must be a row-major 2-D view");
+    check_output("T", *t, p.batch);
     p.t = t->data_ptr();
-    p.ldt = t->stride(0);
+    p.ldt = t->stride(-2);
+    p.batch_stride_t = batch_stride(*t);
   }
   if (c != nullptr) {
-    TORCH_CHECK(c->dim() == 2 && c->stride(1) == 1, "mlp_gemm: C must be a row-major 2-D view");
+    check_output("C", *c, p.batch);
     p.c = c->data_ptr();
-    p.ldc = c->stride(0);
+    p.ldc = c->stride(-2);
+    p.batch_stride_c = batch_stride(*c);
   }
   p.alpha = alpha;
   p.beta = beta;
@@ -218,17 +284,20 @@ at::Tensor aligned_contiguous(const at::Tensor& t) {
   return reinterpret_cast<uintptr_t>(c.data_ptr()) % 16 == 0 ? c : c.clone();
 }
 
-// dst [groups * rows, cols] (dtype) from the rows of the sources (same shape and dtype), interleaved or stacked.
+// dst [groups * rows, cols] (dtype) from the rows of the sources (same shape and dtype, contiguous), interleaved or
+// stacked; per batch entry for sources [B, rows, cols] (dst [B, groups * rows, cols]).
 template <typename Backend>
 at::Tensor pack_rows(std::vector<at::Tensor> sources, at::ScalarType dtype, bool interleave) {
   const at::Tensor& first = sources.front();
-  at::Tensor dst = at::empty({static_cast<int64_t>(sources.size()) * first.size(0), first.size(1)},
-                             first.options().dtype(dtype));
+  std::vector<int64_t> shape = first.sizes().vec();
+  shape[shape.size() - 2] *= static_cast<int64_t>(sources.size());
+  at::Tensor dst = at::empty(shape, first.options().dtype(dtype));
   PackRowsParams p;
   for (size_t i = 0; i < sources.size(); ++i) p.src[i] = sources[i].data_ptr();
   p.src_dtype = to_dtype(first.scalar_type());
-  p.src_rows = first.size(0);
-  p.cols = first.size(1);
+  p.batch = first.dim() == 3 ? first.size(0) : 1;
+  p.src_rows = first.size(-2);
+  p.cols = first.size(-1);
   p.groups = static_cast<int>(sources.size());
   p.interleave = interleave;
   p.dst = dst.data_ptr();
@@ -254,63 +323,67 @@ void check_cuda_mlp(const char* op, const at::Tensor& x, int64_t d, int64_t m) {
 // ---- swiglu_mlp_fwd -------------------------------------------------------------------------------------------------
 
 std::tuple<at::Tensor, at::Tensor> mlp_fwd_cpu_kernels(const at::Tensor& x, const at::Tensor& w1,
-                                                       const at::Tensor& w3, const at::Tensor& w2, int64_t rows,
-                                                       int64_t d, int64_t m) {
+                                                       const at::Tensor& w3, const at::Tensor& w2,
+                                                       const MlpShape& s) {
   const at::ScalarType acc = cpu_acc(x.scalar_type());
-  const at::Tensor xf = x.reshape({rows, d}).to(acc);
+  const at::Tensor xf = rows3(x, s).to(acc);
   // h1 and h3 straight from BLAS into the two planes of one buffer.
-  const at::Tensor planes = at::empty({2, rows, m}, xf.options());
+  const at::Tensor planes = at::empty({2, s.batch, s.rows, s.m}, xf.options());
   at::Tensor h1 = planes[0];
   at::Tensor h3 = planes[1];
-  cpu_gemm(h1, xf, w1.to(acc).t());
-  cpu_gemm(h3, xf, w3.to(acc).t());
-  at::Tensor h = at::empty({rows, m, 2}, xf.options());
-  at::Tensor a = at::empty({rows, m}, xf.options());
+  cpu_bgemm(h1, xf, mT(weight3(w1).to(acc)));
+  cpu_bgemm(h3, xf, mT(weight3(w3).to(acc)));
+  const int64_t rows = s.batch * s.rows;
+  at::Tensor h = at::empty({rows, s.m, 2}, xf.options());
+  at::Tensor a = at::empty({s.batch, s.rows, s.m}, xf.options());
   SwigluFwdParams p;
   p.h1 = h1.data_ptr();
   p.h3 = h3.data_ptr();
   p.h = h.data_ptr();
   p.a = a.data_ptr();
   p.rows = rows;
-  p.width = m;
+  p.width = s.m;
   p.dtype = to_dtype(acc);
   cpu::swiglu_fwd(p);
-  const at::Tensor y = cpu_mm(a, w2.to(acc).t());
+  const at::Tensor y = cpu_bmm(a, mT(weight3(w2).to(acc)));
   return {y.to(x.scalar_type()).view(x.sizes()), h.to(x.scalar_type())};
 }
 
 template <typename Backend>
 std::tuple<at::Tensor, at::Tensor> mlp_fwd_device(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& w3,
-                                                  const at::Tensor& w2, int64_t rows, int64_t d, int64_t m) {
-  check_cuda_mlp("swiglu_mlp_fwd", x, d, m);
+                                                  const at::Tensor& w2, const MlpShape& s) {
+  check_cuda_mlp("swiglu_mlp_fwd", x, s.d, s.m);
   const at::ScalarType dt = x.scalar_type();
+  const int64_t rows = s.batch * s.rows;
   at::Tensor y = at::empty(x.sizes(), x.options());
-  at::Tensor h = at::empty({rows, m, 2}, x.options());
+  at::Tensor h = at::empty({rows, s.m, 2}, x.options());
   if (rows == 0) return {y, h};
-  const at::Tensor x2 = aligned_contiguous(x).view({rows, d});
-  // [w1[0]; w3[0]; w1[1]; ...]: the up-projection's accumulator columns (2j, 2j + 1) are (h1, h3) of gate j.
-  const at::Tensor w13 = pack_rows<Backend>({w1, w3}, dt, true);
-  const at::Tensor w2c = gemm_weight<Backend>(w2, dt);
-  at::Tensor a = at::empty({rows, m}, x.options());
-  const at::Tensor h2 = h.view({rows, 2 * m});
-  gemm<Backend>(GemmEpilogue::kSwiglu, x2, w13.t(), h2, &a);
-  gemm<Backend>(GemmEpilogue::kStore, a, w2c.t(), y.view({rows, d}));
+  const at::Tensor x3 = rows3(aligned_contiguous(x), s);
+  // [w1[0]; w3[0]; w1[1]; ...] per batch entry: the up-projection's accumulator columns (2j, 2j + 1) are (h1, h3) of
+  // gate j.
+  const at::Tensor w13 = pack_rows<Backend>({weight3(w1), weight3(w3)}, dt, true);
+  const at::Tensor w2c = weight3(gemm_weight<Backend>(w2, dt));
+  at::Tensor a = at::empty({s.batch, s.rows, s.m}, x.options());
+  gemm<Backend>(GemmEpilogue::kSwiglu, x3, mT(w13), h.view({s.batch, s.rows, 2 * s.m}), &a);
+  gemm<Backend>(GemmEpilogue::kStore, a, mT(w2c), y.view({s.batch, s.rows, s.d}));
   return {y, h};
 }
 
 std::tuple<at::Tensor, at::Tensor> mlp_fwd_cpu(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& w3,
                                                const at::Tensor& w2) {
-  const auto [rows, d, m] = check_mlp("swiglu_mlp_fwd", x, w1, w3, w2);
+  const MlpShape s = check_mlp("swiglu_mlp_fwd", x, w1, w3, w2);
 #if defined(TTT_KERNELS_WITH_SIM)
-  if (sim_enabled()) return mlp_fwd_device<SimBackend>(x, w1, w3, w2, rows, d, m);
+  if (sim_enabled()) return mlp_fwd_device<SimBackend>(x, w1, w3, w2, s);
 #endif
-  return mlp_fwd_cpu_kernels(x, w1, w3, w2, rows, d, m);
+  return mlp_fwd_cpu_kernels(x, w1, w3, w2, s);
 }
 
 // ---- swiglu_mlp_bwd -------------------------------------------------------------------------------------------------
 
 void check_bwd(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& h, const OptTensor& grad_h,
-               int64_t rows, int64_t m) {
+               const MlpShape& s) {
+  const int64_t rows = s.batch * s.rows;
+  const int64_t m = s.m;
   const char* op = "swiglu_mlp_bwd";
   TORCH_CHECK(grad_y.sizes() == x.sizes(), op, ": grad_y must have x's shape ", x.sizes(), ", got ", grad_y.sizes());
   TORCH_CHECK(grad_y.scalar_type() == x.scalar_type(), op, ": grad_y must have x's dtype ", x.scalar_type(),
@@ -325,18 +398,20 @@ using BwdResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 BwdResult mlp_bwd_cpu_kernels(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& w1,
                               const at::Tensor& w3, const at::Tensor& w2, const at::Tensor& h,
-                              const OptTensor& grad_h, int64_t rows, int64_t d, int64_t m) {
+                              const OptTensor& grad_h, const MlpShape& s) {
   const at::ScalarType acc = cpu_acc(x.scalar_type());
-  const at::Tensor dyf = grad_y.reshape({rows, d}).to(acc);
-  const at::Tensor xf = x.reshape({rows, d}).to(acc);
-  const at::Tensor w1f = w1.to(acc);
-  const at::Tensor w3f = w3.to(acc);
-  const at::Tensor w2f = w2.to(acc);
+  const int64_t rows = s.batch * s.rows;
+  const int64_t m = s.m;
+  const at::Tensor dyf = rows3(grad_y, s).to(acc);
+  const at::Tensor xf = rows3(x, s).to(acc);
+  const at::Tensor w1f = weight3(w1).to(acc);
+  const at::Tensor w3f = weight3(w3).to(acc);
+  const at::Tensor w2f = weight3(w2).to(acc);
   const at::Tensor hf = h.to(acc);
   const at::Tensor ghf = grad_h ? grad_h->to(acc) : at::Tensor();
-  const at::Tensor da = cpu_mm(dyf, w2f);
+  const at::Tensor da = cpu_bmm(dyf, w2f);
   at::Tensor dh = at::empty({rows, 2, m}, xf.options());
-  at::Tensor a = at::empty({rows, m}, xf.options());
+  at::Tensor a = at::empty({s.batch, s.rows, m}, xf.options());
   SwigluBwdParams p;
   p.h = hf.data_ptr();
   p.grad_h = grad_h ? ghf.data_ptr() : nullptr;
@@ -347,41 +422,46 @@ BwdResult mlp_bwd_cpu_kernels(const at::Tensor& grad_y, const at::Tensor& x, con
   p.width = m;
   p.dtype = to_dtype(acc);
   cpu::swiglu_bwd(p);
-  // dh1, dh3: [rows, m] views with row stride 2m (BLAS takes them without a copy).
-  const at::Tensor dh1 = dh.select(1, 0);
-  const at::Tensor dh3 = dh.select(1, 1);
-  at::Tensor dx = cpu_mm(dh1, w1f);
-  cpu_gemm(dx, dh3, w3f, 1.0, 1.0);
+  // dh1, dh3: [B, n, m] views with row stride 2m (BLAS takes them without a copy).
+  const at::Tensor dh4 = dh.view({s.batch, s.rows, 2, m});
+  const at::Tensor dh1 = dh4.select(2, 0);
+  const at::Tensor dh3 = dh4.select(2, 1);
+  at::Tensor dx = cpu_bmm(dh1, w1f);
+  cpu_bgemm(dx, dh3, w3f, 1.0, 1.0);
   const at::ScalarType wt = w1.scalar_type();
-  return {dx.to(x.scalar_type()).view(x.sizes()), cpu_mm(dh1.t(), xf).to(wt), cpu_mm(dh3.t(), xf).to(wt),
-          cpu_mm(dyf.t(), a).to(wt)};
+  const auto weight_grad = [&](const at::Tensor& g, const at::Tensor& w) { return g.to(wt).view(w.sizes()); };
+  return {dx.to(x.scalar_type()).view(x.sizes()), weight_grad(cpu_bmm(mT(dh1), xf), w1),
+          weight_grad(cpu_bmm(mT(dh3), xf), w3), weight_grad(cpu_bmm(mT(dyf), a), w2)};
 }
 
 template <typename Backend>
 BwdResult mlp_bwd_device(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& w1, const at::Tensor& w3,
-                         const at::Tensor& w2, const at::Tensor& h, const OptTensor& grad_h, int64_t rows, int64_t d,
-                         int64_t m) {
-  check_cuda_mlp("swiglu_mlp_bwd", x, d, m);
+                         const at::Tensor& w2, const at::Tensor& h, const OptTensor& grad_h, const MlpShape& s) {
+  check_cuda_mlp("swiglu_mlp_bwd", x, s.d, s.m);
   const at::ScalarType dt = x.scalar_type();
   const at::ScalarType wt = w1.scalar_type();
+  const int64_t rows = s.batch * s.rows;
+  const int64_t m = s.m;
   at::Tensor dx = at::empty(x.sizes(), x.options());
   // The weight gradients come out of the GEMMs in float32 (zero without rows); 16-bit weights get a converted copy.
   const at::TensorOptions f32 = x.options().dtype(at::kFloat);
-  const auto alloc = [&](int64_t r, int64_t c) { return rows > 0 ? at::empty({r, c}, f32) : at::zeros({r, c}, f32); };
-  at::Tensor dw1 = alloc(m, d);
-  at::Tensor dw3 = alloc(m, d);
-  at::Tensor dw2 = alloc(d, m);
+  const auto alloc = [&](const at::Tensor& w) {
+    return rows > 0 ? at::empty(w.sizes(), f32) : at::zeros(w.sizes(), f32);
+  };
+  at::Tensor dw1 = alloc(w1);
+  at::Tensor dw3 = alloc(w3);
+  at::Tensor dw2 = alloc(w2);
   if (rows > 0) {
-    const at::Tensor dy2 = aligned_contiguous(grad_y).view({rows, d});
-    const at::Tensor x2 = aligned_contiguous(x).view({rows, d});
-    const at::Tensor w2c = gemm_weight<Backend>(w2, dt);
-    // [w1; w3]: dh viewed as [rows, 2m] times it is dx.
-    const at::Tensor w13 = pack_rows<Backend>({w1, w3}, dt, false);
-    at::Tensor da = at::empty({rows, m}, x.options());
-    gemm<Backend>(GemmEpilogue::kStore, dy2, w2c, da);
+    const at::Tensor dy3 = rows3(aligned_contiguous(grad_y), s);
+    const at::Tensor x3 = rows3(aligned_contiguous(x), s);
+    const at::Tensor w2c = weight3(gemm_weight<Backend>(w2, dt));
+    // [w1; w3] per batch entry: dh viewed as [B, n, 2m] times it is dx.
+    const at::Tensor w13 = pack_rows<Backend>({weight3(w1), weight3(w3)}, dt, false);
+    at::Tensor da = at::empty({s.batch, s.rows, m}, x.options());
+    gemm<Backend>(GemmEpilogue::kStore, dy3, w2c, da);
 
     at::Tensor dh = at::empty({rows, 2, m}, x.options());
-    at::Tensor a = at::empty({rows, m}, x.options());
+    at::Tensor a = at::empty({s.batch, s.rows, m}, x.options());
     const at::Tensor hc = aligned_contiguous(h);
     const at::Tensor ghc = grad_h ? aligned_contiguous(*grad_h) : at::Tensor();
     SwigluBwdParams p;
@@ -395,10 +475,11 @@ BwdResult mlp_bwd_device(const at::Tensor& grad_y, const at::Tensor& x, const at
     p.dtype = to_dtype(dt);
     Backend::swiglu_bwd(p);
 
-    gemm<Backend>(GemmEpilogue::kStore, dh.view({rows, 2 * m}), w13, dx.view({rows, d}));
-    gemm<Backend>(GemmEpilogue::kAccumulate, dh.select(1, 0).t(), x2, dw1);
-    gemm<Backend>(GemmEpilogue::kAccumulate, dh.select(1, 1).t(), x2, dw3);
-    gemm<Backend>(GemmEpilogue::kAccumulate, dy2.t(), a, dw2);
+    const at::Tensor dh4 = dh.view({s.batch, s.rows, 2, m});
+    gemm<Backend>(GemmEpilogue::kStore, dh.view({s.batch, s.rows, 2 * m}), w13, rows3(dx, s));
+    gemm<Backend>(GemmEpilogue::kAccumulate, mT(dh4.select(2, 0)), x3, weight3(dw1));
+    gemm<Backend>(GemmEpilogue::kAccumulate, mT(dh4.select(2, 1)), x3, weight3(dw3));
+    gemm<Backend>(GemmEpilogue::kAccumulate, mT(dy3), a, weight3(dw2));
   }
   if (wt == at::kFloat) return {dx, dw1, dw3, dw2};
   return {dx, pack_rows<Backend>({dw1}, wt, false), pack_rows<Backend>({dw3}, wt, false),
@@ -407,12 +488,12 @@ BwdResult mlp_bwd_device(const at::Tensor& grad_y, const at::Tensor& x, const at
 
 BwdResult mlp_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& w1, const at::Tensor& w3,
                       const at::Tensor& w2, const at::Tensor& h, const OptTensor& grad_h) {
-  const auto [rows, d, m] = check_mlp("swiglu_mlp_bwd", x, w1, w3, w2);
-  check_bwd(grad_y, x, h, grad_h, rows, m);
+  const MlpShape s = check_mlp("swiglu_mlp_bwd", x, w1, w3, w2);
+  check_bwd(grad_y, x, h, grad_h, s);
 #if defined(TTT_KERNELS_WITH_SIM)
-  if (sim_enabled()) return mlp_bwd_device<SimBackend>(grad_y, x, w1, w3, w2, h, grad_h, rows, d, m);
+  if (sim_enabled()) return mlp_bwd_device<SimBackend>(grad_y, x, w1, w3, w2, h, grad_h, s);
 #endif
-  return mlp_bwd_cpu_kernels(grad_y, x, w1, w3, w2, h, grad_h, rows, d, m);
+  return mlp_bwd_cpu_kernels(grad_y, x, w1, w3, w2, h, grad_h, s);
 }
 
 // ---- swiglu_gate_bwd_bwd --------------------------------------------------------------------------------------------
@@ -483,6 +564,21 @@ GateBwdBwdResult gate_bwd_bwd_cpu(const at::Tensor& h, const at::Tensor& da, con
 
 // ---- clipped SGD ----------------------------------------------------------------------------------------------------
 
+// The sequences of a (batched) clip: the common leading dimension of all weights, 1 when not batched.
+int64_t clip_batch(const char* op, at::TensorList weights, bool batched) {
+  if (!batched) return 1;
+  TORCH_CHECK(!weights.empty(), op, ": batched needs at least one weight (the batch size is their leading dimension)");
+  TORCH_CHECK(weights[0].dim() >= 1 && weights[0].size(0) >= 1, op,
+              ": batched weights must have a leading batch dimension >= 1, got weights[0] of shape ",
+              weights[0].sizes());
+  const int64_t batch = weights[0].size(0);
+  for (size_t i = 0; i < weights.size(); ++i) {
+    TORCH_CHECK(weights[i].dim() >= 1 && weights[i].size(0) == batch, op, ": batched weights must share the leading ",
+                "dimension of weights[0] (", batch, "), got weights[", i, "] of shape ", weights[i].sizes());
+  }
+  return batch;
+}
+
 // Checks the lists (same length, pairwise same shape, one float32 / float64 dtype, one device, contiguous) and
 // max_norm / lr; returns the (weight, grad, out) table with outs[i] as the destination of weights[i].
 std::vector<ClipTensor> clip_table(const char* op, at::TensorList weights, at::TensorList grads,
@@ -513,17 +609,19 @@ std::vector<ClipTensor> clip_table(const char* op, at::TensorList weights, at::T
   return table;
 }
 
-// Runs the update from weights into outs; returns the norm (0-d, the weights' dtype).
+// Runs the update from weights into outs; returns the norm (0-d, the weights' dtype; [B] when batched).
 template <typename Kernel>
 at::Tensor clip_sgd(const char* op, at::TensorList weights, at::TensorList grads, const std::vector<at::Tensor>& outs,
-                    double lr, double max_norm, Kernel&& kernel) {
+                    double lr, double max_norm, bool batched, Kernel&& kernel) {
   const std::vector<ClipTensor> table = clip_table(op, weights, grads, outs, lr, max_norm);
+  const int64_t batch = clip_batch(op, weights, batched);
   const at::TensorOptions opts =
       weights.empty() ? at::TensorOptions().dtype(at::kFloat) : weights[0].options();
-  at::Tensor norm = at::empty({}, opts);
+  at::Tensor norm = batched ? at::empty({batch}, opts) : at::empty({}, opts);
   ClipSgdParams p;
   p.tensors = table.data();
   p.count = static_cast<int64_t>(table.size());
+  p.batch = batch;
   p.dtype = to_dtype(opts.dtype().toScalarType());
   p.lr = lr;
   p.max_norm = max_norm;
@@ -549,27 +647,30 @@ void clip_on_cpu(ClipSgdParams& p, const at::TensorOptions& opts) {
 
 template <typename Run>
 std::tuple<std::vector<at::Tensor>, at::Tensor> clip_sgd_out_of_place(at::TensorList weights, at::TensorList grads,
-                                                                      double lr, double max_norm, Run&& run) {
+                                                                      double lr, double max_norm, bool batched,
+                                                                      Run&& run) {
   std::vector<at::Tensor> outs;
   outs.reserve(weights.size());
   for (const at::Tensor& w : weights) outs.push_back(at::empty_like(w, at::MemoryFormat::Contiguous));
-  at::Tensor norm = clip_sgd("clip_sgd_update", weights, grads, outs, lr, max_norm, run);
+  at::Tensor norm = clip_sgd("clip_sgd_update", weights, grads, outs, lr, max_norm, batched, run);
   return {outs, norm};
 }
 
 template <typename Run>
-at::Tensor clip_sgd_in_place(at::TensorList weights, at::TensorList grads, double lr, double max_norm, Run&& run) {
+at::Tensor clip_sgd_in_place(at::TensorList weights, at::TensorList grads, double lr, double max_norm, bool batched,
+                             Run&& run) {
   const std::vector<at::Tensor> outs(weights.begin(), weights.end());
-  return clip_sgd("clip_sgd_update_", weights, grads, outs, lr, max_norm, run);
+  return clip_sgd("clip_sgd_update_", weights, grads, outs, lr, max_norm, batched, run);
 }
 
 std::tuple<std::vector<at::Tensor>, at::Tensor> clip_sgd_update_cpu(at::TensorList weights, at::TensorList grads,
-                                                                    double lr, double max_norm) {
-  return clip_sgd_out_of_place(weights, grads, lr, max_norm, clip_on_cpu);
+                                                                    double lr, double max_norm, bool batched) {
+  return clip_sgd_out_of_place(weights, grads, lr, max_norm, batched, clip_on_cpu);
 }
 
-at::Tensor clip_sgd_update_inplace_cpu(at::TensorList weights, at::TensorList grads, double lr, double max_norm) {
-  return clip_sgd_in_place(weights, grads, lr, max_norm, clip_on_cpu);
+at::Tensor clip_sgd_update_inplace_cpu(at::TensorList weights, at::TensorList grads, double lr, double max_norm,
+                                       bool batched) {
+  return clip_sgd_in_place(weights, grads, lr, max_norm, batched, clip_on_cpu);
 }
 
 // ---- sgd_gemm_update_ -----------------------------------------------------------------------------------------------
@@ -656,17 +757,17 @@ void mlp_gemm_cpu(const at::Tensor& a, const at::Tensor& b, const at::Tensor& d,
 #if defined(TTT_KERNELS_WITH_CUDA)
 std::tuple<at::Tensor, at::Tensor> mlp_fwd_cuda(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& w3,
                                                 const at::Tensor& w2) {
-  const auto [rows, d, m] = check_mlp("swiglu_mlp_fwd", x, w1, w3, w2);
+  const MlpShape s = check_mlp("swiglu_mlp_fwd", x, w1, w3, w2);
   const c10::cuda::CUDAGuard guard(x.device());
-  return mlp_fwd_device<CudaBackend>(x, w1, w3, w2, rows, d, m);
+  return mlp_fwd_device<CudaBackend>(x, w1, w3, w2, s);
 }
 
 BwdResult mlp_bwd_cuda(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& w1, const at::Tensor& w3,
                        const at::Tensor& w2, const at::Tensor& h, const OptTensor& grad_h) {
-  const auto [rows, d, m] = check_mlp("swiglu_mlp_bwd", x, w1, w3, w2);
-  check_bwd(grad_y, x, h, grad_h, rows, m);
+  const MlpShape s = check_mlp("swiglu_mlp_bwd", x, w1, w3, w2);
+  check_bwd(grad_y, x, h, grad_h, s);
   const c10::cuda::CUDAGuard guard(x.device());
-  return mlp_bwd_device<CudaBackend>(grad_y, x, w1, w3, w2, h, grad_h, rows, d, m);
+  return mlp_bwd_device<CudaBackend>(grad_y, x, w1, w3, w2, h, grad_h, s);
 }
 
 GateBwdBwdResult gate_bwd_bwd_cuda(const at::Tensor& h, const at::Tensor& da, const OptTensor& grad_h,
@@ -679,14 +780,15 @@ GateBwdBwdResult gate_bwd_bwd_cuda(const at::Tensor& h, const at::Tensor& da, co
 void clip_on_cuda(ClipSgdParams& p, const at::TensorOptions& opts) { clip_on_device<CudaBackend>(p, opts); }
 
 std::tuple<std::vector<at::Tensor>, at::Tensor> clip_sgd_update_cuda(at::TensorList weights, at::TensorList grads,
-                                                                     double lr, double max_norm) {
+                                                                     double lr, double max_norm, bool batched) {
   const c10::cuda::OptionalCUDAGuard guard(weights.empty() ? std::nullopt : std::optional(weights[0].device()));
-  return clip_sgd_out_of_place(weights, grads, lr, max_norm, clip_on_cuda);
+  return clip_sgd_out_of_place(weights, grads, lr, max_norm, batched, clip_on_cuda);
 }
 
-at::Tensor clip_sgd_update_inplace_cuda(at::TensorList weights, at::TensorList grads, double lr, double max_norm) {
+at::Tensor clip_sgd_update_inplace_cuda(at::TensorList weights, at::TensorList grads, double lr, double max_norm,
+                                        bool batched) {
   const c10::cuda::OptionalCUDAGuard guard(weights.empty() ? std::nullopt : std::optional(weights[0].device()));
-  return clip_sgd_in_place(weights, grads, lr, max_norm, clip_on_cuda);
+  return clip_sgd_in_place(weights, grads, lr, max_norm, batched, clip_on_cuda);
 }
 
 void sgd_gemm_update_cuda(const at::Tensor& weight, const at::Tensor& a, const at::Tensor& b,
@@ -715,9 +817,11 @@ TORCH_LIBRARY_FRAGMENT(ttt_kernels, m) {
       "swiglu_gate_bwd_bwd(Tensor h, Tensor da, Tensor? grad_h, Tensor cot_dh, Tensor cot_a) -> "
       "(Tensor cot_h, Tensor cot_da, Tensor dh, Tensor a)");
   m.def(
-      "clip_sgd_update(Tensor[] weights, Tensor[] grads, float lr, float max_norm) -> "
+      "clip_sgd_update(Tensor[] weights, Tensor[] grads, float lr, float max_norm, bool batched=False) -> "
       "(Tensor[] new_weights, Tensor norm)");
-  m.def("clip_sgd_update_(Tensor(a!)[] weights, Tensor[] grads, float lr, float max_norm) -> Tensor norm");
+  m.def(
+      "clip_sgd_update_(Tensor(a!)[] weights, Tensor[] grads, float lr, float max_norm, bool batched=False) -> "
+      "Tensor norm");
   m.def("sgd_gemm_update_(Tensor(a!) weight, Tensor a, Tensor b, Tensor step) -> ()");
   m.def(
       "_mlp_gemm(Tensor a, Tensor b, Tensor(a!) d, Tensor? c, Tensor(b!)? t, str epilogue, float alpha, "

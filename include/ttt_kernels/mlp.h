@@ -67,7 +67,8 @@ struct SwigluBwdBwdParams {
 // ---- clipped SGD over a list of tensors -------------------------------------------------------------------------
 
 // One (weight, grad) pair: out = weight - lr * scale * grad, elementwise over numel contiguous elements. out may be
-// weight (the in-place update).
+// weight (the in-place update). With ClipSgdParams::batch = B the numel elements are B equal slices, one per
+// sequence (a tensor [B, ...]).
 struct ClipTensor {
   const void* weight = nullptr;
   const void* grad = nullptr;
@@ -75,17 +76,19 @@ struct ClipTensor {
   int64_t numel = 0;
 };
 
-// norm = sqrt(sum over all grads of grad^2) (one global L2 norm), scale = 1 if norm < max_norm else max_norm / norm
-// (optax.clip_by_global_norm: zero gradients give norm 0 < max_norm, scale 1; NaN gradients give a NaN norm and NaN
-// outputs), then every out = weight - lr * scale * grad. Squares are summed in float64 in a fixed order (bitwise
-// reproducible); scale and the update are computed in the tensors' dtype.
+// Per sequence s (one sequence unless batch > 1): norm[s] = sqrt(sum over all grads of their slice s squared) (one
+// global L2 norm per sequence), scale = 1 if norm < max_norm else max_norm / norm (optax.clip_by_global_norm: zero
+// gradients give norm 0 < max_norm, scale 1; NaN gradients give a NaN norm and NaN outputs), then every slice s of
+// out = weight - lr * scale * grad. Squares are summed in float64 in a fixed order (bitwise reproducible); scale and
+// the update are computed in the tensors' dtype.
 struct ClipSgdParams {
   const ClipTensor* tensors = nullptr;  // host array of `count` pairs
   int64_t count = 0;
+  int64_t batch = 1;              // sequences: every numel is a multiple of it
   DType dtype = DType::kFloat32;  // of every weight, grad and out: float32 or float64
   double lr = 0.0;
   double max_norm = 0.0;  // > 0
-  void* norm = nullptr;   // [1] dtype, written
+  void* norm = nullptr;   // [batch] dtype, written
   // CUDA only: clip_sgd_workspace_bytes(params) bytes of scratch (partial sums and the step, device memory).
   void* workspace = nullptr;
 };
@@ -107,27 +110,35 @@ enum class GemmEpilogue : int32_t {
 };
 
 // A [m, k] times B [k, n] in dtype (bfloat16 or float16) with float32 accumulation. Operands are 2-D views with unit
-// stride along one dimension: row-major element (i, j) at ptr[i * ld + j], column-major at ptr[j * ld + i].
+// stride along one dimension: row-major element (i, j) at ptr[i * ld + j], column-major at ptr[j * ld + i]. A
+// batched GEMM (GemmParams::batch > 1) finds the operand of problem z at ptr + z * batch_stride (elements).
 struct GemmOperand {
   const void* ptr = nullptr;
   int64_t ld = 0;
   GemmLayout layout = GemmLayout::kRowMajor;
+  int64_t batch_stride = 0;
 };
 
+// `batch` independent problems of one shape in one launch (the fast weights of B sequences): problem z reads and
+// writes each operand at its pointer + z * its batch stride (elements).
 struct GemmParams {
   GemmEpilogue epilogue = GemmEpilogue::kStore;
   DType dtype = DType::kBFloat16;  // of A and B, and of D and T except for kAccumulate
   int64_t m = 0;
   int64_t n = 0;
   int64_t k = 0;
+  int64_t batch = 1;
   GemmOperand a;  // [m, k]
   GemmOperand b;  // [k, n]
   void* d = nullptr;  // [m, n] row-major
   int64_t ldd = 0;
+  int64_t batch_stride_d = 0;
   const void* c = nullptr;  // kAccumulate: [m, n] float32 row-major
   int64_t ldc = 0;
+  int64_t batch_stride_c = 0;
   void* t = nullptr;  // kSwiglu: [m, n / 2] dtype row-major
   int64_t ldt = 0;
+  int64_t batch_stride_t = 0;
   float alpha = 1.0f;            // kAccumulate
   float beta = 0.0f;             // kAccumulate
   const float* scale = nullptr;  // kAccumulate: device pointer, or nullptr
@@ -184,16 +195,18 @@ void clip_sgd_update(const ClipSgdParams& params);
 //                    the same math instead (CUTLASS kernels do not run in the simulator), so the glue's operand
 //                    mapping and the epilogues' math are testable on the CPU.
 
-// dst [groups * src_rows, cols] (bfloat16 or float16) from the rows of `groups` sources of one float dtype:
-// interleaved, dst row r = src[r % groups] row r / groups; stacked, dst row r = src[r / src_rows] row r % src_rows.
+// dst [batch, groups * src_rows, cols] (bfloat16 or float16) from the rows of `groups` sources [batch, src_rows,
+// cols] of one float dtype, per batch entry: interleaved, dst row r = src[r % groups] row r / groups; stacked, dst row
+// r = src[r / src_rows] row r % src_rows.
 struct PackRowsParams {
-  const void* src[2] = {nullptr, nullptr};  // [src_rows, cols] each, contiguous
+  const void* src[2] = {nullptr, nullptr};  // [batch, src_rows, cols] each, contiguous
   DType src_dtype = DType::kFloat32;
+  int64_t batch = 1;
   int64_t src_rows = 0;
   int64_t cols = 0;
   int groups = 1;           // number of sources: 1 or 2
   bool interleave = false;  // row-interleave the sources (true) or stack them (false)
-  void* dst = nullptr;      // [groups * src_rows, cols], contiguous
+  void* dst = nullptr;      // [batch, groups * src_rows, cols], contiguous
   DType dst_dtype = DType::kBFloat16;
 };
 

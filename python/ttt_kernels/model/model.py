@@ -200,10 +200,11 @@ class TTTE2EModel(nn.Module):
         return self.blocks[self.config.num_prefix_layers :]
 
     def initial_fast_weights(self, batch_size: int) -> tuple:
-        """W_0 for every sequence: (w1, w3, w2) per suffix block, [batch_size, ...] views, float32 (float64)."""
+        """W_0 for every sequence: (w1, w3, w2) per suffix block, [batch_size, ...] copies in their own contiguous
+        storage (the batched ops take them as they are; their gradients are summed into W_0), float32 (float64)."""
         dt = self._fast_dtype()
         return tuple(
-            w.to(dt).unsqueeze(0).expand(batch_size, *w.shape)
+            w.to(dt).unsqueeze(0).repeat(batch_size, 1, 1)
             for blk in self.suffix_blocks
             for w in (blk.prime.w1.weight, blk.prime.w3.weight, blk.prime.w2.weight)
         )
@@ -253,11 +254,8 @@ class TTTE2EModel(nn.Module):
         a, kv = self._attention(blk, self._norm(x, blk.seq_norm), pos0, past)
         x = x + self._norm(a, blk.seq_post_norm)
         if fast is not None:
-            y = self._norm(x, blk.prime_norm)
-            if fast[0].dim() == 3:  # fast weights: each sequence its own
-                y = torch.stack([self._opset.swiglu_mlp(y[s], *(w[s] for w in fast)) for s in range(y.shape[0])])
-            else:
-                y = self._opset.swiglu_mlp(y, *fast)
+            # Fast weights [B, ...] (each sequence its own: one batched op) or W_0 itself.
+            y = self._opset.swiglu_mlp(self._norm(x, blk.prime_norm), *fast)
             x = x + self._norm(y, blk.prime_post_norm)
         y = self._opset.swiglu_mlp(self._norm(x, blk.ffn_norm), blk.ffn.w1.weight, blk.ffn.w3.weight, blk.ffn.w2.weight)
         return x + self._norm(y, blk.ffn_post_norm), kv
@@ -303,12 +301,7 @@ class TTTE2EModel(nn.Module):
         grads = torch.autograd.grad(
             loss.sum(), fast, create_graph=create_graph, retain_graph=retain_graph or create_graph
         )
-        max_norm = self.config.inner_max_norm
-        steps = [
-            self._opset.clip_sgd_update([w[s] for w in fast], [g[s] for g in grads], lr, max_norm)
-            for s in range(loss.shape[0])
-        ]
-        return tuple(torch.stack(ws) for ws in zip(*steps))
+        return tuple(self._opset.clip_sgd_update(list(fast), list(grads), lr, self.config.inner_max_norm, batched=True))
 
     def _embed_prefix(self, tokens: torch.Tensor, pos0: int = 0, kv: list | None = None) -> tuple:
         """Embedding and prefix blocks over tokens [B, n]; kv[l]: earlier key/value pairs of block l (or None).
@@ -533,6 +526,9 @@ class TTTE2EModel(nn.Module):
         """One chunk of the inner loop: its loss [B] under ``fast``, the next fast weights (if ``step``) and its
         (k, v) per suffix block. Without an outer gradient (torch.no_grad) it still needs the inner one."""
         if not torch.is_grad_enabled():
+            # Fast weights made under no_grad (W_0's expand-views) may report requires_grad without being part of a
+            # graph: the inner gradient starts from detached copies.
+            fast = tuple(w.detach() for w in fast)
             with torch.enable_grad():
                 loss, fast, kvs = self._meta_chunk(h, targets, pos0, fast, past, meta, step, False)
             return loss.detach(), tuple(w.detach() for w in fast), [(k.detach(), v.detach()) for k, v in kvs]
@@ -552,7 +548,7 @@ class TTTE2EModel(nn.Module):
         """An empty inference state: fast weights W_0, no keys, nothing pending."""
         check_int(batch_size, "TTTE2EModel.new_state: batch_size")
         with torch.no_grad():
-            fast = tuple(w.clone() for w in self.initial_fast_weights(batch_size)) if self.config.ttt else None
+            fast = self.initial_fast_weights(batch_size) if self.config.ttt else None
         return TTTE2EState(
             batch_size=batch_size,
             pos=0,

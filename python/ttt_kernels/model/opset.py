@@ -17,9 +17,10 @@ class OpSet:
     rms_norm: Callable
     # Sliding-window attention, differentiable twice (the suffix blocks' backward is part of the inner gradient).
     swa_attention: Callable
-    # SwiGLU MLP with torch Linear weights (static MLPs, and each sequence's fast weights), differentiable twice.
+    # SwiGLU MLP with torch Linear weights (static MLPs) or batched ones (the fast weights of every sequence),
+    # differentiable twice.
     swiglu_mlp: Callable
-    # [w - lr * clip(g)] over a list of tensors with one global norm (one sequence's fast weights).
+    # [w - lr * clip(g)] over a list of tensors with one global norm, per sequence when batched (the fast weights).
     clip_sgd_update: Callable
 
 

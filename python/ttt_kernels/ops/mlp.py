@@ -3,12 +3,13 @@
 Native ops (csrc/ops/mlp.cpp), rows = x.numel() / d:
 
 - ``swiglu_mlp_fwd(x, w1, w3, w2) -> (y, h)``: h [rows, m, 2] holds the pre-activations (h1, h3) interleaved.
+  Batched (each sequence its own fast weights): x [B, n, d], w1, w3 [B, m, d], w2 [B, d, m], rows = B n.
 - ``swiglu_mlp_bwd(grad_y, x, w1, w3, w2, h, grad_h) -> (grad_x, grad_w1, grad_w3, grad_w2)``: grad_h (optional) is
   a gradient flowing into h directly; it is nonzero only in the double backward, which differentiates h.
 - ``swiglu_gate_bwd_bwd(h, da, grad_h, cot_dh, cot_a) -> (cot_h, cot_da, dh, a)``: the gate's fused element-wise
   double backward (and the recomputed dh [rows, 2, m] and a).
-- ``clip_sgd_update(weights, grads, lr, max_norm) -> (new_weights, norm)`` and the in-place
-  ``clip_sgd_update_(weights, grads, lr, max_norm) -> norm``.
+- ``clip_sgd_update(weights, grads, lr, max_norm, batched) -> (new_weights, norm)`` and the in-place
+  ``clip_sgd_update_(weights, grads, lr, max_norm, batched) -> norm`` (batched: one norm per sequence, [B]).
 - ``sgd_gemm_update_(weight, a, b, step)``: weight -= step * a^T b (fused into the GEMM epilogue on CUDA).
 
 This module registers their fake tensor implementations (torch.compile) and autograd formulas:
@@ -36,9 +37,11 @@ def swiglu_mlp(x: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Te
     """``(silu(x w1^T) * (x w3^T)) w2^T``, the SwiGLU MLP with torch.nn.Linear weights.
 
     Args:
-        x: [..., d] float32, float64, bfloat16 or float16.
+        x: [..., d] float32, float64, bfloat16 or float16; [B, n, d] with batched weights.
         w1, w3: [m, d] (gate and up projection); w2: [d, m] (down projection). x's dtype, or float32 when x is
-            bfloat16 / float16 (float32 master weights; their gradients are then float32).
+            bfloat16 / float16 (float32 master weights; their gradients are then float32). Batched: w1, w3
+            [B, m, d] and w2 [B, d, m], sequence b's MLP applied to x[b] (the fast weights of B sequences, one
+            batched GEMM per projection).
 
     Returns y [..., d] in x's dtype. Differentiable twice in all inputs. CPU: float32 math (float64 for float64).
     CUDA: bfloat16 / float16 x with d and m multiples of 8, tensor-core GEMMs with float32 accumulation.
@@ -52,13 +55,21 @@ def swiglu_mlp(x: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Te
     if x.dim() < 1 or x.shape[-1] == 0:
         raise ValueError(f"swiglu_mlp: x must have a non-empty last dimension, got shape {tuple(x.shape)}")
     d = x.shape[-1]
-    if w1.dim() != 2 or w1.shape[1] != d or w1.shape[0] == 0:
-        raise ValueError(f"swiglu_mlp: w1 must have shape (m, {d}) with m > 0, got {tuple(w1.shape)}")
-    m = w1.shape[0]
+    batch = (w1.shape[0],) if w1.dim() == 3 else ()
+    if batch and (x.dim() != 3 or x.shape[0] != batch[0]):
+        raise ValueError(
+            f"swiglu_mlp: with batched weights (w1 {tuple(w1.shape)}) x must have shape ({batch[0]}, n, d), "
+            f"got {tuple(x.shape)}"
+        )
+    if w1.dim() - len(batch) != 2 or w1.shape[-1] != d or w1.shape[-2] == 0:
+        raise ValueError(
+            f"swiglu_mlp: w1 must have shape ({'B, ' if batch else ''}m, {d}) with m > 0, got {tuple(w1.shape)}"
+        )
+    m = w1.shape[-2]
     if w3.shape != w1.shape:
         raise ValueError(f"swiglu_mlp: w3 must have w1's shape {tuple(w1.shape)}, got {tuple(w3.shape)}")
-    if w2.shape != (d, m):
-        raise ValueError(f"swiglu_mlp: w2 must have shape ({d}, {m}), got {tuple(w2.shape)}")
+    if w2.shape != (*batch, d, m):
+        raise ValueError(f"swiglu_mlp: w2 must have shape {(*batch, d, m)}, got {tuple(w2.shape)}")
     allowed = (x.dtype, torch.float32) if x.dtype in (torch.bfloat16, torch.float16) else (x.dtype,)
     for name in ("w1", "w3", "w2"):
         w = tensors[name]
@@ -72,7 +83,7 @@ def swiglu_mlp(x: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Te
     return y
 
 
-def _check_clip_args(fn: str, weights, grads, lr, max_norm) -> None:
+def _check_clip_args(fn: str, weights, grads, lr, max_norm, batched) -> None:
     if not isinstance(weights, (list, tuple)) or not isinstance(grads, (list, tuple)):
         raise ValueError(f"{fn}: weights and grads must be lists of tensors")
     if len(weights) != len(grads):
@@ -92,9 +103,22 @@ def _check_clip_args(fn: str, weights, grads, lr, max_norm) -> None:
         raise ValueError(f"{fn}: lr must be a finite number, got {lr!r}")
     if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float)) or not max_norm > 0:
         raise ValueError(f"{fn}: max_norm must be a number > 0 (inf: no clipping), got {max_norm!r}")
+    if not isinstance(batched, bool):
+        raise ValueError(f"{fn}: batched must be a bool, got {batched!r}")
+    if batched:
+        if not weights or weights[0].dim() == 0 or weights[0].shape[0] == 0:
+            raise ValueError(f"{fn}: batched needs weights with a leading batch dimension >= 1")
+        for i, w in enumerate(weights):
+            if w.dim() == 0 or w.shape[0] != weights[0].shape[0]:
+                raise ValueError(
+                    f"{fn}: batched weights must share the leading dimension of weights[0] ({weights[0].shape[0]}), "
+                    f"got weights[{i}] of shape {tuple(w.shape)}"
+                )
 
 
-def clip_sgd_update(weights, grads, lr: float = 1.0, max_norm: float = 1.0) -> list[torch.Tensor]:
+def clip_sgd_update(
+    weights, grads, lr: float = 1.0, max_norm: float = 1.0, *, batched: bool = False
+) -> list[torch.Tensor]:
     """``[w - lr * scale * g for w, g in zip(weights, grads)]``, the TTT inner step over all fast weights at once.
 
     scale = 1 if norm < max_norm else max_norm / norm, with norm the global L2 norm of all grads
@@ -104,26 +128,30 @@ def clip_sgd_update(weights, grads, lr: float = 1.0, max_norm: float = 1.0) -> l
     Args:
         weights, grads: lists of tensors of pairwise equal shapes, all float32 or all float64, on one device.
         lr: the SGD learning rate (finite). max_norm: > 0; math.inf disables clipping.
+        batched: every tensor has a leading batch dimension B (the fast weights of B sequences); sequence b is
+            clipped by the global norm of its own gradients [g[b] for g in grads], computed on the device.
     """
-    _check_clip_args("clip_sgd_update", weights, grads, lr, max_norm)
+    _check_clip_args("clip_sgd_update", weights, grads, lr, max_norm, batched)
     new_weights, _ = _ops.clip_sgd_update(
-        [w.contiguous() for w in weights], [g.contiguous() for g in grads], float(lr), float(max_norm)
+        [w.contiguous() for w in weights], [g.contiguous() for g in grads], float(lr), float(max_norm), batched
     )
     return new_weights
 
 
-def clip_sgd_update_(weights, grads, lr: float = 1.0, max_norm: float = 1.0) -> torch.Tensor:
+def clip_sgd_update_(weights, grads, lr: float = 1.0, max_norm: float = 1.0, *, batched: bool = False) -> torch.Tensor:
     """In-place :func:`clip_sgd_update` (inference): one pass over the grads for the norm, one pass for the update.
 
     The weights must be contiguous; they are updated without autograd tracking. Returns the global norm (a 0-d
-    tensor in the weights' dtype, on their device).
+    tensor in the weights' dtype, on their device; [B], one per sequence, when ``batched``).
     """
-    _check_clip_args("clip_sgd_update_", weights, grads, lr, max_norm)
+    _check_clip_args("clip_sgd_update_", weights, grads, lr, max_norm, batched)
     for i, w in enumerate(weights):
         if not w.is_contiguous():
             raise ValueError(f"clip_sgd_update_: weights[{i}] must be contiguous (it is updated in place)")
     with torch.no_grad():
-        return _ops.clip_sgd_update_(list(weights), [g.contiguous() for g in grads], float(lr), float(max_norm))
+        return _ops.clip_sgd_update_(
+            list(weights), [g.contiguous() for g in grads], float(lr), float(max_norm), batched
+        )
 
 
 def sgd_gemm_update_(weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor, step: torch.Tensor) -> None:
@@ -150,7 +178,7 @@ def sgd_gemm_update_(weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor, ste
 @torch.library.register_fake("ttt_kernels::swiglu_mlp_fwd")
 def _swiglu_mlp_fwd_fake(x, w1, w3, w2):
     rows = x.numel() // x.shape[-1]
-    return x.new_empty(x.shape), x.new_empty((rows, w1.shape[0], 2))
+    return x.new_empty(x.shape), x.new_empty((rows, w1.shape[-2], 2))
 
 
 @torch.library.register_fake("ttt_kernels::swiglu_mlp_bwd")
@@ -163,15 +191,20 @@ def _swiglu_gate_bwd_bwd_fake(h, da, grad_h, cot_dh, cot_a):
     return h.new_empty(h.shape), da.new_empty(da.shape), h.new_empty(cot_dh.shape), da.new_empty(da.shape)
 
 
+def _clip_norm_fake(weights, batched):
+    if not weights:
+        return torch.empty((), dtype=torch.float32)
+    return weights[0].new_empty(weights[0].shape[:1] if batched else ())
+
+
 @torch.library.register_fake("ttt_kernels::clip_sgd_update")
-def _clip_sgd_update_fake(weights, grads, lr, max_norm):
-    norm = weights[0].new_empty(()) if weights else torch.empty((), dtype=torch.float32)
-    return [w.new_empty(w.shape) for w in weights], norm
+def _clip_sgd_update_fake(weights, grads, lr, max_norm, batched=False):
+    return [w.new_empty(w.shape) for w in weights], _clip_norm_fake(weights, batched)
 
 
 @torch.library.register_fake("ttt_kernels::clip_sgd_update_")
-def _clip_sgd_update_inplace_fake(weights, grads, lr, max_norm):
-    return weights[0].new_empty(()) if weights else torch.empty((), dtype=torch.float32)
+def _clip_sgd_update_inplace_fake(weights, grads, lr, max_norm, batched=False):
+    return _clip_norm_fake(weights, batched)
 
 
 @torch.library.register_fake("ttt_kernels::sgd_gemm_update_")
@@ -223,32 +256,44 @@ def _bwd_backward(ctx, u_x, u_w1, u_w3, u_w2):
     (as grad_h) to the gate's gradient.
     """
     grad_y, x, w1, w3, w2, h, grad_h = ctx.saved_tensors
-    d, m = x.shape[-1], w1.shape[0]
+    # Batches of matrices: x, grad_y [B, n, d] and weights [B, ...] (unbatched weights: B = 1, n = every row).
+    batched = w1.dim() == 3
+    d, m = x.shape[-1], w1.shape[-2]
     rows = x.numel() // d
+    shape = (w1.shape[0], rows // w1.shape[0], d) if batched else (1, rows, d)
     dtype = torch.promote_types(x.dtype, w1.dtype)
-    dy = grad_y.reshape(rows, d).to(dtype)
-    xf = x.reshape(rows, d).to(dtype)
+    dy = grad_y.reshape(shape).to(dtype)
+    xf = x.reshape(shape).to(dtype)
     w1f, w3f, w2f = (w.to(dtype) for w in (w1, w3, w2))
-    ux = None if u_x is None else u_x.reshape(rows, d).to(dtype)
+    ux = None if u_x is None else u_x.reshape(shape).to(dtype)
     u1, u3, u2 = (None if u is None else u.to(dtype) for u in (u_w1, u_w3, u_w2))
 
     def total(terms, shape):
         terms = [t for t in terms if t is not None]
         return sum(terms[1:], terms[0]) if terms else xf.new_zeros(shape)
 
-    c1 = total([None if ux is None else ux @ w1f.T, None if u1 is None else xf @ u1.T], (rows, m))
-    c3 = total([None if ux is None else ux @ w3f.T, None if u3 is None else xf @ u3.T], (rows, m))
-    cot_dh = torch.stack([c1, c3], dim=1)
-    ca = xf.new_zeros((rows, m)) if u2 is None else dy @ u2
+    def weight_grad(g, w):  # [B, r, c] (B = 1 for unbatched weights) -> w's shape and dtype
+        return g.reshape(w.shape).to(w.dtype)
+
+    hidden = (*shape[:2], m)
+    c1 = total([None if ux is None else ux @ w1f.mT, None if u1 is None else xf @ u1.mT], hidden)
+    c3 = total([None if ux is None else ux @ w3f.mT, None if u3 is None else xf @ u3.mT], hidden)
+    cot_dh = torch.stack([c1, c3], dim=2).reshape(rows, 2, m)
+    ca = xf.new_zeros(hidden) if u2 is None else dy @ u2
     cot_h, cot_da, dh, a = _ops.swiglu_gate_bwd_bwd(
-        h.to(dtype), dy @ w2f, None if grad_h is None else grad_h.to(dtype), cot_dh, ca
+        h.to(dtype),
+        (dy @ w2f).reshape(rows, m),
+        None if grad_h is None else grad_h.to(dtype),
+        cot_dh,
+        ca.reshape(rows, m),
     )
-    dh1, dh3 = dh[:, 0], dh[:, 1]
-    d_dy = total([cot_da @ w2f.T, None if u2 is None else a @ u2.T], (rows, d))
-    d_x = total([None if u1 is None else dh1 @ u1, None if u3 is None else dh3 @ u3], (rows, d))
-    d_w1 = None if ux is None else (dh1.T @ ux).to(w1.dtype)
-    d_w3 = None if ux is None else (dh3.T @ ux).to(w3.dtype)
-    d_w2 = (dy.T @ cot_da).to(w2.dtype)
+    dh1, dh3 = dh[:, 0].reshape(hidden), dh[:, 1].reshape(hidden)
+    cot_da, a = cot_da.reshape(hidden), a.reshape(hidden)
+    d_dy = total([cot_da @ w2f.mT, None if u2 is None else a @ u2.mT], shape)
+    d_x = total([None if u1 is None else dh1 @ u1, None if u3 is None else dh3 @ u3], shape)
+    d_w1 = None if ux is None else weight_grad(dh1.mT @ ux, w1)
+    d_w3 = None if ux is None else weight_grad(dh3.mT @ ux, w3)
+    d_w2 = weight_grad(dy.mT @ cot_da, w2)
     d_e = None if grad_h is None else cot_dh.transpose(1, 2).to(grad_h.dtype)
     return (
         d_dy.reshape(grad_y.shape).to(grad_y.dtype),
@@ -277,10 +322,10 @@ torch.library.register_autograd("ttt_kernels::swiglu_gate_bwd_bwd", _gate_bwd_bw
 
 
 def _clip_setup_context(ctx, inputs, output):
-    _, grads, lr, max_norm = inputs
+    _, grads, lr, max_norm, *batched = inputs
     _, norm = output
     ctx.save_for_backward(norm, *grads)
-    ctx.lr, ctx.max_norm = lr, max_norm
+    ctx.lr, ctx.max_norm, ctx.batched = lr, max_norm, bool(batched and batched[0])
     ctx.mark_non_differentiable(norm)
 
 
@@ -291,19 +336,29 @@ def _clip_backward(ctx, grad_new_weights, _grad_norm):
     (ds/dg = -(s / n^2) g when clipped). Written with differentiable torch ops, with the branch taken as in the
     forward and n^2 recomputed from the grads, so that it differentiates again (in g and U). Denominators are
     replaced by c^2 on the unclipped branch, so zero gradients yield no NaN, not even in the second derivative.
+    Batched, all of this holds per sequence: n, s and k are [B], summed over each tensor's other dimensions.
     """
     norm, *grads = ctx.saved_tensors
     lr, c = ctx.lr, ctx.max_norm
     us = [torch.zeros_like(g) if u is None else u for u, g in zip(grad_new_weights, grads)]
+    # One None per non-tensor input as the op was called: a default batched=False is not among them.
+    none = (None,) * (len(ctx.needs_input_grad) - 2)
     if math.isinf(c) or not grads:
-        return us, [-lr * u for u in us], None, None
+        return us, [-lr * u for u in us], *none
+
+    def per_sequence_sum(t):  # [B] when batched, 0-d otherwise
+        return t.flatten(1).sum(1) if ctx.batched else t.sum()
+
+    def per_element(v, g):  # [B] -> broadcastable to g
+        return v.view(-1, *(1,) * (g.dim() - 1)) if ctx.batched else v
+
     clipped = ~(norm < c)  # NaN norms take the clipped branch, as in the forward
-    n2 = sum((g * g).sum() for g in grads)
+    n2 = sum(per_sequence_sum(g * g) for g in grads)
     denom = torch.where(clipped, n2, torch.full_like(n2, c * c))
     s = torch.where(clipped, c * torch.rsqrt(denom), torch.ones_like(denom))
-    dot = sum((u * g).sum() for u, g in zip(us, grads))
+    dot = sum(per_sequence_sum(u * g) for u, g in zip(us, grads))
     k = torch.where(clipped, dot / denom, torch.zeros_like(denom))
-    return us, [-lr * s * (u - k * g) for u, g in zip(us, grads)], None, None
+    return us, [-lr * per_element(s, g) * (u - per_element(k, g) * g) for u, g in zip(us, grads)], *none
 
 
 torch.library.register_autograd("ttt_kernels::clip_sgd_update", _clip_backward, setup_context=_clip_setup_context)
