@@ -66,41 +66,31 @@ bool is_16bit(at::ScalarType t) { return t == at::kBFloat16 || t == at::kHalf; }
 // float64 for float64, float32 for every other float dtype: the CPU kernels' math type.
 at::ScalarType cpu_acc(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
-// out = alpha a b + beta out on the CPU (a [m, k], b [k, n]: 2-D views with any strides; out: [m, n] with unit
-// column stride): the AVX-512 sgemm (csrc/cpu/mlp_gemm.cpp) for float32 when cpu::use_sgemm(), else BLAS.
-void cpu_gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, double alpha = 1.0, double beta = 0.0) {
-  if (out.scalar_type() == at::kFloat && cpu::use_sgemm()) {
+// out [B, m, n] = alpha a b + beta out on the CPU for batches of matrices a [B, m, k], b [B, k, n] (any strides; out
+// with unit column stride): the AVX-512 sgemm (csrc/cpu/mlp_gemm.cpp) for float32 when cpu::use_sgemm(), else
+// (batched) BLAS.
+void cpu_bgemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, double alpha = 1.0, double beta = 0.0) {
+  const double flops = 2.0 * static_cast<double>(a.size(1)) * static_cast<double>(a.size(2)) * b.size(2);
+  if (out.scalar_type() == at::kFloat && cpu::use_sgemm(flops)) {
     SgemmParams g;
-    g.m = a.size(0);
-    g.n = b.size(1);
-    g.k = a.size(1);
+    g.batch = a.size(0);
+    g.a_bs = a.stride(0);
+    g.b_bs = b.stride(0);
+    g.c_bs = out.stride(0);
+    g.m = a.size(1);
+    g.n = b.size(2);
+    g.k = a.size(2);
     g.alpha = static_cast<float>(alpha);
     g.a = a.data_ptr<float>();
-    g.a_rs = a.stride(0);
-    g.a_cs = a.stride(1);
+    g.a_rs = a.stride(1);
+    g.a_cs = a.stride(2);
     g.b = b.data_ptr<float>();
-    g.b_rs = b.stride(0);
-    g.b_cs = b.stride(1);
+    g.b_rs = b.stride(1);
+    g.b_cs = b.stride(2);
     g.beta = static_cast<float>(beta);
     g.c = out.data_ptr<float>();
-    g.ldc = out.stride(0);
+    g.ldc = out.stride(1);
     cpu::sgemm(g);
-  } else if (alpha == 1.0 && beta == 0.0) {
-    at::mm_out(out, a, b);
-  } else {
-    out.addmm_(a, b, beta, alpha);
-  }
-}
-
-// out [B, m, n] = alpha a b + beta out for batches of matrices a [B, m, k], b [B, k, n] (any strides; out with unit
-// column stride). One batch entry is cpu_gemm; more are one batched BLAS call (the AVX-512 sgemm per entry when
-// cpu::use_sgemm()).
-void cpu_bgemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, double alpha = 1.0, double beta = 0.0) {
-  if (a.size(0) == 1 || (out.scalar_type() == at::kFloat && cpu::use_sgemm())) {
-    for (int64_t z = 0; z < a.size(0); ++z) {
-      at::Tensor entry = out[z];
-      cpu_gemm(entry, a[z], b[z], alpha, beta);
-    }
   } else if (alpha == 1.0 && beta == 0.0) {
     at::bmm_out(out, a, b);
   } else {
@@ -715,8 +705,8 @@ void sgd_gemm_update_cpu(const at::Tensor& weight, const at::Tensor& a, const at
 #endif
   const at::ScalarType wt = weight.scalar_type();
   // weight is contiguous (checked): the GEMM accumulates into it directly (beta = 1), the gradient is never stored.
-  at::Tensor w = weight;
-  cpu_gemm(w, a.to(wt).t(), b.to(wt), -step.item<double>(), 1.0);
+  at::Tensor w = weight.unsqueeze(0);
+  cpu_bgemm(w, a.to(wt).t().unsqueeze(0), b.to(wt).unsqueeze(0), -step.item<double>(), 1.0);
 }
 
 // ---- _mlp_gemm ------------------------------------------------------------------------------------------------------

@@ -145,8 +145,13 @@ struct GemmParams {
 };
 
 // float32 GEMM of the CPU path: C [m, n] = alpha A B + beta C, element (i, j) of A at a[i * a_rs + j * a_cs] (B
-// likewise; either may be transposed), C row-major with leading dimension ldc; beta == 0: C is not read.
+// likewise; either may be transposed), C row-major with leading dimension ldc; beta == 0: C is not read. A batch of
+// `batch` such GEMMs finds entry z's operands at a + z * a_bs, b + z * b_bs, c + z * c_bs.
 struct SgemmParams {
+  int64_t batch = 1;
+  int64_t a_bs = 0;
+  int64_t b_bs = 0;
+  int64_t c_bs = 0;
   int64_t m = 0;
   int64_t n = 0;
   int64_t k = 0;
@@ -165,12 +170,13 @@ struct SgemmParams {
 // CPU kernels (at::parallel_for over rows / chunks; vectorized): float32 and float64 tensors only (the torch glue
 // widens 16-bit tensors to float32 first).
 //   sgemm (csrc/cpu/mlp_gemm.cpp): AVX-512; sgemm_available() is false (and sgemm throws) in builds without
-//   AVX-512. use_sgemm(): whether the glue takes it over BLAS for float32: yes when available and the CPU is not an
-//   Intel one (MKL runs AVX2 code elsewhere); the environment variable TTT_KERNELS_CPU_GEMM=native / blas forces
-//   either.
+//   AVX-512. use_sgemm(flops): whether the glue takes it over BLAS for a float32 GEMM of that many flops (per batch
+//   entry): yes when available, the CPU is not an Intel one (MKL runs AVX2 code elsewhere) and the GEMM is large
+//   enough to repay packing all of B (below that BLAS's small-matrix paths win: the suffix chunks' GEMMs); the
+//   environment variable TTT_KERNELS_CPU_GEMM=native / blas forces either.
 namespace cpu {
 bool sgemm_available();
-bool use_sgemm();
+bool use_sgemm(double flops);
 void sgemm(const SgemmParams& params);
 void swiglu_fwd(const SwigluFwdParams& params);
 void swiglu_bwd(const SwigluBwdParams& params);
