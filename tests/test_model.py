@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from reference_model import naive_meta_loss, reference_copy
 
 from ttt_kernels.model import TTTE2EConfig, TTTE2EModel
+from ttt_kernels.model.model import _Recompute
 from ttt_kernels.op_counter import OpCounter
 
 
@@ -149,7 +150,26 @@ def test_config_json_round_trip():
 # Equivalence with the reference model and the naive spec
 
 
-_GROUPED = dict(checkpoint_group=2, checkpoint_prefix_group=1)
+_GROUPED = dict(checkpoint=True, checkpoint_group=2, checkpoint_prefix_group=1)
+
+
+@pytest.mark.parametrize("kept", [0, 1, 2, 4])
+def test_auto_checkpointing_matches_reference_model(monkeypatch, kept):
+    """checkpoint="auto" with k of the last chunks keeping their graphs (the rest recomputed) gives the reference's
+    losses and gradients for every split."""
+    monkeypatch.setattr(TTTE2EModel, "_kept_chunks", staticmethod(lambda n, *sizes: kept))
+    recomputed = []  # the chunks run as a _Recompute in the forward (prefix slices are runs of _slice_runner)
+    apply = _Recompute.apply
+    monkeypatch.setattr(
+        _Recompute, "apply", lambda run, *a: recomputed.append("_segment_runner" in run.__qualname__) or apply(run, *a)
+    )
+    model = _model(_config(bos_token_id=7), seed=kept)
+    tokens = _tokens(2, 5 * 16 + 1, kept)
+    loss, per_chunk, grads = _loss_and_grads(model, tokens)
+    assert sum(recomputed) == 4 - kept  # chunk 0 and the last `kept` chunks keep their graphs
+    ref_loss, ref_per_chunk, ref_grads = _loss_and_grads(reference_copy(model), tokens, checkpoint=False)
+    _assert_close(per_chunk, ref_per_chunk, "per-chunk losses")
+    _assert_close(grads, ref_grads, "grad")
 
 
 @pytest.mark.parametrize(
@@ -196,7 +216,12 @@ def test_matches_naive_spec(overrides):
         (dict(), 5, 1, {}),  # slices of 16 < window - 1: a slice reads the tails of the two before it
         (dict(window=24, num_kv_heads=1), 7, 1, {}),  # window not a multiple of b, GQA
         (dict(window=16), 7, 3, {}),  # slices of 48 > window: tails of 15 positions; a shorter last slice
-        (dict(window=40, num_kv_heads=1, num_suffix_layers=1), 9, 2, dict(checkpoint_group=2)),  # T = 144, 3 prefix
+        (
+            dict(window=40, num_kv_heads=1, num_suffix_layers=1),
+            9,
+            2,
+            dict(checkpoint=True, checkpoint_group=2),
+        ),  # T = 144, 3 prefix
         (dict(bos_token_id=7), 3, 8, {}),  # one slice
         (dict(), 4, 1, dict(first_order=True)),
         (dict(ttt=False, window=24), 7, 2, {}),  # the SWA baseline: every block in slices
@@ -252,6 +277,10 @@ def test_meta_loss_argument_errors():
         model.meta_loss(_tokens(1, 33, 0).double())
     with pytest.raises(ValueError, match="checkpoint_group"):
         model.meta_loss(_tokens(1, 33, 0), checkpoint_group=0)
+    with pytest.raises(ValueError, match="checkpoint_group > 1 needs checkpoint=True"):
+        model.meta_loss(_tokens(1, 33, 0), checkpoint_group=2)
+    with pytest.raises(ValueError, match="checkpoint must be True, False or 'auto'"):
+        model.meta_loss(_tokens(1, 33, 0), checkpoint="chunk")
     with pytest.raises(ValueError, match="checkpoint_prefix_group"):
         model.meta_loss(_tokens(1, 33, 0), checkpoint_prefix_group=0)
     with pytest.raises(ValueError, match="ops must be one of"):
@@ -294,9 +323,10 @@ def test_no_host_synchronization():
         model.meta_loss(tokens)[0].backward()  # warm-up
         state = model.prefill(tokens[:, :40])
         counts = {}
-        with OpCounter() as ops:
-            model.meta_loss(tokens)[0].backward()
-        counts["meta_loss"] = ops
+        for mode in (True, "auto"):  # "auto" keeps a number of chunk graphs that depends on the batch size
+            with OpCounter() as ops:
+                model.meta_loss(tokens, checkpoint=mode)[0].backward()
+            counts[f"meta_loss {mode}"] = ops
         with OpCounter() as ops:
             model.prefill(tokens[:, 40:], state)
         counts["prefill"] = ops
@@ -307,7 +337,7 @@ def test_no_host_synchronization():
         for what, ops in counts.items():
             assert ops.total > 100, what
             assert ops.counts["aten._local_scalar_dense"] == 0, what
-        totals[batch] = {what: ops.total for what, ops in counts.items()}
+        totals[batch] = {what: ops.total for what, ops in counts.items() if what != "meta_loss auto"}
     assert totals[2] == totals[5]
 
 
@@ -329,7 +359,9 @@ def test_matches_reference_model_small_preset():
     model = _model(TTTE2EConfig.preset("small", bos_token_id=0), seed=6)
     tokens = _tokens(2, 5 * 128 + 1, seed=6)
     tokens[1, 100:110] = 0
-    loss, per_chunk, grads = _loss_and_grads(model, tokens, checkpoint_group=2, checkpoint_prefix_group=2)
+    loss, per_chunk, grads = _loss_and_grads(
+        model, tokens, checkpoint=True, checkpoint_group=2, checkpoint_prefix_group=2
+    )
     ref_loss, ref_per_chunk, ref_grads = _loss_and_grads(reference_copy(model), tokens, checkpoint=False)
     _assert_close(per_chunk, ref_per_chunk, "per-chunk losses")
     _assert_close(grads, ref_grads, "grad")
@@ -367,9 +399,9 @@ def test_checkpointing_bounds_held_memory():
     model = _model(_config()).float()
     modes = {
         "none": dict(checkpoint=False, checkpoint_prefix=False),
-        "chunk": dict(checkpoint_prefix=False),
-        "chunk+prefix": {},
-        "group+prefix": dict(checkpoint_group=4),
+        "chunk": dict(checkpoint=True, checkpoint_prefix=False),
+        "chunk+prefix": dict(checkpoint=True),
+        "group+prefix": dict(checkpoint=True, checkpoint_group=4),
     }
     growth = {name: _held_growth(model, **kw) for name, kw in modes.items()}
     fast_bytes = 8 * sum(w.numel() * 4 for w in model.initial_fast_weights(1))  # W_{i-1} of 8 chunks
@@ -378,6 +410,23 @@ def test_checkpointing_bounds_held_memory():
     # the prefix output, keys/values and the chunks' small tensors.
     assert growth["chunk+prefix"] < growth["chunk"] - 1.5e6 and growth["chunk+prefix"] < 1.25 * fast_bytes, growth
     assert growth["group+prefix"] * 2.5 < growth["chunk+prefix"], growth
+
+
+def test_auto_checkpointing_holds_at_most_half_more(monkeypatch):
+    """checkpoint="auto" keeps the graphs of the last chunks within half of what recomputing every chunk holds (the
+    64 MiB floor of that budget removed, so that it binds on these small problems), and all of them where they fit
+    the floor."""
+    model = _model(_config()).float()
+    for n_chunks in (4, 16, 64):
+        tokens = _tokens(1, n_chunks * 16 + 1, 0)
+        every = _held_bytes(model, tokens, checkpoint=False)
+        if every < 60 << 20:  # fits the floor: every graph is kept
+            assert _held_bytes(model, tokens) == every
+        with monkeypatch.context() as patch:
+            patch.setattr("ttt_kernels.model.model._AUTO_MIN_BUDGET", 0)
+            held = {mode: _held_bytes(model, tokens, checkpoint=mode) for mode in (True, "auto")}
+        assert held[True] < held["auto"] <= 1.5 * held[True], (n_chunks, held)
+        assert held["auto"] < every, (n_chunks, held)
 
 
 def test_prefix_slices_bound_held_memory():

@@ -74,7 +74,8 @@ def _train_parser(sub) -> None:
     g.add_argument(
         "--checkpointing",
         choices=tuple(CHECKPOINTING),
-        help="activation checkpointing of meta-training: none (fastest), chunk (default), group4 (least memory)",
+        help="activation checkpointing of meta-training: auto (default: recompute only above a memory budget), none "
+        "(fastest), chunk, group4 (least memory)",
     )
     g = p.add_argument_group("validation and checkpoints")
     g.add_argument("--val-every", type=int, help=f"validate every N steps, 0: never (default {D['val_every']})")

@@ -44,13 +44,15 @@ TRAIN_DEFAULTS = {
     "inner_lr_start": 0.1,
     "inner_warmup": None,
     "seed": 0,
-    "checkpointing": "chunk",
+    "checkpointing": "auto",
     "val_every": 50,
     "val_windows": 16,
 }
 BASELINES = ("ttt", "swa", "full")
-# meta_loss's activation checkpointing (docs/model.md): none is fastest, chunk/group4 keep less memory per token.
+# meta_loss's activation checkpointing (docs/model.md): none is fastest, chunk/group4 keep less memory per token, auto
+# recomputes only the chunks whose graphs exceed a memory budget.
 CHECKPOINTING = {
+    "auto": dict(checkpoint="auto"),
     "none": dict(checkpoint=False),
     "chunk": dict(checkpoint=True),
     "group4": dict(checkpoint=True, checkpoint_group=4, checkpoint_prefix=True),

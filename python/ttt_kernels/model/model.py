@@ -8,6 +8,7 @@ batch dim ([B, m, d], [B, m, d], [B, d, m], torch Linear convention per sequence
 model).
 """
 
+import contextlib
 import dataclasses
 import math
 
@@ -19,7 +20,10 @@ from . import official
 from .config import TTTE2EConfig, check_int
 from .opset import OPSETS
 
-KV = tuple[torch.Tensor, torch.Tensor]  # keys (after QK-norm and RoPE) and values, [B, n, Hkv, hd] each
+KV = tuple[torch.Tensor, torch.Tensor]
+
+# meta_loss(checkpoint="auto") keeps chunk graphs of at least this many bytes without recomputing them.
+_AUTO_MIN_BUDGET = 64 << 20  # keys (after QK-norm and RoPE) and values, [B, n, Hkv, hd] each
 
 
 class _Norm(nn.Module):
@@ -119,6 +123,40 @@ class _MetaArgs:
     first_order: bool
     n_hist: int  # chunks of keys a chunk can see: ceil((k-1)/b)
     params: list  # parameters the suffix chunks read (see TTTE2EModel._chunk_params)
+
+
+class _SavedBytes:
+    """``with _SavedBytes(exclude) as saved: ...`` counts the bytes of the distinct storages autograd saves for the
+    backward meanwhile (what the graph built there holds), storages in ``exclude`` (data pointers) left out. Reads
+    sizes only: no host synchronization. Saved-tensor hooks the caller installed (e.g. offloading to the CPU) still
+    apply: the counting hooks pass every tensor on to them."""
+
+    def __init__(self, exclude=()):
+        self.exclude = set(exclude)
+        self.storages = {}
+        top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", lambda _: None)
+        self._outer = top(False)
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+
+    def _pack(self, t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in self.exclude:
+            self.storages[storage.data_ptr()] = storage.nbytes()
+        return t if self._outer is None else self._outer[0](t)
+
+    def _unpack(self, packed):
+        return packed if self._outer is None else self._outer[1](packed)
+
+    def __enter__(self):
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._hooks.__exit__(*exc)
+
+    @property
+    def total(self) -> int:
+        return sum(self.storages.values())
 
 
 class _Recompute(torch.autograd.Function):
@@ -336,7 +374,7 @@ class TTTE2EModel(nn.Module):
         inner_lr: float = 1.0,
         *,
         first_order: bool = False,
-        checkpoint: bool = True,
+        checkpoint: bool | str = "auto",
         checkpoint_group: int = 1,
         checkpoint_prefix: bool | None = None,
         checkpoint_prefix_group: int | None = None,
@@ -348,11 +386,16 @@ class TTTE2EModel(nn.Module):
         mean over sequences and chunks; per_chunk_losses [B, T/b]). loss.backward() differentiates through every
         inner step: second order, unless ``first_order`` (the inner gradients are then treated as constants).
 
-        ``checkpoint``: keep only each chunk's inputs (prefix output, fast weights, earlier keys/values) and
-        recompute the chunk in the backward. ``checkpoint_group`` > 1 adds a second level: only every
-        ``checkpoint_group``-th chunk's fast weights are kept; a group of chunks is recomputed in the backward,
-        chunk by chunk. ``checkpoint_prefix``: run the prefix blocks in slices of ``checkpoint_prefix_group`` chunks
-        (default: the chunks covering two windows, ceil(2k/b)), each but the last recomputed in the backward: a slice
+        ``checkpoint``: True keeps only each chunk's inputs (prefix output, fast weights, earlier keys/values) and
+        recomputes the chunk in the backward; False keeps every chunk's graph. ``"auto"`` (the default) keeps the
+        graphs of as many of the last chunks as fit in a memory budget, half of what True holds (so that the peak
+        stays within about 1.5x of True's), and recomputes the chunks before them: the first chunk runs without
+        recomputation and the bytes its graph saves set how many more fit; graphs of 64 MiB in all are kept in any
+        case (docs/model.md, "Checkpointing"). ``checkpoint_group`` > 1 (with ``checkpoint=True``) adds a second
+        level: only every ``checkpoint_group``-th chunk's fast weights are kept; a group of chunks is recomputed in
+        the backward, chunk by chunk. ``checkpoint_prefix``: run the prefix blocks in slices of
+        ``checkpoint_prefix_group`` chunks (default: the chunks covering two windows, ceil(2k/b)), each but the last
+        recomputed in the backward: a slice
         keeps only its input (the embedding of its tokens) and, per prefix block, the keys/values of its last k-1
         positions (the window the next slices read), so the prefix blocks' activations are never held for the whole
         sequence. With ``config.ttt`` False (the baselines) every block is a prefix block in this sense. The default
@@ -370,6 +413,12 @@ class TTTE2EModel(nn.Module):
                 f"a multiple of mini_batch_size ({b})"
             )
         check_int(checkpoint_group, "TTTE2EModel.meta_loss: checkpoint_group")
+        if checkpoint not in (True, False, "auto"):
+            raise ValueError(f"TTTE2EModel.meta_loss: checkpoint must be True, False or 'auto', got {checkpoint!r}")
+        if checkpoint_group > 1 and checkpoint is not True:
+            raise ValueError(
+                f"TTTE2EModel.meta_loss: checkpoint_group > 1 needs checkpoint=True, got checkpoint={checkpoint!r}"
+            )
         if checkpoint_prefix is None:
             checkpoint_prefix = c.ttt
         if checkpoint_prefix_group is None:
@@ -382,27 +431,65 @@ class TTTE2EModel(nn.Module):
 
         # Blocks without inner steps: the prefix, or every block with TTT off.
         blocks = list(self.prefix_blocks if c.ttt else self.blocks)
-        h = self.embed(inputs)
-        if checkpoint_prefix and blocks and torch.is_grad_enabled():
-            h = self._sliced_blocks(blocks, h, checkpoint_prefix_group * b)
-        else:
-            for blk in blocks:
-                h = self._block(blk, h, 0, [], self._static_fast_or_none(blk))[0]
+        budgeted = checkpoint == "auto" and c.ttt and torch.is_grad_enabled()
+        prefix_saved = _SavedBytes()  # what the prefix's graph holds, part of "auto"'s budget
+        with prefix_saved if budgeted else contextlib.nullcontext():
+            h = self.embed(inputs)
+            if checkpoint_prefix and blocks and torch.is_grad_enabled():
+                h = self._sliced_blocks(blocks, h, checkpoint_prefix_group * b)
+            else:
+                for blk in blocks:
+                    h = self._block(blk, h, 0, [], self._static_fast_or_none(blk))[0]
         if not c.ttt:
             ce, valid = self._token_losses(h, targets)
             per_chunk = ce.view(bsz, n_chunks, b).sum(2) / valid.view(bsz, n_chunks, b).sum(2).clamp(min=1)
             return per_chunk.mean(), per_chunk
 
-        if checkpoint:
-            levels = (checkpoint_group, 1) if checkpoint_group > 1 else (1,)
-        else:
-            levels = ()
         fast = self.initial_fast_weights(bsz)
         hist = [[] for _ in range(c.num_suffix_layers)]
         meta = _MetaArgs(inner_lr, first_order, -(-(c.window - 1) // b), self._chunk_params())
-        losses, _, _ = self._segment(h, targets, 0, fast, hist, meta, False, torch.is_grad_enabled(), levels)
+        if budgeted:
+            losses = self._budgeted_segments(h, targets, fast, meta, prefix_saved.total)
+        else:
+            if checkpoint is True:
+                levels = (checkpoint_group, 1) if checkpoint_group > 1 else (1,)
+            else:
+                levels = ()
+            losses, _, _ = self._segment(h, targets, 0, fast, hist, meta, False, torch.is_grad_enabled(), levels)
         per_chunk = torch.stack(losses, 1)
         return per_chunk.mean(), per_chunk
+
+    def _budgeted_segments(self, h, targets, fast: tuple, meta: _MetaArgs, prefix_bytes: int) -> list:
+        """The inner loop of ``checkpoint="auto"`` over h [B, n*b, d]: chunk 0 keeps its graph, which is measured
+        (G bytes); with C the bytes a recomputed chunk keeps (its fast weights and keys/values) and P those of the
+        prefix, the last k chunks keep their graphs, k G <= max((P + n C) / 2, 64 MiB) (half of what recomputing
+        every chunk holds; _kept_chunks), and the chunks between are recomputed. Kept graphs of the last chunks are
+        freed first by the backward, before any recomputation. Returns [loss [B] per chunk]."""
+        b, s = self.config.mini_batch_size, self.config.num_suffix_layers
+        n = h.shape[1] // b
+        with _SavedBytes(exclude={h.untyped_storage().data_ptr()}) as first:
+            losses, fast, kvs = self._segment(h[:, :b], targets[:, :b], 0, fast, [[]] * s, meta, n > 1, True, ())
+        hist = [_last(kvs[j], meta.n_hist) for j in range(s)]
+        chunk_bytes = sum(t.numel() * t.element_size() for t in (*fast, *_flatten_kv([kv[-1:] for kv in kvs])))
+        split = n - self._kept_chunks(n, prefix_bytes, chunk_bytes, first.total)
+        # chunks [1, split) are recomputed, [split, n) keep their graphs
+        for lo, hi, levels in ((1, split, (1,)), (split, n, ())):
+            if lo == hi:
+                continue
+            seg_losses, fast, kvs = self._segment(
+                h[:, lo * b : hi * b], targets[:, lo * b : hi * b], lo * b, fast, hist, meta, hi < n, True, levels
+            )
+            losses += seg_losses
+            hist = [_last(hist[j] + kvs[j], meta.n_hist) for j in range(s)]
+        return losses
+
+    @staticmethod
+    def _kept_chunks(n: int, prefix_bytes: int, chunk_bytes: int, graph_bytes: int) -> int:
+        """How many of chunks 1..n-1 keep their graphs under checkpoint="auto": k graph_bytes <= the budget, half of
+        what recomputing every chunk holds (prefix_bytes + n chunk_bytes), and at least _AUTO_MIN_BUDGET (small
+        problems keep every graph: their peak is set by the working set, not by what the graph holds)."""
+        budget = max((prefix_bytes + n * chunk_bytes) // 2, _AUTO_MIN_BUDGET)
+        return min(n - 1, budget // max(graph_bytes, 1))
 
     def _static_fast_or_none(self, blk: _Block):
         """W_0 for a block with a dynamic MLP run without inner steps (TTT off), None for a prefix block."""
