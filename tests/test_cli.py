@@ -7,6 +7,7 @@ Commands run in-process through ``ttt_kernels.cli.main(argv)``; one test runs ``
 import glob
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -250,8 +251,17 @@ def test_bench_runs_the_quick_scripts(capsys):
 
 def test_subprocess_entry_points(tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    env.pop("OMP_WAIT_POLICY", None)
     r = subprocess.run([sys.executable, "-m", "ttt_kernels", "info"], capture_output=True, text=True, env=env)
-    assert r.returncode == 0 and "torch" in r.stdout
+    # The command line restarts itself with passive OpenMP threads (no spinning beside other processes)...
+    assert r.returncode == 0 and "torch" in r.stdout and re.search(r"OpenMP wait\s+PASSIVE", r.stdout), r.stdout
+    r = subprocess.run(  # ... unless the user chose a policy
+        [sys.executable, "-m", "ttt_kernels", "info"],
+        capture_output=True,
+        text=True,
+        env={**env, "OMP_WAIT_POLICY": "active"},
+    )
+    assert r.returncode == 0 and re.search(r"OpenMP wait\s+active", r.stdout), r.stdout
     r = subprocess.run(
         [sys.executable, "-m", "ttt_kernels", "eval", str(tmp_path / "nope")], capture_output=True, text=True, env=env
     )

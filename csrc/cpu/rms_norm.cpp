@@ -128,7 +128,9 @@ void bwd(const RmsNormParams& p) {
   const A* rstd = static_cast<const A*>(p.rstd);
   T* dx = static_cast<T*>(p.grad_x);
 
-  const int64_t chunks = std::clamp<int64_t>(ceil_div(p.rows, kMinChunkRows), 1, kMaxChunks);
+  // A chunk holds kGrainElements elements at least: small inputs run on the calling thread.
+  const int64_t min_rows = std::max<int64_t>(kMinChunkRows, kGrainElements / dim);
+  const int64_t chunks = std::clamp<int64_t>(ceil_div(p.rows, min_rows), 1, kMaxChunks);
   const int64_t chunk_rows = ceil_div(p.rows, chunks);
   // [chunks, dim] grad_weight partials, one per chunk of rows.
   const std::unique_ptr<A[]> partials(new A[chunks * dim]);

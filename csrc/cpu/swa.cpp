@@ -76,7 +76,7 @@ void fwd(const SwaParams& p) {
     return Scratch{alloc<T>(dim * kTile), alloc<T>(kTile * kTile), alloc<T>(kTile * dim),
                    alloc<T>(kTile),       alloc<T>(kTile),         alloc<T>(kTile)};
   };
-  for_each_task(p.batch * p.heads_q * qtiles, make, [&](int64_t task, Scratch& sc) {
+  for_each_task(p, p.batch * p.heads_q * qtiles, make, [&](int64_t task, Scratch& sc) {
     const int64_t n = g.first_query_tile + task % qtiles;
     const int64_t b = task / qtiles / p.heads_q, h = task / qtiles % p.heads_q, kvh = h / group;
     const int64_t t0 = g.start(n), col_lo = g.query_lo(n), i0 = t0 - g.off;  // query index of column 0

@@ -108,7 +108,7 @@ class DoubleBwd {
   void row_statistics() {
     constexpr int L = kLanes<T>, NV = kTileVecs<T>;
     const int64_t qtiles = g_.ntiles - g_.first_query_tile;
-    for_each_task(p_.batch * p_.heads_q * qtiles, [&] { return make_scratch(); }, [&](int64_t task, Scratch& sc) {
+    for_each_task(p_, p_.batch * p_.heads_q * qtiles, [&] { return make_scratch(); }, [&](int64_t task, Scratch& sc) {
       const int64_t n = g_.first_query_tile + task % qtiles;
       const int64_t b = task / qtiles / p_.heads_q, h = task / qtiles % p_.heads_q;
       const int64_t kvh = h / (p_.heads_q / p_.heads_kv);

@@ -309,13 +309,25 @@ Buffer<T> alloc(int64_t n) {
   return Buffer<T>(static_cast<T*>(::operator new[](std::max<int64_t>(n, 1) * sizeof(T), std::align_val_t{64})));
 }
 
-// Runs body(task, scratch) for every task in [0, tasks) on all threads, each with its own scratch = make(). Tasks
-// are handed out one at a time (their costs differ: tiles near the sequence start see fewer keys); each writes
-// disjoint outputs, so results do not depend on which thread runs which task.
+// Attention passes of fewer flops run on the calling thread (tens of microseconds, e.g. a decode step): forking a
+// thread team costs more, and on a machine shared with another busy process a preempted worker stalls the team.
+constexpr double kParallelFlops = 1 << 22;
+
+// The flops of S = Q K^T and O = P V over every query's window: the scale of each attention pass.
+inline double window_flops(const SwaParams& p) {
+  return 4.0 * static_cast<double>(p.batch * p.heads_q * p.seqlen_q) *
+         static_cast<double>(std::min(p.window, p.seqlen_k) * p.head_dim);
+}
+
+// Runs body(task, scratch) for every task in [0, tasks) on all threads (on the calling thread alone for a pass below
+// kParallelFlops, see window_flops), each with its own scratch = make(). Tasks are handed out one at a time (their
+// costs differ: tiles near the sequence start see fewer keys); each writes disjoint outputs, so results do not
+// depend on which thread runs which task.
 template <typename Make, typename Body>
-void for_each_task(int64_t tasks, const Make& make, const Body& body) {
+void for_each_task(const SwaParams& p, int64_t tasks, const Make& make, const Body& body) {
   std::atomic<int64_t> next{0};
-  at::parallel_for(0, std::min<int64_t>(tasks, at::get_num_threads()), 1, [&](int64_t, int64_t) {
+  const int64_t workers = window_flops(p) < kParallelFlops ? 1 : std::min<int64_t>(tasks, at::get_num_threads());
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
     auto scratch = make();
     for (int64_t task = next++; task < tasks; task = next++) body(task, scratch);
   });
@@ -375,7 +387,8 @@ void dout_dot_out(const SwaParams& p, T* d) {
   const Rows<const T> out = rows_of<const T>(p.out, p.o_batch_stride, p.o_row_stride, p.o_head_stride);
   const Rows<const T> dout = rows_of<const T>(p.dout, p.do_batch_stride, p.do_row_stride, p.do_head_stride);
   const int64_t dim = p.head_dim;
-  at::parallel_for(0, p.batch * p.heads_q * p.seqlen_q, std::max<int64_t>(1, 4096 / dim), [&](int64_t lo, int64_t hi) {
+  const int64_t grain = std::max<int64_t>(1, (1 << 15) / dim);  // rows of 32K elements per thread at least
+  at::parallel_for(0, p.batch * p.heads_q * p.seqlen_q, grain, [&](int64_t lo, int64_t hi) {
     for (int64_t r = lo; r < hi; ++r) {
       const int64_t i = r % p.seqlen_q, h = r / p.seqlen_q % p.heads_q, b = r / p.seqlen_q / p.heads_q;
       const T* o_row = out.at(b, h, i);
@@ -434,7 +447,7 @@ void key_chunk_pass(const SwaParams& p, const std::array<Rows<T>, kQueryOuts>& q
     for (auto& buffer : sc.key) buffer = alloc<T>(chunk_elems);
     return sc;
   };
-  for_each_task(p.batch * p.heads_kv * chunks.count, make_scratch, [&](int64_t task, Scratch& sc) {
+  for_each_task(p, p.batch * p.heads_kv * chunks.count, make_scratch, [&](int64_t task, Scratch& sc) {
     const int64_t c = task % chunks.count, kvh = task / chunks.count % p.heads_kv;
     const int64_t b = task / chunks.count / p.heads_kv;
     const int64_t kt_begin = chunks.first_tile(c), kt_end = chunks.end_tile(c);
@@ -468,7 +481,8 @@ void key_chunk_pass(const SwaParams& p, const std::array<Rows<T>, kQueryOuts>& q
 
   // The query outputs += the spill partials of the earlier chunks that see each query tile, in chunk order.
   const int64_t qtiles = g.ntiles - g.first_query_tile;
-  at::parallel_for(0, p.batch * p.heads_q * qtiles, 1, [&](int64_t lo, int64_t hi) {
+  const int64_t tasks = p.batch * p.heads_q * qtiles;
+  at::parallel_for(0, tasks, window_flops(p) < kParallelFlops ? tasks : 1, [&](int64_t lo, int64_t hi) {
     for (int64_t task = lo; task < hi; ++task) {
       const int64_t n = g.first_query_tile + task % qtiles;
       const int64_t b = task / qtiles / p.heads_q, h = task / qtiles % p.heads_q;

@@ -60,6 +60,7 @@ def info() -> None:
         ("torch", f"{torch.__version__} (built against {b['torch_version']})"),
         ("CPU ISA", b["cpu_isa"]),
         ("CPU threads", str(torch.get_num_threads())),
+        ("OpenMP wait", os.environ.get("OMP_WAIT_POLICY", "not set (idle threads spin)")),
         ("CUDA", cuda),
         ("simulator", "built" if b["simulator"] else "not built"),
     ]
