@@ -1,5 +1,12 @@
-"""CPU benchmark of the TTT-E2E model: meta-training throughput, prefill latency against the sliding-window and
-full-attention baselines (same code path, TTT off / window >= context), and peak memory of meta-training vs T.
+"""CPU benchmark of the TTT-E2E model: the step against the same model on the reference ops, meta-training
+throughput, prefill latency against the sliding-window and full-attention baselines (same code path, TTT off /
+window >= context), and peak memory of meta-training vs T.
+
+- steps: one meta step (meta_loss forward + backward, second order, default checkpointing) and one forward with TTT
+  (prefill: one first-order inner step per chunk) at tiny B=1, 2, 8 (T=1K) and small B=1 (T=4K), on the package's
+  ops and on the reference ops (``ops="reference"``, same model and tokens), the variants interleaved repetition by
+  repetition; tokens/s (all sequences), op calls per step (the ops reaching the dispatcher, OpCounter) and peak RSS
+  above the process's baseline (one subprocess per point).
 
 - meta-train: tokens/s of one meta_loss forward + backward (full second order, batch 1), for TTT-E2E (default
   checkpointing: per chunk, prefix blocks in recomputed slices), TTT-E2E with the prefix blocks run over the whole
@@ -27,6 +34,7 @@ import torch
 
 import ttt_kernels
 from ttt_kernels.model import TTTE2EConfig, TTTE2EModel
+from ttt_kernels.op_counter import OpCounter
 
 MEMORY_MODES = {
     "none": dict(checkpoint=False, checkpoint_prefix=False),
@@ -48,8 +56,71 @@ def _model(preset: str, **overrides) -> TTTE2EModel:
     return TTTE2EModel(TTTE2EConfig.preset(preset, **overrides)).eval()
 
 
-def _tokens(length: int, vocab: int) -> torch.Tensor:
-    return torch.randint(0, vocab, (1, length), generator=torch.Generator().manual_seed(1))
+def _tokens(length: int, vocab: int, batch: int = 1) -> torch.Tensor:
+    return torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(1))
+
+
+STEP_CONFIGS = (("tiny", 1, 1024), ("tiny", 2, 1024), ("tiny", 8, 1024), ("small", 1, 4096))  # preset, B, T
+STEP_KINDS = ("meta step", "forward with TTT")
+
+
+def _step(model: TTTE2EModel, kind: str, tokens: torch.Tensor):
+    """One meta step (tokens [B, T+1]) or one forward with TTT (prefill of tokens[:, :T])."""
+    if kind == "meta step":
+        model.zero_grad(set_to_none=True)
+        model.meta_loss(tokens)[0].backward()
+    else:
+        model.prefill(tokens[:, :-1])
+
+
+def _step_child(preset: str, batch: int, t: int, ops: str, kind: str) -> None:
+    """Runs one step after a warm-up one and prints its peak RSS above the baseline (MiB), as JSON."""
+    model = _model(preset)
+    model.ops = ops
+    tokens = _tokens(t + 1, model.config.vocab_size, batch)
+    _step(model, kind, tokens[:, : model.config.mini_batch_size + 1])  # warm up allocator and ops
+    base = _peak_rss_kib()
+    _step(model, kind, tokens)
+    print(json.dumps(dict(peak_mib=(_peak_rss_kib() - base) / 1024)))
+
+
+def bench_steps(configs, repeats: int, measure_memory: bool = True) -> list[dict]:
+    """Package ops vs reference ops per (config, step kind): median/min/max seconds over interleaved repetitions,
+    tokens/s, op calls of one step, peak RSS."""
+    rows = []
+    for preset, batch, t in configs:
+        models = {}
+        for ops in ("package", "reference"):
+            models[ops] = _model(preset)
+            models[ops].ops = ops
+        tokens = _tokens(t + 1, models["package"].config.vocab_size, batch)
+        for kind in STEP_KINDS:
+            times = {ops: [] for ops in models}
+            counts = {}
+            for ops, model in models.items():
+                _step(model, kind, tokens)  # warm-up
+                with OpCounter() as counter:
+                    _step(model, kind, tokens)
+                counts[ops] = counter.total
+            for _ in range(repeats):
+                for ops, model in models.items():
+                    start = time.perf_counter()
+                    _step(model, kind, tokens)
+                    times[ops].append(time.perf_counter() - start)
+            for ops in models:
+                peak = _child_json("--step-child", preset, batch, t, ops, kind)["peak_mib"] if measure_memory else None
+                med = statistics.median(times[ops])
+                row = dict(preset=preset, batch=batch, tokens=t, kind=kind, ops=ops, seconds=med,
+                           min_seconds=min(times[ops]), max_seconds=max(times[ops]), tokens_per_s=batch * t / med,
+                           op_calls=counts[ops], peak_mib=peak)  # fmt: skip
+                rows.append(row)
+                print(
+                    f"step        {preset:<6} B={batch:<2} T={t:<5} {kind:<17} {ops:<9} {med * 1e3:8.0f} ms "
+                    f"[{min(times[ops]) * 1e3:.0f}, {max(times[ops]) * 1e3:.0f}] {batch * t / med:8.0f} tokens/s "
+                    f"{counts[ops]:7d} op calls" + (f" {peak:6.0f} MiB" if peak is not None else ""),
+                    flush=True,
+                )
+    return rows
 
 
 def _median_seconds(fn, repeats: int, warmup: int = 1) -> float:
@@ -130,26 +201,18 @@ def _memory_child(preset: str, t: int, mode: str) -> None:
     print(json.dumps(dict(peak_mib=(_peak_rss_kib() - base) / 1024, seconds=seconds)))
 
 
+def _child_json(flag: str, *args) -> dict:
+    """Runs this script with ``flag args`` (a measurement in a fresh process) and returns the JSON it prints last."""
+    command = [sys.executable, __file__, "--threads", str(torch.get_num_threads()), flag, *map(str, args)]
+    out = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def bench_memory(preset: str, lengths, modes) -> list[dict]:
     rows = []
     for t in lengths:
         for mode in modes:
-            out = subprocess.run(
-                [
-                    sys.executable,
-                    __file__,
-                    "--threads",
-                    str(torch.get_num_threads()),
-                    "--memory-child",
-                    preset,
-                    str(t),
-                    mode,
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            r = json.loads(out.stdout.strip().splitlines()[-1])
+            r = _child_json("--memory-child", preset, t, mode)
             rows.append(dict(preset=preset, tokens=t, mode=mode, **r))
             print(
                 f"memory      {preset:<6} {mode:<14} T={t:<6} peak {r['peak_mib']:8.0f} MiB above baseline "
@@ -169,6 +232,24 @@ def _print_prefill_table(rows) -> None:
         print(
             f"{preset:<7}{ctx:>8}{v['ttt-e2e']:>10.1f}{v['swa']:>10.1f}{v['full attention']:>10.1f}"
             f"{v['full attention'] / v['ttt-e2e']:>10.2f}"
+        )
+
+
+def _print_step_table(rows) -> None:
+    """Per (config, kind): package and reference ops side by side, and the ratio."""
+    table = {}
+    for r in rows:
+        table.setdefault((r["preset"], r["batch"], r["tokens"], r["kind"]), {})[r["ops"]] = r
+    print(
+        f"\n{'preset':<7}{'B':>3}{'T':>6}  {'step':<17}{'package':>10}{'reference':>11}{'speed-up':>9}"
+        f"{'op calls':>17}{'peak MiB':>16}   (tokens/s, all sequences)"
+    )
+    for (preset, batch, t, kind), v in table.items():
+        p, ref = v["package"], v["reference"]
+        peaks = "" if p["peak_mib"] is None else f"{p['peak_mib']:>8.0f}/{ref['peak_mib']:<7.0f}"
+        print(
+            f"{preset:<7}{batch:>3}{t:>6}  {kind:<17}{p['tokens_per_s']:>10.0f}{ref['tokens_per_s']:>11.0f}"
+            f"{ref['seconds'] / p['seconds']:>8.2f}x{p['op_calls']:>8}/{ref['op_calls']:<8}{peaks}"
         )
 
 
@@ -199,17 +280,22 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repeats, contexts up to 8K, memory up to 8K")
     parser.add_argument("--presets", nargs="+", default=["tiny", "small"])
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["meta-train", "prefill", "memory"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["steps", "meta-train", "prefill", "memory"])
     parser.add_argument("--memory-modes", nargs="+", default=list(MEMORY_MODES), choices=list(MEMORY_MODES))
     parser.add_argument("--memory-lengths", nargs="+", type=int, default=None, help="T values of the memory runs")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     parser.add_argument("--memory-child", nargs=3, metavar=("PRESET", "T", "MODE"), help=argparse.SUPPRESS)
+    parser.add_argument("--step-child", nargs=5, metavar=("PRESET", "B", "T", "OPS", "KIND"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.memory_child:
         preset, t, mode = args.memory_child
         _memory_child(preset, int(t), mode)
+        return
+    if args.step_child:
+        preset, batch, t, ops, kind = args.step_child
+        _step_child(preset, int(batch), int(t), ops, kind)
         return
 
     repeats = 1 if args.quick else 3
@@ -222,12 +308,17 @@ def main() -> None:
     results = dict(
         torch=torch.__version__, threads=torch.get_num_threads(), machine=platform.machine(), quick=args.quick
     )
+    if "steps" not in args.skip:
+        configs = [c for c in STEP_CONFIGS if c[0] in args.presets and not (args.quick and c[0] == "small")]
+        results["steps"] = bench_steps(configs, 3 if args.quick else 7)
     if "meta-train" not in args.skip:
         results["meta_train"] = bench_meta_train(args.presets, (1024, 4096), repeats)
     if "prefill" not in args.skip:
         results["prefill"] = bench_prefill(args.presets, contexts, repeats)
     if "memory" not in args.skip:
         results["memory"] = bench_memory(args.presets[0], mem_lengths, args.memory_modes)
+    if "steps" in results:
+        _print_step_table(results["steps"])
     if "meta_train" in results:
         _print_meta_train_table(results["meta_train"])
     if "memory" in results:

@@ -209,6 +209,7 @@ class TTTE2EModel(nn.Module):
         self.embed = nn.Embedding(c.vocab_size, c.hidden_size)  # tied with the LM head
         self.blocks = nn.ModuleList(_Block(c, suffix=i >= c.num_prefix_layers) for i in range(c.num_layers))
         self.norm_f = _Norm(c.hidden_size)
+        self._rope_cache = {}  # (pos0, n, hd, device, dtype) -> RoPE rotations (_rope_rotations)
         self.reset_parameters()
 
     @property
@@ -256,17 +257,32 @@ class TTTE2EModel(nn.Module):
     def _norm(self, x: torch.Tensor, norm: _Norm) -> torch.Tensor:
         return self._opset.rms_norm(x, norm.weight, self.config.norm_eps)
 
+    def _rope_rotations(self, pos0: int, n: int, hd: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """exp(i pos theta^(-2j/hd)) for the positions pos0 .. pos0+n-1, [n, 1, hd/2], complex of ``dtype``.
+
+        Every block's q and k at these positions share one table: it is cached (the last few position ranges: one
+        chunk's blocks, and the recomputation of a chunk in the backward, hit it)."""
+        key = (pos0, n, hd, device, dtype)
+        table = self._rope_cache.get(key)
+        if table is None:
+            dt = torch.float32 if self.config.rope_float32_angles else torch.float64
+            inv_freq = 1.0 / self.config.rope_theta ** (torch.arange(0, hd, 2, dtype=dt, device=device) / hd)
+            angles = torch.arange(pos0, pos0 + n, dtype=dt, device=device)[:, None] * inv_freq  # [n, hd/2]
+            complex_dtype = torch.complex64 if dtype == torch.float32 else torch.complex128
+            table = torch.polar(torch.ones_like(angles), angles).to(complex_dtype)[:, None]
+            if len(self._rope_cache) >= 16:
+                self._rope_cache.pop(next(iter(self._rope_cache)))
+            self._rope_cache[key] = table
+        return table
+
     def _rope(self, x: torch.Tensor, pos0: int) -> torch.Tensor:
         """Interleaved RoPE: pairs (x[2i], x[2i+1]) of x [B, n, heads, hd] at positions pos0 .. pos0+n-1 rotated by
-        pos * theta^(-2i/hd)."""
+        pos * theta^(-2i/hd): each pair as a complex number times exp(i angle)."""
         n, hd = x.shape[1], x.shape[-1]
-        dt = torch.float32 if self.config.rope_float32_angles else torch.float64
-        inv_freq = 1.0 / self.config.rope_theta ** (torch.arange(0, hd, 2, dtype=dt, device=x.device) / hd)
-        angles = torch.arange(pos0, pos0 + n, dtype=dt, device=x.device)[:, None] * inv_freq  # [n, hd/2]
         compute = torch.promote_types(x.dtype, torch.float32)  # 16-bit activations are rotated in float32
-        cos, sin = angles.cos().to(compute)[:, None], angles.sin().to(compute)[:, None]  # [n, 1, hd/2]
-        a, b = x.to(compute).unflatten(-1, (hd // 2, 2)).unbind(-1)
-        return torch.stack((a * cos - b * sin, a * sin + b * cos), -1).flatten(-2).to(x.dtype)
+        rotations = self._rope_rotations(pos0, n, hd, x.device, compute)
+        pairs = torch.view_as_complex(x.to(compute).unflatten(-1, (hd // 2, 2)))
+        return torch.view_as_real(pairs * rotations).flatten(-2).to(x.dtype)
 
     def _attention(self, blk: _Block, x: torch.Tensor, pos0: int, past: list) -> tuple[torch.Tensor, KV]:
         """Sliding-window attention of x's n tokens (positions pos0..) over the keys in ``past`` (earlier positions,
