@@ -325,6 +325,97 @@ def test_simulated_backward_rejects_too_long_rows():
         run_in_simulator(run)
 
 
+# ---- the fused double backward (rms_norm_bwd_bwd) ------------------------------------------------------------------
+
+bwd_bwd_op = torch.ops.ttt_kernels.rms_norm_bwd_bwd
+# (rows, d) of the double-backward tests: scalar and 16-byte paths, one row per block and the grid loop.
+DOUBLE_SHAPES = ((1, 1), (7, 7), (97, 64), (200, 80), (33, 1025), (260, 3844))
+COTANGENTS = ("u and v", "u only", "v only")
+
+
+def _cotangents(x, weight, which, seed):
+    """(u, v): the cotangents of grad_x [*x.shape] and grad_weight [d], one of them None (zero) per `which`."""
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.randn(x.shape, generator=gen, dtype=torch.float64).to(x.dtype)
+    v = torch.randn(weight.shape, generator=gen, dtype=torch.float64).to(x.dtype)
+    return (None if which == "v only" else u), (None if which == "u only" else v)
+
+
+def _double_backward_exact(x, weight, grad_out, u, v):
+    """(grad_grad_out, grad_x, grad_weight): the VJP of the reference's (grad_x, grad_weight) with (u, v), float64."""
+    x, weight, grad_out = (t.detach().cpu().double().requires_grad_() for t in (x, weight, grad_out))
+    gx, gw = torch.autograd.grad(reference.rms_norm(x, weight, EPS), (x, weight), grad_out, create_graph=True)
+    pairs = [(o, c.cpu().double()) for o, c in ((gx, u), (gw, v)) if c is not None]
+    grads = torch.autograd.grad([o for o, _ in pairs], (grad_out, x, weight), [c for _, c in pairs], allow_unused=True)
+    return [torch.zeros_like(t) if g is None else g for g, t in zip(grads, (grad_out, x, weight))]
+
+
+def _double_backward_kernel(x, weight, grad_out, u, v):
+    _, rstd = fwd_op(x, weight, EPS)
+    return bwd_bwd_op(grad_out, x, weight, rstd, u, v)
+
+
+def _assert_double_backward_close(got, x, weight, grad_out, u, v):
+    """Within 1e-10 (float64), 2e-5 (float32) or 4 ulps of the 16-bit dtype, relative to the largest exact value of
+    the outputs or of their leading terms r u w, r v x, r v g (the outputs cancel: with d = 1 they are ~1e-5 of
+    their terms)."""
+    exact = _double_backward_exact(x, weight, grad_out, u, v)
+    tol = {torch.float64: 1e-10, torch.float32: 2e-5}.get(x.dtype, 4 * torch.finfo(x.dtype).eps)
+    x64, w64, g64 = (t.cpu().double() for t in (x, weight, grad_out))
+    r = torch.rsqrt(x64.square().mean(-1, keepdim=True) + EPS)
+    terms = [r * u.cpu().double() * w64] if u is not None else []
+    terms += [r * v.cpu().double() * t for t in (x64, g64)] if v is not None else []
+    scale = max(t.abs().max().item() for t in (*exact, *terms))
+    for name, g, want in zip(("grad_grad_out", "grad_x", "grad_weight"), got, exact):
+        assert g.dtype == x.dtype and g.shape == want.shape, name
+        err = (g.cpu().double() - want).abs().max().item()
+        assert err <= tol * scale, f"{name}: error {err:.3e}, largest output {scale:.3e}"
+
+
+@pytest.mark.parametrize("dtype", (torch.float64, torch.float32, torch.bfloat16))
+@pytest.mark.parametrize("which", COTANGENTS)
+def test_double_backward_kernel_matches_reference(dtype, which):
+    for rows, d in DOUBLE_SHAPES:
+        x, weight, grad_out = _inputs((rows, d), dtype, seed=rows + d)
+        u, v = _cotangents(x, weight, which, seed=rows * d)
+        _assert_double_backward_close(_double_backward_kernel(x, weight, grad_out, u, v), x, weight, grad_out, u, v)
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16, torch.float16, torch.float64))
+@pytest.mark.parametrize("which", COTANGENTS)
+def test_simulated_double_backward_kernel_matches_reference(dtype, which):
+    """The CUDA double backward in the simulator (every schedule bitwise equal): 16-byte and scalar accesses, rows
+    sharing a warp, rows spanning warps, the grid loop; misaligned views fall back to scalar accesses."""
+    shapes = list(DOUBLE_SHAPES[:-1]) + ([(260, 3844)] if dtype == torch.float32 else [])
+    for rows, d in shapes:
+        x, weight, grad_out = _inputs((rows, d), dtype, seed=rows + d)
+        u, v = _cotangents(x, weight, which, seed=rows * d)
+        got = run_in_simulator(lambda x=x, w=weight, g=grad_out, u=u, v=v: _double_backward_kernel(x, w, g, u, v))
+        _assert_double_backward_close(got, x, weight, grad_out, u, v)
+    flat = _inputs((3 * 64 + 1,), dtype)
+    x, grad_out = (t[1:].view(3, 64) for t in (flat[0], flat[2]))
+    weight = flat[1][1:65]
+    u, v = _cotangents(x, weight, which, seed=5)
+    got = run_in_simulator(lambda: _double_backward_kernel(x, weight, grad_out, u, v))
+    _assert_double_backward_close(got, x, weight, grad_out, u, v)
+
+
+def test_double_backward_op_checks_and_opcheck():
+    x, weight, grad_out = _inputs((6, 16), torch.float32)
+    _, rstd = fwd_op(x, weight, EPS)
+    u, v = _cotangents(x, weight, "u and v", seed=1)
+    torch.library.opcheck(bwd_bwd_op, (grad_out, x, weight, rstd, u, v))
+    torch.library.opcheck(bwd_bwd_op, (grad_out, x, weight, rstd, None, v))
+    for args, message in [
+        ((grad_out, x, weight, rstd, u[:3], v), r"grad_grad_x must have x's shape \[6, 16\]"),
+        ((grad_out, x, weight, rstd, u, v[:4]), r"grad_grad_weight must have weight's shape \[16\]"),
+        ((grad_out, x, weight, rstd, u.double(), v), "grad_grad_x must have x's dtype"),
+        ((grad_out, x, weight, rstd[:2], u, v), r"rms_norm_bwd_bwd: rstd must have shape \[6\]"),
+    ]:
+        with pytest.raises(RuntimeError, match=message):
+            bwd_bwd_op(*args)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16, torch.float16, torch.float64))
 def test_gpu_kernel_matches_reference(dtype):

@@ -104,6 +104,74 @@ void bwd_row(const T* __restrict__ x, const T* __restrict__ g, const T* __restri
   }
 }
 
+// The double backward of one row (math: include/ttt_kernels/rms_norm.h): grad_grad_out dg and grad_x dx; adds g h to
+// the grad_weight partial dw. u (grad_grad_x, this row) and v (grad_grad_weight) may be nullptr (zero).
+template <typename T>
+void bwd_bwd_row(const T* __restrict__ x, const T* __restrict__ g, const T* __restrict__ w, Accum<T> r,
+                 const T* __restrict__ u, const T* __restrict__ v, T* __restrict__ dg, T* __restrict__ dx,
+                 Accum<T>* __restrict__ dw, int64_t dim) {
+  using A = Accum<T>;
+  const auto at = [](const T* t, int64_t i) { return t == nullptr ? A(0) : widen(t[i]); };
+  A s = 0, t = 0, q = 0, p = 0;
+#pragma omp simd reduction(+ : s, t, q, p)
+  for (int64_t i = 0; i < dim; ++i) {
+    const A xi = widen(x[i]);
+    const A gi = widen(g[i]);
+    const A ai = gi * widen(w[i]);
+    const A ui = at(u, i);
+    s += ai * xi;
+    t += ui * xi;
+    q += ui * ai;
+    p += at(v, i) * gi * xi;
+  }
+  const A n = static_cast<A>(dim);
+  const A c = r * r * r / n;
+  const A coef_x = 3 * c * r * r * s * t / n - c * (q + p);
+#pragma omp simd
+  for (int64_t i = 0; i < dim; ++i) {
+    const A xi = widen(x[i]);
+    const A gi = widen(g[i]);
+    const A wi = widen(w[i]);
+    const A ui = at(u, i);
+    const A vi = at(v, i);
+    const A h = r * ui - c * t * xi;
+    dg[i] = narrow<T>(wi * h + r * vi * xi);
+    dx[i] = narrow<T>(coef_x * xi - c * t * gi * wi - c * s * ui + r * vi * gi);
+    dw[i] += gi * h;
+  }
+}
+
+// Runs row_fn(row, dw) over the rows in chunks (at least kGrainElements elements each, at most kMaxChunks: small
+// inputs run on the calling thread), dw being the chunk's [dim] grad_weight partial, then writes grad_weight = the
+// partials summed in chunk order: a thread-count-independent split, so results are bitwise reproducible.
+template <typename T, typename RowFn>
+void rows_with_weight_grad(const RmsNormParams& p, const RowFn& row_fn) {
+  using A = Accum<T>;
+  const int64_t dim = p.dim;
+  const int64_t min_rows = std::max<int64_t>(kMinChunkRows, kGrainElements / dim);
+  const int64_t chunks = std::clamp<int64_t>(ceil_div(p.rows, min_rows), 1, kMaxChunks);
+  const int64_t chunk_rows = ceil_div(p.rows, chunks);
+  // [chunks, dim] grad_weight partials, one per chunk of rows.
+  const std::unique_ptr<A[]> partials(new A[chunks * dim]);
+  at::parallel_for(0, chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
+    for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
+      A* dw = partials.get() + chunk * dim;
+      std::fill_n(dw, dim, A(0));
+      const int64_t row_end = std::min(p.rows, (chunk + 1) * chunk_rows);
+      for (int64_t row = chunk * chunk_rows; row < row_end; ++row) row_fn(row, dw);
+    }
+  });
+  A* __restrict__ total = partials.get();
+  for (int64_t chunk = 1; chunk < chunks; ++chunk) {
+    const A* __restrict__ part = partials.get() + chunk * dim;
+#pragma omp simd
+    for (int64_t i = 0; i < dim; ++i) total[i] += part[i];
+  }
+  T* __restrict__ dw = static_cast<T*>(p.grad_weight);
+#pragma omp simd
+  for (int64_t i = 0; i < dim; ++i) dw[i] = narrow<T>(total[i]);
+}
+
 template <typename T>
 void fwd(const RmsNormParams& p) {
   using A = Accum<T>;
@@ -127,35 +195,29 @@ void bwd(const RmsNormParams& p) {
   const T* g = static_cast<const T*>(p.grad_out);
   const A* rstd = static_cast<const A*>(p.rstd);
   T* dx = static_cast<T*>(p.grad_x);
-
-  // A chunk holds kGrainElements elements at least: small inputs run on the calling thread.
-  const int64_t min_rows = std::max<int64_t>(kMinChunkRows, kGrainElements / dim);
-  const int64_t chunks = std::clamp<int64_t>(ceil_div(p.rows, min_rows), 1, kMaxChunks);
-  const int64_t chunk_rows = ceil_div(p.rows, chunks);
-  // [chunks, dim] grad_weight partials, one per chunk of rows.
-  const std::unique_ptr<A[]> partials(new A[chunks * dim]);
-  at::parallel_for(0, chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
-    for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
-      A* dw = partials.get() + chunk * dim;
-      std::fill_n(dw, dim, A(0));
-      const int64_t row_end = std::min(p.rows, (chunk + 1) * chunk_rows);
-      for (int64_t row = chunk * chunk_rows; row < row_end; ++row) {
-        const int64_t offset = row * dim;
-        bwd_row(x + offset, g + offset, w, rstd[row], dx + offset, dw, dim);
-      }
-    }
+  rows_with_weight_grad<T>(p, [&](int64_t row, A* dw) {
+    const int64_t offset = row * dim;
+    bwd_row(x + offset, g + offset, w, rstd[row], dx + offset, dw, dim);
   });
+}
 
-  // grad_weight = sum of the partials in chunk order.
-  A* __restrict__ total = partials.get();
-  for (int64_t chunk = 1; chunk < chunks; ++chunk) {
-    const A* __restrict__ part = partials.get() + chunk * dim;
-#pragma omp simd
-    for (int64_t i = 0; i < dim; ++i) total[i] += part[i];
-  }
-  T* __restrict__ dw = static_cast<T*>(p.grad_weight);
-#pragma omp simd
-  for (int64_t i = 0; i < dim; ++i) dw[i] = narrow<T>(total[i]);
+template <typename T>
+void bwd_bwd(const RmsNormParams& p) {
+  using A = Accum<T>;
+  const int64_t dim = p.dim;
+  const T* x = static_cast<const T*>(p.x);
+  const T* w = static_cast<const T*>(p.weight);
+  const T* g = static_cast<const T*>(p.grad_out);
+  const T* u = static_cast<const T*>(p.grad_grad_x);
+  const T* v = static_cast<const T*>(p.grad_grad_weight);
+  const A* rstd = static_cast<const A*>(p.rstd);
+  T* dg = static_cast<T*>(p.grad_grad_out);
+  T* dx = static_cast<T*>(p.grad_x);
+  rows_with_weight_grad<T>(p, [&](int64_t row, A* dw) {
+    const int64_t offset = row * dim;
+    bwd_bwd_row(x + offset, g + offset, w, rstd[row], u == nullptr ? nullptr : u + offset, v, dg + offset,
+                dx + offset, dw, dim);
+  });
 }
 
 }  // namespace
@@ -170,6 +232,12 @@ void rms_norm_bwd(const RmsNormParams& params) {
   if (params.dim == 0) return;
   dispatch_dtype<c10::BFloat16, c10::Half>(params.dtype, "rms_norm_bwd",
                                            [&](auto tag) { bwd<decltype(tag)>(params); });
+}
+
+void rms_norm_bwd_bwd(const RmsNormParams& params) {
+  if (params.dim == 0) return;
+  dispatch_dtype<c10::BFloat16, c10::Half>(params.dtype, "rms_norm_bwd_bwd",
+                                           [&](auto tag) { bwd_bwd<decltype(tag)>(params); });
 }
 
 }  // namespace ttt::cpu

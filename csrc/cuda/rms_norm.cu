@@ -10,6 +10,9 @@
 //   adds g * x * rstd to the slot's grad_weight partial, a [dim] fp32 (fp64) array in shared memory whose elements
 //   are each touched by one thread only. Each block then writes the sum of its slots to workspace[blockIdx.x, :], and
 //   rms_norm_dw_reduce_kernel sums the workspace over blocks in a fixed order: no atomics, bitwise reproducible.
+// Double backward: the backward's grid, row walk and grad_weight reduction (walk_rows_with_weight_grad); pass 1
+//   reduces the row's four sums, pass 2 writes grad_grad_out and grad_x and adds g h to the partial. Its rows are
+//   read from global memory in both passes (no register copy: it reads up to four tensors per row).
 // Loops over compile-time trip counts (vectors per thread, elements per vector) are fully unrolled by nvcc without
 // `#pragma unroll` (which the simulator's host compiler would reject as unknown): the per-thread arrays stay in
 // registers (ptxas: 0-byte stack frames).
@@ -171,9 +174,35 @@ __global__ void __launch_bounds__(kFwdMaxThreads, 1) rms_norm_fwd_kernel(const R
   }
 }
 
-// grad_x[row] = rstd * g * w - x * rstd^3 * sum(g * w * x) / dim for the rows blockIdx.x * blockDim.y + slot +
-// k * gridDim.x * blockDim.y; workspace[blockIdx.x, :] = sum over those rows of g * x * rstd.
-// Dynamic shared memory: [blockDim.y, dim] Accum<T> grad_weight partials.
+// For the rows blockIdx.x * blockDim.y + slot + k * gridDim.x * blockDim.y: row_fn(row, valid, dw), with dw the
+// slot's [dim / kVec] grad_weight partial (zeroed first); valid is false for the slots past the last row in the last
+// iteration, which must still join row_sum's barriers (the trip count depends on blockIdx only). Then
+// workspace[blockIdx.x, :] = the sum of the block's partials. Dynamic shared memory: [blockDim.y, dim] Accum<T>.
+template <typename A, int kVec, typename RowFn>
+__device__ __forceinline__ void walk_rows_with_weight_grad(const RmsNormParams& p, RowFn&& row_fn) {
+  using AccVec = Pack<A, kVec>;
+  const int nvec = static_cast<int>(p.dim / kVec);
+  AccVec* dw = dynamic_smem<AccVec>() + threadIdx.y * nvec;
+  for (int i = threadIdx.x; i < nvec; i += blockDim.x) dw[i] = AccVec{};
+  const int64_t row_stride = static_cast<int64_t>(gridDim.x) * blockDim.y;
+  for (int64_t base_row = static_cast<int64_t>(blockIdx.x) * blockDim.y; base_row < p.rows; base_row += row_stride) {
+    const int64_t row = base_row + threadIdx.y;
+    row_fn(row, row < p.rows, dw);
+  }
+
+  __syncthreads();
+  const A* partials = dynamic_smem<A>();
+  A* __restrict__ ws = static_cast<A*>(p.workspace) + static_cast<int64_t>(blockIdx.x) * p.dim;
+  const int threads = static_cast<int>(blockDim.x * blockDim.y);
+  for (int c = static_cast<int>(threadIdx.y * blockDim.x + threadIdx.x); c < p.dim; c += threads) {
+    A sum = 0;
+    for (int slot = 0; slot < static_cast<int>(blockDim.y); ++slot) sum += partials[slot * p.dim + c];
+    ws[c] = sum;
+  }
+}
+
+// grad_x[row] = rstd * g * w - x * rstd^3 * sum(g * w * x) / dim for the rows walk_rows_with_weight_grad visits;
+// workspace[blockIdx.x, :] = sum over those rows of g * x * rstd.
 template <typename T, int kVec>
 __global__ void __launch_bounds__(kBwdMaxThreads, 1) rms_norm_bwd_kernel(const RmsNormParams p) {
   using A = Accum<T>;
@@ -183,16 +212,9 @@ __global__ void __launch_bounds__(kBwdMaxThreads, 1) rms_norm_bwd_kernel(const R
 
   const int nvec = static_cast<int>(p.dim / kVec);
   const int chunk = kBwdVecsPerThread * static_cast<int>(blockDim.x);
-  AccVec* dw = dynamic_smem<AccVec>() + threadIdx.y * nvec;
-  for (int i = threadIdx.x; i < nvec; i += blockDim.x) dw[i] = AccVec{};
-
   const Vec* __restrict__ w = static_cast<const Vec*>(p.weight);
   const A* __restrict__ rstds = static_cast<const A*>(p.rstd);
-  const int64_t row_stride = static_cast<int64_t>(gridDim.x) * blockDim.y;
-  // The trip count depends on blockIdx only, so every thread reaches row_sum's barriers equally often.
-  for (int64_t base_row = static_cast<int64_t>(blockIdx.x) * blockDim.y; base_row < p.rows; base_row += row_stride) {
-    const int64_t row = base_row + threadIdx.y;
-    const bool valid = row < p.rows;  // false only in the last iteration
+  walk_rows_with_weight_grad<A, kVec>(p, [&](int64_t row, bool valid, AccVec* dw) {
     const int row_nvec = valid ? nvec : 0;
     const int64_t offset = row * nvec;
     const Vec* __restrict__ x = static_cast<const Vec*>(p.x) + offset;
@@ -212,7 +234,7 @@ __global__ void __launch_bounds__(kBwdMaxThreads, 1) rms_norm_bwd_kernel(const R
       }
     }
     dot = row_sum(dot, scratch);
-    if (!valid) continue;
+    if (!valid) return;
 
     const A rstd = rstds[row];
     const A coef = rstd * rstd * rstd * dot / static_cast<A>(p.dim);
@@ -238,17 +260,72 @@ __global__ void __launch_bounds__(kBwdMaxThreads, 1) rms_norm_bwd_kernel(const R
         dw[i] = acc;
       }
     }
-  }
+  });
+}
 
-  __syncthreads();
-  const A* partials = dynamic_smem<A>();
-  A* __restrict__ ws = static_cast<A*>(p.workspace) + static_cast<int64_t>(blockIdx.x) * p.dim;
-  const int threads = static_cast<int>(blockDim.x * blockDim.y);
-  for (int c = static_cast<int>(threadIdx.y * blockDim.x + threadIdx.x); c < p.dim; c += threads) {
-    A sum = 0;
-    for (int slot = 0; slot < static_cast<int>(blockDim.y); ++slot) sum += partials[slot * p.dim + c];
-    ws[c] = sum;
-  }
+// The double backward (math: include/ttt_kernels/rms_norm.h) for the rows walk_rows_with_weight_grad visits:
+// grad_grad_out and grad_x per row, workspace[blockIdx.x, :] = sum over the rows of g h. grad_grad_x (u) and
+// grad_grad_weight (v) may be nullptr (zero).
+template <typename T, int kVec>
+__global__ void __launch_bounds__(kBwdMaxThreads, 1) rms_norm_bwd_bwd_kernel(const RmsNormParams p) {
+  using A = Accum<T>;
+  using Vec = Pack<T, kVec>;
+  using AccVec = Pack<A, kVec>;
+  __shared__ A scratch[kBwdMaxThreads / kWarp];
+
+  const int nvec = static_cast<int>(p.dim / kVec);
+  const Vec* __restrict__ w = static_cast<const Vec*>(p.weight);
+  const Vec* __restrict__ v = static_cast<const Vec*>(p.grad_grad_weight);
+  const A* __restrict__ rstds = static_cast<const A*>(p.rstd);
+  walk_rows_with_weight_grad<A, kVec>(p, [&](int64_t row, bool valid, AccVec* dw) {
+    const int row_nvec = valid ? nvec : 0;
+    const int64_t offset = row * nvec;
+    const Vec* __restrict__ x = static_cast<const Vec*>(p.x) + offset;
+    const Vec* __restrict__ g = static_cast<const Vec*>(p.grad_out) + offset;
+    const Vec* __restrict__ u = p.grad_grad_x != nullptr ? static_cast<const Vec*>(p.grad_grad_x) + offset : nullptr;
+    // Element k of vector i of u and v (zero when absent).
+    const auto u_at = [&](int i, int k) { return u != nullptr ? to_accum(u[i].v[k]) : A(0); };
+    const auto v_at = [&](int i, int k) { return v != nullptr ? to_accum(v[i].v[k]) : A(0); };
+    A s = 0, t = 0, q = 0, pv = 0;
+    for (int i = threadIdx.x; i < row_nvec; i += blockDim.x) {
+      const Vec xv = x[i], gv = g[i], wv = w[i];
+      for (int k = 0; k < kVec; ++k) {
+        const A xk = to_accum(xv.v[k]), gk = to_accum(gv.v[k]), ak = gk * to_accum(wv.v[k]), uk = u_at(i, k);
+        s += ak * xk;
+        t += uk * xk;
+        q += uk * ak;
+        pv += v_at(i, k) * gk * xk;
+      }
+    }
+    s = row_sum(s, scratch);
+    t = row_sum(t, scratch);
+    q = row_sum(q, scratch);
+    pv = row_sum(pv, scratch);
+    if (!valid) return;
+
+    const A r = rstds[row];
+    const A n = static_cast<A>(p.dim);
+    const A c = r * r * r / n;
+    const A coef_x = 3 * c * r * r * s * t / n - c * (q + pv);
+    Vec* __restrict__ dg = static_cast<Vec*>(p.grad_grad_out) + offset;
+    Vec* __restrict__ dx = static_cast<Vec*>(p.grad_x) + offset;
+    for (int i = threadIdx.x; i < nvec; i += blockDim.x) {
+      const Vec xv = x[i], gv = g[i], wv = w[i];
+      AccVec acc = dw[i];
+      Vec og, ox;
+      for (int k = 0; k < kVec; ++k) {
+        const A xk = to_accum(xv.v[k]), gk = to_accum(gv.v[k]), wk = to_accum(wv.v[k]);
+        const A uk = u_at(i, k), vk = v_at(i, k);
+        const A h = r * uk - c * t * xk;
+        og.v[k] = from_accum<T>(wk * h + r * vk * xk);
+        ox.v[k] = from_accum<T>(coef_x * xk - c * t * gk * wk - c * s * uk + r * vk * gk);
+        acc.v[k] += gk * h;
+      }
+      dg[i] = og;
+      dx[i] = ox;
+      dw[i] = acc;
+    }
+  });
 }
 
 // grad_weight[c] = sum over b < partials of workspace[b, c] (workspace: [partials, dim]), in a fixed order.
@@ -318,18 +395,21 @@ void launch_fwd(const RmsNormParams& p, void* stream) {
   launch(rms_norm_fwd_kernel<T, kVec>, grid, block, 0, stream, p);
 }
 
-template <typename T, int kVec>
+// The backward (kDouble false) or the double backward: the row kernel, then the grad_weight reduction.
+template <typename T, int kVec, bool kDouble>
 void launch_bwd(const RmsNormParams& p, void* stream) {
+  const char* op = kDouble ? "rms_norm_bwd_bwd" : "rms_norm_bwd";
   const RowLayout layout = row_layout<T>(p.dim, kBwdVecsPerThread, kBwdMaxThreads);
   const int64_t smem = int64_t{layout.rows_per_block} * p.dim * static_cast<int64_t>(sizeof(Accum<T>));
   if (smem > kBwdMaxSmemBytes) {
-    throw std::runtime_error("rms_norm_bwd: dim=" + std::to_string(p.dim) + " needs " + std::to_string(smem) +
+    throw std::runtime_error(std::string(op) + ": dim=" + std::to_string(p.dim) + " needs " + std::to_string(smem) +
                              " bytes of shared memory for the grad_weight partials; at most " +
                              std::to_string(kBwdMaxSmemBytes) + " are supported");
   }
   const int64_t blocks = bwd_blocks<T>(p);
-  launch(rms_norm_bwd_kernel<T, kVec>, dim3(static_cast<unsigned>(blocks)),
-         dim3(layout.threads_per_row, layout.rows_per_block), static_cast<size_t>(smem), stream, p);
+  launch(kDouble ? rms_norm_bwd_bwd_kernel<T, kVec> : rms_norm_bwd_kernel<T, kVec>,
+         dim3(static_cast<unsigned>(blocks)), dim3(layout.threads_per_row, layout.rows_per_block),
+         static_cast<size_t>(smem), stream, p);
   launch(rms_norm_dw_reduce_kernel<T>, dim3(static_cast<unsigned>(ceil_div(p.dim, kReduceCols))),
          dim3(kReduceCols, kReduceSplits), 0, stream, p, static_cast<int>(blocks));
 }
@@ -363,9 +443,26 @@ void rms_norm_bwd(const RmsNormParams& p, void* stream) {
     constexpr int kVec = kVecElems<T>;
     if (p.dim % kVec == 0 && aligned16(p.x) && aligned16(p.weight) && aligned16(p.grad_out) &&
         aligned16(p.grad_x)) {
-      launch_bwd<T, kVec>(p, stream);
+      launch_bwd<T, kVec, false>(p, stream);
     } else {
-      launch_bwd<T, 1>(p, stream);
+      launch_bwd<T, 1, false>(p, stream);
+    }
+  });
+}
+
+void rms_norm_bwd_bwd(const RmsNormParams& p, void* stream) {
+  if (p.dim == 0) return;
+  dispatch_dtype<__nv_bfloat16, __half>(p.dtype, "rms_norm_bwd_bwd", [&](auto tag) {
+    using T = decltype(tag);
+    constexpr int kVec = kVecElems<T>;
+    const bool vectors = p.dim % kVec == 0 && aligned16(p.x) && aligned16(p.weight) && aligned16(p.grad_out) &&
+                         aligned16(p.grad_x) && aligned16(p.grad_grad_out) &&
+                         (p.grad_grad_x == nullptr || aligned16(p.grad_grad_x)) &&
+                         (p.grad_grad_weight == nullptr || aligned16(p.grad_grad_weight));
+    if (vectors) {
+      launch_bwd<T, kVec, true>(p, stream);
+    } else {
+      launch_bwd<T, 1, true>(p, stream);
     }
   });
 }

@@ -2,6 +2,8 @@
 //
 //   rms_norm_fwd(x [..., d], weight [d], eps) -> (out [..., d], rstd [rows])
 //   rms_norm_bwd(grad_out [..., d], x [..., d], weight [d], rstd [rows]) -> (grad_x [..., d], grad_weight [d])
+//   rms_norm_bwd_bwd(grad_out, x, weight, rstd, grad_grad_x? [..., d], grad_grad_weight? [d])
+//     -> (grad_grad_out [..., d], grad_x [..., d], grad_weight [d])      the backward's vector-Jacobian product
 // rows = x.numel() / d; rstd is float32 (float64 for float64 x). Autograd, fake tensors and the Python API are in
 // python/ttt_kernels/ops/rms_norm.py.
 #include <ATen/core/Tensor.h>
@@ -10,6 +12,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <optional>
 #include <tuple>
 
 #include "common.h"
@@ -37,25 +40,29 @@ void check_inputs(const char* op, const at::Tensor& x, const at::Tensor& weight)
   TORCH_CHECK(weight.is_contiguous(), op, ": weight must be contiguous, got stride ", weight.strides());
 }
 
-void check_bwd_inputs(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
+// t has ref's shape, x's dtype and device, and is contiguous.
+void check_like(const char* op, const char* name, const at::Tensor& t, const char* ref_name, const at::Tensor& ref,
+                const at::Tensor& x) {
+  TORCH_CHECK(t.sizes() == ref.sizes(), op, ": ", name, " must have ", ref_name, "'s shape ", ref.sizes(), ", got ",
+              t.sizes());
+  TORCH_CHECK(t.scalar_type() == x.scalar_type(), op, ": ", name, " must have x's dtype ", x.scalar_type(), ", got ",
+              t.scalar_type());
+  TORCH_CHECK(t.device() == x.device(), op, ": ", name, " must be on x's device ", x.device(), ", got ", t.device());
+  TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous, got strides ", t.strides());
+}
+
+void check_bwd_inputs(const char* op, const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
                       const at::Tensor& rstd) {
-  check_inputs("rms_norm_bwd", x, weight);
-  TORCH_CHECK(grad_out.sizes() == x.sizes(), "rms_norm_bwd: grad_out must have x's shape ", x.sizes(), ", got ",
-              grad_out.sizes());
-  TORCH_CHECK(grad_out.scalar_type() == x.scalar_type(), "rms_norm_bwd: grad_out must have x's dtype ",
-              x.scalar_type(), ", got ", grad_out.scalar_type());
-  TORCH_CHECK(grad_out.device() == x.device(), "rms_norm_bwd: grad_out must be on x's device ", x.device(),
-              ", got ", grad_out.device());
-  TORCH_CHECK(grad_out.is_contiguous(), "rms_norm_bwd: grad_out must be contiguous, got strides ",
-              grad_out.strides());
+  check_inputs(op, x, weight);
+  check_like(op, "grad_out", grad_out, "x", x, x);
   const int64_t rows = x.numel() / x.size(-1);
-  TORCH_CHECK(rstd.dim() == 1 && rstd.size(0) == rows, "rms_norm_bwd: rstd must have shape [", rows,
+  TORCH_CHECK(rstd.dim() == 1 && rstd.size(0) == rows, op, ": rstd must have shape [", rows,
               "] (x.numel() / x.size(-1)), got ", rstd.sizes());
-  TORCH_CHECK(rstd.scalar_type() == rstd_dtype(x), "rms_norm_bwd: rstd must be ", rstd_dtype(x), " for ",
-              x.scalar_type(), " x, got ", rstd.scalar_type());
-  TORCH_CHECK(rstd.device() == x.device(), "rms_norm_bwd: rstd must be on x's device ", x.device(), ", got ",
+  TORCH_CHECK(rstd.scalar_type() == rstd_dtype(x), op, ": rstd must be ", rstd_dtype(x), " for ", x.scalar_type(),
+              " x, got ", rstd.scalar_type());
+  TORCH_CHECK(rstd.device() == x.device(), op, ": rstd must be on x's device ", x.device(), ", got ",
               rstd.device());
-  TORCH_CHECK(rstd.is_contiguous(), "rms_norm_bwd: rstd must be contiguous");
+  TORCH_CHECK(rstd.is_contiguous(), op, ": rstd must be contiguous");
 }
 
 // The fields both directions share; each op then sets its own outputs (and eps / grad_out).
@@ -88,7 +95,7 @@ std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& x, const at::Tensor
 template <typename Launch>
 std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_out, const at::Tensor& x,
                                             const at::Tensor& weight, const at::Tensor& rstd, Launch&& launch) {
-  check_bwd_inputs(grad_out, x, weight, rstd);
+  check_bwd_inputs("rms_norm_bwd", grad_out, x, weight, rstd);
   at::Tensor grad_x = at::empty(x.sizes(), x.options());
   at::Tensor grad_weight = at::empty(weight.sizes(), weight.options());
   RmsNormParams params;
@@ -98,6 +105,33 @@ std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_out, const at
   params.grad_weight = grad_weight.data_ptr();
   launch(params);
   return {grad_x, grad_weight};
+}
+
+using OptTensor = std::optional<at::Tensor>;
+using BwdBwdResult = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
+// Checks the arguments, allocates grad_grad_out, grad_x and grad_weight, fills the params and runs launch(params).
+template <typename Launch>
+BwdBwdResult double_backward(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
+                             const at::Tensor& rstd, const OptTensor& grad_grad_x, const OptTensor& grad_grad_weight,
+                             Launch&& launch) {
+  const char* op = "rms_norm_bwd_bwd";
+  check_bwd_inputs(op, grad_out, x, weight, rstd);
+  if (grad_grad_x) check_like(op, "grad_grad_x", *grad_grad_x, "x", x, x);
+  if (grad_grad_weight) check_like(op, "grad_grad_weight", *grad_grad_weight, "weight", weight, x);
+  at::Tensor grad_grad_out = at::empty(x.sizes(), x.options());
+  at::Tensor grad_x = at::empty(x.sizes(), x.options());
+  at::Tensor grad_weight = at::empty(weight.sizes(), weight.options());
+  RmsNormParams params;
+  set_params(params, x, weight, rstd);
+  params.grad_out = grad_out.data_ptr();
+  params.grad_grad_x = grad_grad_x ? grad_grad_x->data_ptr() : nullptr;
+  params.grad_grad_weight = grad_grad_weight ? grad_grad_weight->data_ptr() : nullptr;
+  params.grad_grad_out = grad_grad_out.data_ptr();
+  params.grad_x = grad_x.data_ptr();
+  params.grad_weight = grad_weight.data_ptr();
+  launch(params);
+  return {grad_grad_out, grad_x, grad_weight};
 }
 
 std::tuple<at::Tensor, at::Tensor> rms_norm_fwd_cpu(const at::Tensor& x, const at::Tensor& weight, double eps) {
@@ -129,6 +163,23 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_bwd_cpu(const at::Tensor& grad_out, 
   });
 }
 
+BwdBwdResult rms_norm_bwd_bwd_cpu(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
+                                  const at::Tensor& rstd, const OptTensor& grad_grad_x,
+                                  const OptTensor& grad_grad_weight) {
+  return double_backward(grad_out, x, weight, rstd, grad_grad_x, grad_grad_weight, [&rstd](RmsNormParams& params) {
+#if defined(TTT_KERNELS_WITH_SIM)
+    if (sim::config().enabled) {
+      const at::Tensor workspace =
+          at::empty({cuda_sim::rms_norm_bwd_workspace_rows(params), params.dim}, rstd.options());
+      params.workspace = workspace.data_ptr();
+      cuda_sim::rms_norm_bwd_bwd(params, /*stream=*/nullptr);
+      return;
+    }
+#endif
+    cpu::rms_norm_bwd_bwd(params);
+  });
+}
+
 #if defined(TTT_KERNELS_WITH_CUDA)
 std::tuple<at::Tensor, at::Tensor> rms_norm_fwd_cuda(const at::Tensor& x, const at::Tensor& weight, double eps) {
   const c10::cuda::CUDAGuard guard(x.device());
@@ -148,6 +199,17 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_bwd_cuda(const at::Tensor& grad_out,
     cuda::rms_norm_bwd(params, c10::cuda::getCurrentCUDAStream().stream());
   });
 }
+
+BwdBwdResult rms_norm_bwd_bwd_cuda(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
+                                   const at::Tensor& rstd, const OptTensor& grad_grad_x,
+                                   const OptTensor& grad_grad_weight) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  return double_backward(grad_out, x, weight, rstd, grad_grad_x, grad_grad_weight, [&rstd](RmsNormParams& params) {
+    const at::Tensor workspace = at::empty({cuda::rms_norm_bwd_workspace_rows(params), params.dim}, rstd.options());
+    params.workspace = workspace.data_ptr();
+    cuda::rms_norm_bwd_bwd(params, c10::cuda::getCurrentCUDAStream().stream());
+  });
+}
 #endif
 
 }  // namespace
@@ -156,16 +218,21 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_bwd_cuda(const at::Tensor& grad_out,
 TORCH_LIBRARY_FRAGMENT(ttt_kernels, m) {
   m.def("rms_norm_fwd(Tensor x, Tensor weight, float eps) -> (Tensor out, Tensor rstd)");
   m.def("rms_norm_bwd(Tensor grad_out, Tensor x, Tensor weight, Tensor rstd) -> (Tensor grad_x, Tensor grad_weight)");
+  m.def(
+      "rms_norm_bwd_bwd(Tensor grad_out, Tensor x, Tensor weight, Tensor rstd, Tensor? grad_grad_x, "
+      "Tensor? grad_grad_weight) -> (Tensor grad_grad_out, Tensor grad_x, Tensor grad_weight)");
 }
 
 TORCH_LIBRARY_IMPL(ttt_kernels, CPU, m) {
   m.impl("rms_norm_fwd", &ttt::rms_norm_fwd_cpu);
   m.impl("rms_norm_bwd", &ttt::rms_norm_bwd_cpu);
+  m.impl("rms_norm_bwd_bwd", &ttt::rms_norm_bwd_bwd_cpu);
 }
 
 #if defined(TTT_KERNELS_WITH_CUDA)
 TORCH_LIBRARY_IMPL(ttt_kernels, CUDA, m) {
   m.impl("rms_norm_fwd", &ttt::rms_norm_fwd_cuda);
   m.impl("rms_norm_bwd", &ttt::rms_norm_bwd_cuda);
+  m.impl("rms_norm_bwd_bwd", &ttt::rms_norm_bwd_bwd_cuda);
 }
 #endif

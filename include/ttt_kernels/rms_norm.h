@@ -2,6 +2,13 @@
 //   out  = weight * x * rstd,   rstd = 1 / sqrt(mean(x^2) + eps)     (one rstd per row)
 //   grad_x      = rstd * (grad_out * weight) - x * rstd^3 * mean(grad_out * weight * x)
 //   grad_weight = sum over rows of grad_out * x * rstd
+// and its double backward (the vector-Jacobian product of the backward, for gradients of gradients), with
+// u = grad_grad_x and v = grad_grad_weight the cotangents of grad_x and grad_weight (either may be absent: zero),
+// g = grad_out, r = rstd, per row:
+//   a = g w, s = sum(a x), t = sum(u x), q = sum(u a), p = sum(v g x), c = r^3 / dim, h = r u - c t x
+//   grad_grad_out = w h + r v x
+//   grad_x        = (3 c r^2 s t / dim - c (q + p)) x - c t a - c s u + r v g      (r's dependence on x included)
+//   grad_weight   = sum over rows of g h
 // Math runs in float32 (float64 for float64 tensors); out/grad_x/grad_weight are stored in the input dtype.
 //
 // Torch-free: the kernels (csrc/cpu/rms_norm.cpp, csrc/cuda/rms_norm.cu) see only this header; csrc/ops/rms_norm.cpp
@@ -25,7 +32,13 @@ struct RmsNormParams {
   void* out = nullptr;          // forward only
   void* grad_x = nullptr;       // backward only
   void* grad_weight = nullptr;  // backward only
-  // CUDA backward only: [rms_norm_bwd_workspace_rows(params), dim] float32 (float64 for kFloat64) scratch holding
+  // Double backward only: the cotangents u [rows, dim] and v [dim] (nullptr: zero) and grad_grad_out [rows, dim];
+  // grad_x and grad_weight then receive the double backward's (see above).
+  const void* grad_grad_x = nullptr;
+  const void* grad_grad_weight = nullptr;
+  void* grad_grad_out = nullptr;
+  // CUDA backward and double backward: [rms_norm_bwd_workspace_rows(params), dim] float32 (float64 for kFloat64)
+  // scratch holding
   // one partial sum of grad_weight per thread block, reduced in a fixed order (deterministic, no atomics).
   void* workspace = nullptr;
   int64_t rows = 0;
@@ -39,23 +52,26 @@ struct RmsNormParams {
 namespace cpu {
 void rms_norm_fwd(const RmsNormParams& params);
 void rms_norm_bwd(const RmsNormParams& params);
+void rms_norm_bwd_bwd(const RmsNormParams& params);
 }  // namespace cpu
 
 // CUDA kernels and their launchers, compiled by nvcc (ttt::cuda: `stream` is a cudaStream_t) and for the CUDA
 // simulator (ttt::cuda_sim: `stream` is ignored). They throw std::runtime_error on a launch failure, and
-// rms_norm_bwd on a dim above 40960 (20480 for float64), whose grad_weight accumulators would not fit in a block's
-// shared memory. rms_norm_bwd_workspace_rows gives the rows of the float32 (float64) workspace that rms_norm_bwd
-// needs (>= 1); it depends on rows, dim and dtype only.
+// rms_norm_bwd and rms_norm_bwd_bwd on a dim above 40960 (20480 for float64), whose grad_weight accumulators would
+// not fit in a block's shared memory. rms_norm_bwd_workspace_rows gives the rows of the float32 (float64) workspace
+// that rms_norm_bwd and rms_norm_bwd_bwd need (>= 1); it depends on rows, dim and dtype only.
 namespace cuda {
 void rms_norm_fwd(const RmsNormParams& params, void* stream);
 int64_t rms_norm_bwd_workspace_rows(const RmsNormParams& params);
 void rms_norm_bwd(const RmsNormParams& params, void* stream);
+void rms_norm_bwd_bwd(const RmsNormParams& params, void* stream);
 }  // namespace cuda
 
 namespace cuda_sim {
 void rms_norm_fwd(const RmsNormParams& params, void* stream);
 int64_t rms_norm_bwd_workspace_rows(const RmsNormParams& params);
 void rms_norm_bwd(const RmsNormParams& params, void* stream);
+void rms_norm_bwd_bwd(const RmsNormParams& params, void* stream);
 }  // namespace cuda_sim
 
 }  // namespace ttt

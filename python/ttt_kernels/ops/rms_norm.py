@@ -1,10 +1,12 @@
 """Fused RMSNorm with first and second derivatives.
 
-The native ops (csrc/ops/rms_norm.cpp) are ``torch.ops.ttt_kernels.rms_norm_fwd(x, weight, eps) -> (out, rstd)``
-and ``rms_norm_bwd(grad_out, x, weight, rstd) -> (grad_x, grad_weight)``, with rstd = 1 / sqrt(mean(x^2) + eps)
-per row ([rows], float32, float64 for float64 x). This module registers their fake tensor implementations (for
-torch.compile) and their autograd formulas: rms_norm_fwd's backward is rms_norm_bwd, and rms_norm_bwd's backward is
-a closed form written with differentiable torch ops, so gradients of gradients (and higher) are exact.
+The native ops (csrc/ops/rms_norm.cpp) are ``torch.ops.ttt_kernels.rms_norm_fwd(x, weight, eps) -> (out, rstd)``,
+``rms_norm_bwd(grad_out, x, weight, rstd) -> (grad_x, grad_weight)`` and the fused double backward
+``rms_norm_bwd_bwd(grad_out, x, weight, rstd, grad_grad_x, grad_grad_weight) -> (grad_grad_out, grad_x,
+grad_weight)``, with rstd = 1 / sqrt(mean(x^2) + eps) per row ([rows], float32, float64 for float64 x). This module
+registers their fake tensor implementations (for torch.compile) and their autograd formulas: rms_norm_fwd's backward
+is rms_norm_bwd, rms_norm_bwd's is rms_norm_bwd_bwd, and rms_norm_bwd_bwd's differentiates the same closed form
+written with differentiable torch ops (_bwd_bwd_composite), so derivatives of every order are exact.
 """
 
 import math
@@ -58,6 +60,11 @@ def _rms_norm_bwd_fake(grad_out, x, weight, rstd):
     return x.new_empty(x.shape), weight.new_empty(weight.shape)
 
 
+@torch.library.register_fake("ttt_kernels::rms_norm_bwd_bwd")
+def _rms_norm_bwd_bwd_fake(grad_out, x, weight, rstd, grad_grad_x, grad_grad_weight):
+    return x.new_empty(x.shape), x.new_empty(x.shape), weight.new_empty(weight.shape)
+
+
 def _rms_norm_fwd_setup_context(ctx, inputs, output):
     x, weight, _ = inputs
     _, rstd = output
@@ -88,8 +95,9 @@ def _rstd_of(x: torch.Tensor, rstd: torch.Tensor) -> torch.Tensor:
     return rstd + (r - r.detach())
 
 
-def _rms_norm_bwd_backward(ctx, grad_grad_x, grad_grad_weight):
-    """Vector-Jacobian product of (grad_x, grad_weight) = rms_norm_bwd(g, x, w, rstd), per row of d elements:
+def _bwd_bwd_composite(grad_out, x, weight, rstd, u, v):
+    """Vector-Jacobian product of (grad_x, grad_weight) = rms_norm_bwd(g, x, w, rstd) with differentiable torch ops
+    (what rms_norm_bwd_bwd computes fused; its own backward differentiates this), per row of d elements:
 
         grad_x = r a - (r^3 s / d) x,  a = g w,  s = sum(a x),  r = rstd(x)
         grad_weight = sum over rows of g x r
@@ -98,13 +106,13 @@ def _rms_norm_bwd_backward(ctx, grad_grad_x, grad_grad_weight):
         dg = w h + r V x
         dw = sum over rows of g h
         dx = ((3 r^5 s t / d^2) - (r^3 / d) (q + p)) x - (r^3 t / d) a - (r^3 s / d) U + r V g
-    (dr/dx = -r^3 x / d). rstd gets no gradient: its dependence on x is part of dx.
+    (dr/dx = -r^3 x / d). rstd gets no gradient: its dependence on x is part of dx. Returns (dg, dx, dw).
     """
-    grad_out, x, weight, rstd = ctx.saved_tensors
     d = x.shape[-1]
     acc = rstd.dtype
     xf, gf, wf = x.to(acc), grad_out.to(acc), weight.to(acc)
-    u, v = grad_grad_x.to(acc), grad_grad_weight.to(acc)
+    u = torch.zeros_like(xf) if u is None else u.to(acc)
+    v = torch.zeros_like(wf) if v is None else v.to(acc)
 
     r = _rstd_of(xf, rstd)
     r3_d = r**3 / d
@@ -118,7 +126,42 @@ def _rms_norm_bwd_backward(ctx, grad_grad_x, grad_grad_weight):
     dg = wf * h + r * v * xf
     dw = (gf * h).reshape(-1, d).sum(0)
     dx = (3 * r3_d * r * r * s * t / d - r3_d * (q + p)) * xf - (r3_d * t) * a - (r3_d * s) * u + r * v * gf
-    return dg.to(grad_out.dtype), dx.to(x.dtype), dw.to(weight.dtype), None
+    return dg.to(grad_out.dtype), dx.to(x.dtype), dw.to(weight.dtype)
+
+
+def _rms_norm_bwd_backward(ctx, grad_grad_x, grad_grad_weight):
+    """rms_norm_bwd's VJP: the fused double backward (rms_norm_bwd_bwd; math in _bwd_bwd_composite)."""
+    grad_out, x, weight, rstd = ctx.saved_tensors
+    u = None if grad_grad_x is None else grad_grad_x.contiguous()
+    v = None if grad_grad_weight is None else grad_grad_weight.contiguous()
+    dg, dx, dw = _ops.rms_norm_bwd_bwd(grad_out, x, weight, rstd, u, v)
+    return dg, dx, dw, None
+
+
+def _rms_norm_bwd_bwd_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _rms_norm_bwd_bwd_backward(ctx, grad_dg, grad_dx, grad_dw):
+    """Third order: the VJP of _bwd_bwd_composite, with a graph when the caller asks for one (every order exact)."""
+    inputs = ctx.saved_tensors
+    create_graph = torch.is_grad_enabled()
+    wrt = [i for i, t in enumerate(inputs) if t is not None and ctx.needs_input_grad[i]]
+    grads = [None] * len(inputs)
+    pairs = [(o, c) for o, c in zip(range(3), (grad_dg, grad_dx, grad_dw)) if c is not None]
+    if wrt and pairs:
+        with torch.enable_grad():
+            outs = _bwd_bwd_composite(*inputs)
+            found = torch.autograd.grad(
+                [outs[o] for o, _ in pairs],
+                [inputs[i] for i in wrt],
+                [c for _, c in pairs],
+                create_graph=create_graph,
+                allow_unused=True,
+            )
+        for i, g in zip(wrt, found):
+            grads[i] = g
+    return tuple(grads)
 
 
 torch.library.register_autograd(
@@ -126,4 +169,7 @@ torch.library.register_autograd(
 )
 torch.library.register_autograd(
     "ttt_kernels::rms_norm_bwd", _rms_norm_bwd_backward, setup_context=_rms_norm_bwd_setup_context
+)
+torch.library.register_autograd(
+    "ttt_kernels::rms_norm_bwd_bwd", _rms_norm_bwd_bwd_backward, setup_context=_rms_norm_bwd_bwd_setup_context
 )
