@@ -275,10 +275,15 @@ def _bwd_backward(ctx, u_x, u_w1, u_w3, u_w2):
     def weight_grad(g, w):  # [B, r, c] (B = 1 for unbatched weights) -> w's shape and dtype
         return g.reshape(w.shape).to(w.dtype)
 
+    # The gate's two halves as one [.., 2m] operand ([w1; w3] stacked, dh and cot_dh [rows, 2, m] as [B, n, 2m]):
+    # one product where the formulas above have two.
     hidden = (*shape[:2], m)
-    c1 = total([None if ux is None else ux @ w1f.mT, None if u1 is None else xf @ u1.mT], hidden)
-    c3 = total([None if ux is None else ux @ w3f.mT, None if u3 is None else xf @ u3.mT], hidden)
-    cot_dh = torch.stack([c1, c3], dim=2).reshape(rows, 2, m)
+    w13 = torch.cat((w1f, w3f), -2)
+    u13 = None
+    if u1 is not None or u3 is not None:
+        u13 = torch.cat(tuple(torch.zeros_like(w1f) if u is None else u for u in (u1, u3)), -2)
+    c13 = total([None if ux is None else ux @ w13.mT, None if u13 is None else xf @ u13.mT], (*shape[:2], 2 * m))
+    cot_dh = c13.reshape(rows, 2, m)
     ca = xf.new_zeros(hidden) if u2 is None else dy @ u2
     cot_h, cot_da, dh, a = _ops.swiglu_gate_bwd_bwd(
         h.to(dtype),
@@ -287,12 +292,13 @@ def _bwd_backward(ctx, u_x, u_w1, u_w3, u_w2):
         cot_dh,
         ca.reshape(rows, m),
     )
-    dh1, dh3 = dh[:, 0].reshape(hidden), dh[:, 1].reshape(hidden)
+    dh13 = dh.reshape(*shape[:2], 2 * m)
     cot_da, a = cot_da.reshape(hidden), a.reshape(hidden)
     d_dy = total([cot_da @ w2f.mT, None if u2 is None else a @ u2.mT], shape)
-    d_x = total([None if u1 is None else dh1 @ u1, None if u3 is None else dh3 @ u3], shape)
-    d_w1 = None if ux is None else weight_grad(dh1.mT @ ux, w1)
-    d_w3 = None if ux is None else weight_grad(dh3.mT @ ux, w3)
+    d_x = xf.new_zeros(shape) if u13 is None else dh13 @ u13
+    d_w13 = None if ux is None else dh13.mT @ ux  # [B, 2m, d]: (d w1; d w3)
+    d_w1 = None if ux is None else weight_grad(d_w13[:, :m], w1)
+    d_w3 = None if ux is None else weight_grad(d_w13[:, m:], w3)
     d_w2 = weight_grad(dy.mT @ cot_da, w2)
     d_e = None if grad_h is None else cot_dh.transpose(1, 2).to(grad_h.dtype)
     return (
