@@ -6,7 +6,7 @@ window >= context), and peak memory of meta-training vs T.
   (prefill: one first-order inner step per chunk) at tiny B=1, 2, 8 (T=1K) and small B=1 (T=4K), on the package's
   ops and on the reference ops (``ops="reference"``, same model and tokens), the variants interleaved repetition by
   repetition; tokens/s (all sequences), op calls per step (the ops reaching the dispatcher, OpCounter) and peak RSS
-  above the process's baseline (one subprocess per point).
+  of two steps above the process's RSS with the model built (one subprocess per point).
 
 - meta-train: tokens/s of one meta_loss forward + backward (full second order, batch 1), for TTT-E2E (default
   checkpointing: per chunk, prefix blocks in recomputed slices), TTT-E2E with the prefix blocks run over the whole
@@ -73,14 +73,24 @@ def _step(model: TTTE2EModel, kind: str, tokens: torch.Tensor):
         model.prefill(tokens[:, :-1])
 
 
+def _rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
 def _step_child(preset: str, batch: int, t: int, ops: str, kind: str) -> None:
-    """Runs one step after a warm-up one and prints its peak RSS above the baseline (MiB), as JSON."""
+    """Prints the peak RSS (MiB, as JSON) of two steps above the RSS of the process with its model built: what
+    training or inference adds, the one-time allocations of the code paths the step takes included (a warm-up on
+    another problem size would leave out those of paths it does not take)."""
     model = _model(preset)
     model.ops = ops
     tokens = _tokens(t + 1, model.config.vocab_size, batch)
-    _step(model, kind, tokens[:, : model.config.mini_batch_size + 1])  # warm up allocator and ops
-    base = _peak_rss_kib()
-    _step(model, kind, tokens)
+    base = _rss_kib()
+    for _ in range(2):
+        _step(model, kind, tokens)
     print(json.dumps(dict(peak_mib=(_peak_rss_kib() - base) / 1024)))
 
 

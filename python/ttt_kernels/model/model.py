@@ -22,7 +22,9 @@ from .opset import OPSETS
 
 KV = tuple[torch.Tensor, torch.Tensor]
 
-# meta_loss(checkpoint="auto") keeps chunk graphs of at least this many bytes without recomputing them.
+# meta_loss(checkpoint="auto") keeps chunk graphs of up to this fraction of what recomputing every chunk holds, and
+# of at least _AUTO_MIN_BUDGET bytes, without recomputing them.
+_AUTO_BUDGET_FRACTION = 0.5
 _AUTO_MIN_BUDGET = 64 << 20  # keys (after QK-norm and RoPE) and values, [B, n, Hkv, hd] each
 
 
@@ -142,7 +144,10 @@ class _SavedBytes:
         storage = t.untyped_storage()
         if storage.data_ptr() not in self.exclude:
             self.storages[storage.data_ptr()] = storage.nbytes()
-        return t if self._outer is None else self._outer[0](t)
+        # Saving the tensor itself would put an output's graph node in a reference cycle (tensor -> grad_fn -> saved
+        # tensor), freed only by the garbage collector: a detached alias (same storage) avoids it; autograd restores
+        # the saved tensor's graph when it unpacks it.
+        return t.detach() if self._outer is None else self._outer[0](t)
 
     def _unpack(self, packed):
         return packed if self._outer is None else self._outer[1](packed)
@@ -504,7 +509,7 @@ class TTTE2EModel(nn.Module):
         """How many of chunks 1..n-1 keep their graphs under checkpoint="auto": k graph_bytes <= the budget, half of
         what recomputing every chunk holds (prefix_bytes + n chunk_bytes), and at least _AUTO_MIN_BUDGET (small
         problems keep every graph: their peak is set by the working set, not by what the graph holds)."""
-        budget = max((prefix_bytes + n * chunk_bytes) // 2, _AUTO_MIN_BUDGET)
+        budget = max(int(_AUTO_BUDGET_FRACTION * (prefix_bytes + n * chunk_bytes)), _AUTO_MIN_BUDGET)
         return min(n - 1, budget // max(graph_bytes, 1))
 
     def _static_fast_or_none(self, blk: _Block):
