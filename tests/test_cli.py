@@ -368,6 +368,18 @@ def test_error_does_not_fit_in_memory(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_out_refuses_a_directory_of_other_files(tmp_path, corpus_file, capsys):
+    """A non-empty directory that is not a checkpoint of ours (here a project with its own config.json and files
+    named like ours) is refused before training, and every file in it is left as it was."""
+    out = tmp_path / "project"
+    out.mkdir()
+    files = {"config.json": '{"mine": 1}', "model-00000001.safetensors": "user data", ".tmp-keep": "x", "a.txt": "y"}
+    for name, text in files.items():
+        (out / name).write_text(text)
+    _fails(["train", "--out", str(out), "--corpus", corpus_file, *SMALL], capsys, "not a ttt-kernels checkpoint")
+    assert {p.name: p.read_text() for p in out.iterdir()} == files
+
+
 def test_error_out_already_holds_a_checkpoint(trained, corpus_file, capsys):
     _fails(["train", "--out", str(trained), "--corpus", corpus_file, *SMALL], capsys, "already holds a checkpoint")
     checkpoint.Checkpoint(str(trained))

@@ -374,6 +374,20 @@ def test_clip_derivative_at_the_threshold_takes_the_clipped_branch():
     torch.testing.assert_close(grad_g, want, rtol=1e-12, atol=1e-12)
 
 
+def test_clip_huge_max_norm_and_empty_lists():
+    """max_norm = 1e20 (no clipping in practice) differentiates twice in float32 without overflow; empty lists
+    update nothing."""
+    w = torch.randn(3, 4, requires_grad=True)
+    g = torch.randn(3, 4, requires_grad=True)
+    (new,) = ops.clip_sgd_update([w], [g], 0.5, 1e20)
+    (dg,) = torch.autograd.grad(new.square().sum(), g, create_graph=True)
+    (ddg,) = torch.autograd.grad(dg.sum(), g)
+    torch.testing.assert_close(dg, -0.5 * 2 * (w - 0.5 * g))
+    torch.testing.assert_close(ddg, torch.full((3, 4), 0.5))
+    assert ops.clip_sgd_update([], []) == []
+    assert ops.clip_sgd_update_([], []).item() == 0
+
+
 def test_clip_zero_gradients_have_finite_second_derivatives():
     weights = [torch.randn(4, dtype=torch.float64, requires_grad=True)]
     grads = [torch.zeros(4, dtype=torch.float64, requires_grad=True)]

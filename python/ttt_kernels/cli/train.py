@@ -276,6 +276,12 @@ def train(
         raise CLIError(f"--out: {out} already holds a checkpoint (continue it with --resume {out}, or choose another)")
     if os.path.exists(out) and not os.path.isdir(out):
         raise CLIError(f"--out: {out} exists and is not a directory")
+    if os.path.isdir(out) and os.listdir(out) and not checkpoint.is_checkpoint(out):
+        # Saving writes config.json and removes earlier steps' files by name: never in a directory of someone else's.
+        raise CLIError(
+            f"--out: {out} is a non-empty directory that is not a ttt-kernels checkpoint; choose a new or "
+            "empty directory"
+        )
 
     if ckpt is not None:  # the checkpoint's own config.json (a --config file may have moved since)
         config = ckpt.config

@@ -132,6 +132,8 @@ def clip_sgd_update(
             clipped by the global norm of its own gradients [g[b] for g in grads], computed on the device.
     """
     _check_clip_args("clip_sgd_update", weights, grads, lr, max_norm, batched)
+    if not weights:  # nothing to update (the native op needs a tensor to dispatch on)
+        return []
     new_weights, _ = _ops.clip_sgd_update(
         [w.contiguous() for w in weights], [g.contiguous() for g in grads], float(lr), float(max_norm), batched
     )
@@ -148,6 +150,8 @@ def clip_sgd_update_(weights, grads, lr: float = 1.0, max_norm: float = 1.0, *, 
     for i, w in enumerate(weights):
         if not w.is_contiguous():
             raise ValueError(f"clip_sgd_update_: weights[{i}] must be contiguous (it is updated in place)")
+    if not weights:  # nothing to update: the norm of no gradients
+        return torch.zeros(())
     with torch.no_grad():
         return _ops.clip_sgd_update_(
             list(weights), [g.contiguous() for g in grads], float(lr), float(max_norm), batched
@@ -341,7 +345,8 @@ def _clip_backward(ctx, grad_new_weights, _grad_norm):
         dL/dw = U,   dL/dg = -lr s (U - k g),   k = <U, g> / n^2 when clipped, else 0
     (ds/dg = -(s / n^2) g when clipped). Written with differentiable torch ops, with the branch taken as in the
     forward and n^2 recomputed from the grads, so that it differentiates again (in g and U). Denominators are
-    replaced by c^2 on the unclipped branch, so zero gradients yield no NaN, not even in the second derivative.
+    replaced by 1 on the unclipped branch (a value of the branch not taken: zero gradients yield no NaN, not even in
+    the second derivative, and a huge max_norm such as 1e20 no float32 overflow).
     Batched, all of this holds per sequence: n, s and k are [B], summed over each tensor's other dimensions.
     """
     norm, *grads = ctx.saved_tensors
@@ -360,7 +365,7 @@ def _clip_backward(ctx, grad_new_weights, _grad_norm):
 
     clipped = ~(norm < c)  # NaN norms take the clipped branch, as in the forward
     n2 = sum(per_sequence_sum(g * g) for g in grads)
-    denom = torch.where(clipped, n2, torch.full_like(n2, c * c))
+    denom = torch.where(clipped, n2, torch.ones_like(n2))
     s = torch.where(clipped, c * torch.rsqrt(denom), torch.ones_like(denom))
     dot = sum(per_sequence_sum(u * g) for u, g in zip(us, grads))
     k = torch.where(clipped, dot / denom, torch.zeros_like(denom))
