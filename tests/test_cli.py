@@ -368,6 +368,25 @@ def test_error_does_not_fit_in_memory(tmp_path, capsys):
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--min-lr-ratio", "nan", "--min-lr-ratio must be a finite number in [0, 1]"),
+        ("--min-lr-ratio", "inf", "--min-lr-ratio must be a finite number in [0, 1]"),
+        ("--beta1", "2", "--beta1 must be a finite number in [0, 1)"),
+        ("--beta2", "-1", "--beta2 must be a finite number in [0, 1)"),
+        ("--weight-decay", "-1", "--weight-decay must be a finite number in [0, inf)"),
+        ("--seed", str(2**70), "--seed must be an integer in [0, 2^63)"),
+        ("--save-every", "-1", "--save-every must be >= 0"),
+    ],
+)
+def test_train_rejects_bad_numbers_up_front(tmp_path, corpus_file, capsys, option, value, message):
+    """One line naming the option, before anything is written."""
+    out = tmp_path / "run"
+    _fails(["train", "--out", str(out), "--corpus", corpus_file, *SMALL, option, value], capsys, message)
+    assert not out.exists()
+
+
 def test_out_refuses_a_directory_of_other_files(tmp_path, corpus_file, capsys):
     """A non-empty directory that is not a checkpoint of ours (here a project with its own config.json and files
     named like ours) is refused before training, and every file in it is left as it was."""

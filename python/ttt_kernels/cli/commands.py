@@ -50,6 +50,8 @@ def run_train(args) -> int:
     _positive(args.stop_after, "--stop-after")
     if args.minutes is not None and not args.minutes > 0:
         raise CLIError(f"--minutes must be > 0, got {args.minutes}")
+    if args.save_every < 0:
+        raise CLIError(f"--save-every must be >= 0 (0: at the end only), got {args.save_every}")
     if args.resume is None and args.out is None:
         raise CLIError("--out: a checkpoint directory is required (or --resume CKPT)")
     result = train(

@@ -128,6 +128,22 @@ def resolve_settings(given: dict) -> dict:
     for name in ("lr", "grad_clip", "inner_lr", "inner_lr_start"):
         if not (isinstance(s[name], (int, float)) and math.isfinite(s[name]) and s[name] > 0):
             raise CLIError(f"--{name.replace('_', '-')} must be a finite number > 0, got {s[name]!r}")
+    # Closed or half-open intervals each number must lie in (finite): (low, low inclusive, high, high inclusive).
+    ranges = {
+        "min_lr_ratio": (0.0, True, 1.0, True),
+        "weight_decay": (0.0, True, math.inf, False),
+        "beta1": (0.0, True, 1.0, False),
+        "beta2": (0.0, True, 1.0, False),
+    }
+    for name, (low, low_in, high, high_in) in ranges.items():
+        v = s[name]
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        ok = ok and (v >= low if low_in else v > low) and (v <= high if high_in else v < high)
+        if not ok:
+            interval = f"{'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+            raise CLIError(f"--{name.replace('_', '-')} must be a finite number in {interval}, got {v!r}")
+    if isinstance(s["seed"], bool) or not isinstance(s["seed"], int) or not 0 <= s["seed"] < 2**63:
+        raise CLIError(f"--seed must be an integer in [0, 2^63), got {s['seed']!r}")
     if s["checkpointing"] not in CHECKPOINTING:
         raise CLIError(f"--checkpointing must be one of {', '.join(CHECKPOINTING)}, got {s['checkpointing']!r}")
     if s["val_every"] < 0 or s["warmup"] < 0 or s["inner_warmup"] < 0:
