@@ -387,6 +387,21 @@ def test_train_rejects_bad_numbers_up_front(tmp_path, corpus_file, capsys, optio
     assert not out.exists()
 
 
+def test_eval_rejects_bad_values_up_front(trained, capsys, tmp_path):
+    for args, message in [
+        (["--inner-lr", "nan"], "--inner-lr must be a finite number >= 0"),
+        (["--context", "0"], "--context must be >= 1"),
+        (["--json", str(tmp_path / "missing" / "x.json")], "--json: the directory of"),
+    ]:
+        _fails(["eval", str(trained), "--windows", "1", *args], capsys, message)
+
+
+def test_train_rejects_a_vocabulary_below_the_bytes(tmp_path, corpus_file, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--out", str(out), "--corpus", corpus_file, *SMALL, "--set", "vocab_size=100"]
+    _fails(args, capsys, "vocab_size must be >= 256")
+
+
 def test_out_refuses_a_directory_of_other_files(tmp_path, corpus_file, capsys):
     """A non-empty directory that is not a checkpoint of ours (here a project with its own config.json and files
     named like ours) is refused before training, and every file in it is left as it was."""

@@ -110,6 +110,12 @@ def run_eval(args) -> int:
     device = runtime.setup(args.device, args.threads)
     _positive(args.windows, "--windows")
     _positive(args.batch, "--batch")
+    _positive(args.context, "--context")
+    if args.inner_lr is not None and not (math.isfinite(args.inner_lr) and args.inner_lr >= 0):
+        raise CLIError(f"--inner-lr must be a finite number >= 0, got {args.inner_lr}")
+    for path, option in ((args.json, "--json"), (args.plot, "--plot")):
+        if path is not None and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            raise CLIError(f"{option}: the directory of {path} does not exist")
     ckpts = [checkpoint.Checkpoint(p) for p in args.checkpoints]
     first = ckpts[0].trainer.get("settings", {})
     context = args.context or first.get("context")

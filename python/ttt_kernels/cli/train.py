@@ -100,6 +100,10 @@ def resolve_config(
     except (ValueError, TypeError) as e:
         arg = "--preset" if preset is not None and "unknown preset" in str(e) else "--config/--set"
         raise CLIError(f"{arg}: {e}") from None
+    if config.vocab_size < data.VOCAB_SIZE:
+        raise CLIError(
+            f"--config/--set: vocab_size must be >= {data.VOCAB_SIZE} (the byte tokens), got {config.vocab_size}"
+        )
     if baseline == "full" and config.window < context:
         config = dataclasses.replace(config, window=context)
     return config
@@ -358,11 +362,15 @@ def train(
             loss, _ = model.meta_loss(tokens, eta, **CHECKPOINTING[s["checkpointing"]])
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), s["grad_clip"]).item()
+            loss_value = loss.item()
+            if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):  # before the weights take the step
+                kept = f"; the last checkpoint (step {saved_step}) is kept" if saved_step is not None else ""
+                raise CLIError(
+                    f"training diverged at step {step + 1} (loss {loss_value}, gradient norm {grad_norm}); try a "
+                    f"lower --lr{kept}"
+                )
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                raise CLIError(f"training diverged at step {step + 1} (loss {loss_value}); try a lower --lr")
             step, run_steps = step + 1, run_steps + 1
             dt = time.perf_counter() - t0
             history.append({"step": step, "loss": loss_value, "lr": lr, "inner_lr": eta, "grad_norm": grad_norm})
