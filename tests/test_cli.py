@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -400,6 +401,36 @@ def test_train_rejects_a_vocabulary_below_the_bytes(tmp_path, corpus_file, capsy
     out = tmp_path / "run"
     args = ["train", "--out", str(out), "--corpus", corpus_file, *SMALL, "--set", "vocab_size=100"]
     _fails(args, capsys, "vocab_size must be >= 256")
+
+
+def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path, corpus_file):
+    """A run killed with SIGTERM (as a scheduler does) saves a checkpoint at the step it reached, says where, exits
+    with status 2, and --resume continues from there."""
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    argv = [sys.executable, "-m", "ttt_kernels", "train", "--out", str(out), "--corpus", corpus_file, *SMALL]
+    proc = subprocess.Popen([*argv, "--steps", "100000", "--log-every", "1"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    for line in proc.stdout:  # the first step's log line: training is under way
+        if line.startswith("step"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err
+    assert "interrupted at step" in err and f"--resume {out}" in err and "Traceback" not in err, err
+    saved = checkpoint.Checkpoint(str(out)).step
+    assert saved >= 1
+    r = subprocess.run([*argv[:3], "train", "--resume", str(out), "--stop-after", "1", "--no-progress"],
+                       capture_output=True, text=True, env=env)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert checkpoint.Checkpoint(str(out)).step == saved + 1
+
+
+def test_unwritable_out_fails_before_training(tmp_path, corpus_file, capsys):
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    _fails(["train", "--out", str(blocker / "sub"), "--corpus", corpus_file, *SMALL], capsys, "--out: cannot write")
+    assert blocker.read_text() == "x"
 
 
 def test_out_refuses_a_directory_of_other_files(tmp_path, corpus_file, capsys):

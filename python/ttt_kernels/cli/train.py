@@ -11,7 +11,10 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import sys
+import tempfile
+import threading
 import time
 
 import torch
@@ -153,6 +156,37 @@ def resolve_settings(given: dict) -> dict:
     if s["val_every"] < 0 or s["warmup"] < 0 or s["inner_warmup"] < 0:
         raise CLIError("--val-every, --warmup and --inner-warmup must be >= 0")
     return s
+
+
+def _check_writable(out: str) -> None:
+    """Creates ``out`` and writes and removes a probe file there, and imports what saving needs, so that a run
+    cannot end without its checkpoint after training (an unwritable --out, a missing safetensors)."""
+    try:
+        import safetensors.torch  # noqa: F401
+    except ImportError:
+        raise CLIError("saving checkpoints needs the safetensors package: pip install safetensors") from None
+    created = not os.path.exists(out)
+    try:
+        os.makedirs(out, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".tmp-", dir=out)
+        os.close(fd)
+        os.remove(probe)
+        if created:  # the first save creates it again; an error before then leaves nothing behind
+            os.rmdir(out)
+    except OSError as e:
+        raise CLIError(f"--out: cannot write to {out}: {e.strerror or e}") from None
+
+
+def _sigterm_raises_interrupt():
+    """SIGTERM (a scheduler's kill) interrupts training like Ctrl-C, so that a checkpoint is saved. Returns the
+    previous handler, to restore after training; None (nothing changed) outside the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)
 
 
 def learning_rate(s: dict, step: int) -> float:
@@ -303,6 +337,8 @@ def train(
             "empty directory"
         )
 
+    _check_writable(out)
+
     if ckpt is not None:  # the checkpoint's own config.json (a --config file may have moved since)
         config = ckpt.config
     else:
@@ -344,6 +380,7 @@ def train(
 
     total, tokens_per_step = s["steps"], s["batch"] * s["context"]
     bar = _Progress(total, step, progress, log_every)
+    previous_sigterm = _sigterm_raises_interrupt()
     start, saved_step, stopped, run_steps = time.perf_counter(), step if ckpt is not None else None, None, 0
     try:
         while step < total:
@@ -382,8 +419,15 @@ def train(
             if save_every and step % save_every == 0:
                 save()
                 saved_step = step
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep the steps done so far
+        bar.close()
+        if step != saved_step:
+            save()
+        raise CLIError(f"interrupted at step {step}; checkpoint {out} saved, continue with --resume {out}") from None
     finally:
         bar.close()
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
     train_seconds = time.perf_counter() - start
     if saved_step != step:
         save()
