@@ -426,6 +426,19 @@ def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path, corpus_file):
     assert checkpoint.Checkpoint(str(out)).step == saved + 1
 
 
+def test_periodic_save_by_time(tmp_path, corpus_file, monkeypatch):
+    """--save-minutes: a checkpoint after every step that ends that long after the last save (here every step)."""
+    saves = []
+    real_save = checkpoint.save
+    monkeypatch.setattr(checkpoint, "save", lambda *a, step, **k: saves.append(step) or real_save(*a, step=step, **k))
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "--corpus", corpus_file, *SMALL, "--steps", "3", "--save-minutes",
+                 "1e-9"]) == 0  # fmt: skip
+    assert saves == [1, 2, 3]
+    assert main(["train", "--out", str(tmp_path / "b"), "--corpus", corpus_file, *SMALL, "--steps", "3",
+                 "--save-minutes", "-1"]) == 2  # fmt: skip
+
+
 def test_unwritable_out_fails_before_training(tmp_path, corpus_file, capsys):
     blocker = tmp_path / "afile"
     blocker.write_text("x")

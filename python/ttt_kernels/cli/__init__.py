@@ -82,6 +82,12 @@ def _train_parser(sub) -> None:
     g.add_argument("--val-every", type=int, help=f"validate every N steps, 0: never (default {D['val_every']})")
     g.add_argument("--val-windows", type=int, help=f"held-out windows per validation (default {D['val_windows']})")
     g.add_argument("--save-every", type=int, default=0, help="also checkpoint every N steps (default: at the end)")
+    g.add_argument(
+        "--save-minutes",
+        type=float,
+        default=10.0,
+        help="also checkpoint after a step that ends this long after the last save (default 10; 0: never)",
+    )
     g.add_argument("--stop-after", type=int, help="stop (and checkpoint) after N steps of this run; --resume later")
     g.add_argument("--minutes", type=float, help="stop (and checkpoint) when this time budget would be exceeded")
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, help="progress bar (default: on a terminal)")

@@ -52,6 +52,8 @@ def run_train(args) -> int:
         raise CLIError(f"--minutes must be > 0, got {args.minutes}")
     if args.save_every < 0:
         raise CLIError(f"--save-every must be >= 0 (0: at the end only), got {args.save_every}")
+    if not (math.isfinite(args.save_minutes) and args.save_minutes >= 0):
+        raise CLIError(f"--save-minutes must be a finite number >= 0 (0: never), got {args.save_minutes}")
     if args.resume is None and args.out is None:
         raise CLIError("--out: a checkpoint directory is required (or --resume CKPT)")
     result = train(
@@ -60,6 +62,7 @@ def run_train(args) -> int:
         device=device,
         resume=args.resume,
         save_every=args.save_every,
+        save_seconds=60 * args.save_minutes,
         stop_after=args.stop_after,
         seconds=None if args.minutes is None else 60 * args.minutes,
         progress=args.progress,

@@ -295,6 +295,7 @@ def train(
     resume: str | None = None,
     corpus: data.Corpus | None = None,
     save_every: int = 0,
+    save_seconds: float = 600.0,
     stop_after: int | None = None,
     seconds: float | None = None,
     progress: bool | None = None,
@@ -305,7 +306,9 @@ def train(
 ) -> TrainResult:
     """Trains (or resumes) and writes checkpoints to ``out`` (``resume``'s directory when None). ``stop_after``:
     stop after that many steps of this run; ``seconds``: stop when the next step would exceed this time budget.
-    Either way a checkpoint is saved, and ``--resume`` continues the run exactly. ``overwrite``: ``out`` may hold
+    Either way a checkpoint is saved, and ``--resume`` continues the run exactly. Checkpoints are also saved every
+    ``save_every`` steps and, so that a killed run loses little, after any step that ends ``save_seconds`` (0:
+    never) after the last save or the start. ``overwrite``: ``out`` may hold
     a checkpoint already (replaced when the first save's manifest is written). ``origin``: which command wrote
     the checkpoint (recorded in trainer-N.json). ``reserve_steps``: with ``seconds``, also keep the time of that
     many average steps free (for work after training whose cost scales like a step)."""
@@ -381,6 +384,7 @@ def train(
     total, tokens_per_step = s["steps"], s["batch"] * s["context"]
     bar = _Progress(total, step, progress, log_every)
     previous_sigterm = _sigterm_raises_interrupt()
+    last_save = time.perf_counter()
     start, saved_step, stopped, run_steps = time.perf_counter(), step if ckpt is not None else None, None, 0
     try:
         while step < total:
@@ -416,9 +420,11 @@ def train(
                 val = validation_loss(model, val_windows, s["inner_lr"], s["batch"])
                 validation.append({"step": step, "loss": val})
                 bar.write(f"step {step}: validation loss {val:.4f} ({len(val_windows)} held-out windows)")
-            if save_every and step % save_every == 0:
+            if (save_every and step % save_every == 0) or (
+                save_seconds and time.perf_counter() - last_save >= save_seconds
+            ):
                 save()
-                saved_step = step
+                saved_step, last_save = step, time.perf_counter()
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep the steps done so far
         bar.close()
         if step != saved_step:
