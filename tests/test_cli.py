@@ -439,6 +439,25 @@ def test_periodic_save_by_time(tmp_path, corpus_file, monkeypatch):
                  "--save-minutes", "-1"]) == 2  # fmt: skip
 
 
+def test_second_writer_is_refused(tmp_path, corpus_file, capsys):
+    """While a run holds --out's lock, another run (fresh or --resume) on it is refused; the lock file goes with the
+    run and a directory holding only a stale one is accepted."""
+    import fcntl
+
+    from ttt_kernels.cli.train import LOCK_FILE
+
+    out = tmp_path / "run"
+    assert _train(out, corpus_file, "--steps", "1") == 0
+    assert not (out / LOCK_FILE).exists()
+    with open(out / LOCK_FILE, "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _fails(["train", "--resume", str(out), "--no-progress"], capsys, "is being written by another")
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / LOCK_FILE).write_text("123\n")  # left by a killed run: no lock held
+    assert _train(fresh, corpus_file, "--steps", "1") == 0
+
+
 def test_unwritable_out_fails_before_training(tmp_path, corpus_file, capsys):
     blocker = tmp_path / "afile"
     blocker.write_text("x")

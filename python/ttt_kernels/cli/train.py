@@ -8,6 +8,7 @@ train split with a generator seeded by ``seed``.
 """
 
 import dataclasses
+import fcntl
 import json
 import math
 import os
@@ -159,22 +160,64 @@ def resolve_settings(given: dict) -> dict:
 
 
 def _check_writable(out: str) -> None:
-    """Creates ``out`` and writes and removes a probe file there, and imports what saving needs, so that a run
-    cannot end without its checkpoint after training (an unwritable --out, a missing safetensors)."""
+    """Creates ``out``, writes and removes a probe file there and imports what saving needs, so that a run cannot
+    end without its checkpoint after training (an unwritable --out, a missing safetensors)."""
     try:
         import safetensors.torch  # noqa: F401
     except ImportError:
         raise CLIError("saving checkpoints needs the safetensors package: pip install safetensors") from None
-    created = not os.path.exists(out)
     try:
         os.makedirs(out, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".tmp-", dir=out)
         os.close(fd)
         os.remove(probe)
-        if created:  # the first save creates it again; an error before then leaves nothing behind
-            os.rmdir(out)
     except OSError as e:
         raise CLIError(f"--out: cannot write to {out}: {e.strerror or e}") from None
+
+
+LOCK_FILE = ".ttt-kernels.lock"
+
+
+def _lock_out(out: str):
+    """Creates ``out`` and holds an exclusive lock on its LOCK_FILE for the run: a second run writing the same
+    directory (a fresh run or a --resume) is refused instead of deleting the first one's files. The lock goes with
+    the process (flock), so a killed run leaves none behind. Returns (the open lock file, whether ``out`` was
+    created)."""
+    created = not os.path.exists(out)
+    try:
+        os.makedirs(out, exist_ok=True)
+        lock = open(os.path.join(out, LOCK_FILE), "a+")
+    except OSError as e:
+        raise CLIError(f"--out: cannot write to {out}: {e.strerror or e}") from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.seek(0)
+        holder = lock.read().strip() or "unknown"
+        lock.close()
+        raise CLIError(
+            f"--out: {out} is being written by another ttt-kernels run (pid {holder}); wait for it or "
+            "choose another directory"
+        ) from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock, created
+
+
+def _unlock_out(held) -> None:
+    """Removes the lock file while still holding it (no other run can be using it), releases the lock, and removes
+    ``out`` again if this run created it and wrote nothing (it failed before its first save)."""
+    lock, created = held
+    directory = os.path.dirname(lock.name)
+    try:
+        os.remove(lock.name)
+        if created and not os.listdir(directory):
+            os.rmdir(directory)
+    except OSError:
+        pass
+    lock.close()
 
 
 def _sigterm_raises_interrupt():
@@ -333,117 +376,124 @@ def train(
         raise CLIError(f"--out: {out} already holds a checkpoint (continue it with --resume {out}, or choose another)")
     if os.path.exists(out) and not os.path.isdir(out):
         raise CLIError(f"--out: {out} exists and is not a directory")
-    if os.path.isdir(out) and os.listdir(out) and not checkpoint.is_checkpoint(out):
+    if os.path.isdir(out) and set(os.listdir(out)) - {LOCK_FILE} and not checkpoint.is_checkpoint(out):
         # Saving writes config.json and removes earlier steps' files by name: never in a directory of someone else's.
         raise CLIError(
             f"--out: {out} is a non-empty directory that is not a ttt-kernels checkpoint; choose a new or "
             "empty directory"
         )
 
-    _check_writable(out)
-
-    if ckpt is not None:  # the checkpoint's own config.json (a --config file may have moved since)
-        config = ckpt.config
-    else:
-        config = resolve_config(s["preset"], s["config"], s["set"], s["baseline"], s["context"])
-    check_context(config, s["context"])
-    runtime.check_memory(
-        config, device, tokens=s["batch"] * s["context"], training=True, what="the training configuration"
-    )
-    if corpus is None:
-        corpus = data.load_corpus(s["corpus"], s["corpus_suffix"])
-    data.require_length(corpus, s["context"])
-
-    torch.manual_seed(s["seed"])
-    model = TTTE2EModel(config).to(device)
-    optimizer = make_optimizer(model, s)
-    sampler = data.WindowSampler(corpus.train, s["context"], s["batch"], s["seed"])
-    val_windows = data.evaluation_windows(corpus.validation, s["context"], s["val_windows"]).to(device)
-    step, history, validation = 0, [], []
-    if ckpt is not None:
-        ckpt.load_model(model)
-        optimizer.load_state_dict(ckpt.load_optimizer_state())
-        rng = ckpt.load_rng()
-        torch.set_rng_state(rng["torch"])
-        if "cuda" in rng and device.type == "cuda":
-            torch.cuda.set_rng_state(rng["cuda"], device)
-        sampler.load_state_dict(rng["sampler"])
-        step, history, validation = ckpt.step, ckpt.trainer["history"], ckpt.trainer["validation"]
-
-    def save():
-        trainer = {
-            "step": step,
-            "origin": origin,
-            "settings": s,
-            "history": history,
-            "validation": validation,
-            "corpus": corpus.source,
-        }
-        checkpoint.save(out, model, step=step, trainer=trainer, optimizer=optimizer, rng=_rng_state(sampler, device))
-
-    total, tokens_per_step = s["steps"], s["batch"] * s["context"]
-    bar = _Progress(total, step, progress, log_every)
-    previous_sigterm = _sigterm_raises_interrupt()
-    last_save = time.perf_counter()
-    start, saved_step, stopped, run_steps = time.perf_counter(), step if ckpt is not None else None, None, 0
+    lock = _lock_out(out)  # one writer per checkpoint directory
     try:
-        while step < total:
-            if stop_after is not None and run_steps >= stop_after:
-                stopped = f"--stop-after {stop_after}"
-                break
-            elapsed = time.perf_counter() - start
-            if seconds is not None and run_steps and elapsed + (1 + reserve_steps) * elapsed / run_steps > seconds:
-                stopped = f"time budget of {seconds:.0f} s"
-                break
-            lr, eta = learning_rate(s, step), inner_learning_rate(s, step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            t0 = time.perf_counter()
-            tokens = sampler.next_batch().to(device)
-            loss, _ = model.meta_loss(tokens, eta, **CHECKPOINTING[s["checkpointing"]])
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), s["grad_clip"]).item()
-            loss_value = loss.item()
-            if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):  # before the weights take the step
-                kept = f"; the last checkpoint (step {saved_step}) is kept" if saved_step is not None else ""
-                raise CLIError(
-                    f"training diverged at step {step + 1} (loss {loss_value}, gradient norm {grad_norm}); try a "
-                    f"lower --lr{kept}"
-                )
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step, run_steps = step + 1, run_steps + 1
-            dt = time.perf_counter() - t0
-            history.append({"step": step, "loss": loss_value, "lr": lr, "inner_lr": eta, "grad_norm": grad_norm})
-            bar.update(step, total, loss_value, tokens_per_step / dt, lr, eta)
-            if s["val_every"] and (step % s["val_every"] == 0 or step == total):
-                val = validation_loss(model, val_windows, s["inner_lr"], s["batch"])
-                validation.append({"step": step, "loss": val})
-                bar.write(f"step {step}: validation loss {val:.4f} ({len(val_windows)} held-out windows)")
-            if (save_every and step % save_every == 0) or (
-                save_seconds and time.perf_counter() - last_save >= save_seconds
-            ):
+        _check_writable(out)
+        if ckpt is not None:  # the checkpoint's own config.json (a --config file may have moved since)
+            config = ckpt.config
+        else:
+            config = resolve_config(s["preset"], s["config"], s["set"], s["baseline"], s["context"])
+        check_context(config, s["context"])
+        runtime.check_memory(
+            config, device, tokens=s["batch"] * s["context"], training=True, what="the training configuration"
+        )
+        if corpus is None:
+            corpus = data.load_corpus(s["corpus"], s["corpus_suffix"])
+        data.require_length(corpus, s["context"])
+
+        torch.manual_seed(s["seed"])
+        model = TTTE2EModel(config).to(device)
+        optimizer = make_optimizer(model, s)
+        sampler = data.WindowSampler(corpus.train, s["context"], s["batch"], s["seed"])
+        val_windows = data.evaluation_windows(corpus.validation, s["context"], s["val_windows"]).to(device)
+        step, history, validation = 0, [], []
+        if ckpt is not None:
+            ckpt.load_model(model)
+            optimizer.load_state_dict(ckpt.load_optimizer_state())
+            rng = ckpt.load_rng()
+            torch.set_rng_state(rng["torch"])
+            if "cuda" in rng and device.type == "cuda":
+                torch.cuda.set_rng_state(rng["cuda"], device)
+            sampler.load_state_dict(rng["sampler"])
+            step, history, validation = ckpt.step, ckpt.trainer["history"], ckpt.trainer["validation"]
+
+        def save():
+            trainer = {
+                "step": step,
+                "origin": origin,
+                "settings": s,
+                "history": history,
+                "validation": validation,
+                "corpus": corpus.source,
+            }
+            checkpoint.save(
+                out, model, step=step, trainer=trainer, optimizer=optimizer, rng=_rng_state(sampler, device)
+            )
+
+        total, tokens_per_step = s["steps"], s["batch"] * s["context"]
+        bar = _Progress(total, step, progress, log_every)
+        previous_sigterm = _sigterm_raises_interrupt()
+        last_save = time.perf_counter()
+        start, saved_step, stopped, run_steps = time.perf_counter(), step if ckpt is not None else None, None, 0
+        try:
+            while step < total:
+                if stop_after is not None and run_steps >= stop_after:
+                    stopped = f"--stop-after {stop_after}"
+                    break
+                elapsed = time.perf_counter() - start
+                if seconds is not None and run_steps and elapsed + (1 + reserve_steps) * elapsed / run_steps > seconds:
+                    stopped = f"time budget of {seconds:.0f} s"
+                    break
+                lr, eta = learning_rate(s, step), inner_learning_rate(s, step)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                t0 = time.perf_counter()
+                tokens = sampler.next_batch().to(device)
+                loss, _ = model.meta_loss(tokens, eta, **CHECKPOINTING[s["checkpointing"]])
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), s["grad_clip"]).item()
+                loss_value = loss.item()
+                if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):  # before the weights take the step
+                    kept = f"; the last checkpoint (step {saved_step}) is kept" if saved_step is not None else ""
+                    raise CLIError(
+                        f"training diverged at step {step + 1} (loss {loss_value}, gradient norm {grad_norm}); try a "
+                        f"lower --lr{kept}"
+                    )
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step, run_steps = step + 1, run_steps + 1
+                dt = time.perf_counter() - t0
+                history.append({"step": step, "loss": loss_value, "lr": lr, "inner_lr": eta, "grad_norm": grad_norm})
+                bar.update(step, total, loss_value, tokens_per_step / dt, lr, eta)
+                if s["val_every"] and (step % s["val_every"] == 0 or step == total):
+                    val = validation_loss(model, val_windows, s["inner_lr"], s["batch"])
+                    validation.append({"step": step, "loss": val})
+                    bar.write(f"step {step}: validation loss {val:.4f} ({len(val_windows)} held-out windows)")
+                if (save_every and step % save_every == 0) or (
+                    save_seconds and time.perf_counter() - last_save >= save_seconds
+                ):
+                    save()
+                    saved_step, last_save = step, time.perf_counter()
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep the steps done so far
+            bar.close()
+            if step != saved_step:
                 save()
-                saved_step, last_save = step, time.perf_counter()
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep the steps done so far
-        bar.close()
-        if step != saved_step:
+            raise CLIError(
+                f"interrupted at step {step}; checkpoint {out} saved, continue with --resume {out}"
+            ) from None
+        finally:
+            bar.close()
+            if previous_sigterm is not None:
+                signal.signal(signal.SIGTERM, previous_sigterm)
+        train_seconds = time.perf_counter() - start
+        if saved_step != step:
             save()
-        raise CLIError(f"interrupted at step {step}; checkpoint {out} saved, continue with --resume {out}") from None
+        return TrainResult(
+            model=model,
+            settings=s,
+            step=step,
+            history=history,
+            validation=validation,
+            train_seconds=train_seconds,
+            tokens_per_second=run_steps * tokens_per_step / train_seconds if train_seconds > 0 else 0.0,
+            stopped_early=stopped,
+        )
     finally:
-        bar.close()
-        if previous_sigterm is not None:
-            signal.signal(signal.SIGTERM, previous_sigterm)
-    train_seconds = time.perf_counter() - start
-    if saved_step != step:
-        save()
-    return TrainResult(
-        model=model,
-        settings=s,
-        step=step,
-        history=history,
-        validation=validation,
-        train_seconds=train_seconds,
-        tokens_per_second=run_steps * tokens_per_step / train_seconds if train_seconds > 0 else 0.0,
-        stopped_early=stopped,
-    )
+        _unlock_out(lock)
