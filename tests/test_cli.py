@@ -458,6 +458,23 @@ def test_second_writer_is_refused(tmp_path, corpus_file, capsys):
     assert _train(fresh, corpus_file, "--steps", "1") == 0
 
 
+def test_non_utf8_file_names_and_prompts(tmp_path, corpus_file, capsys):
+    """A corpus directory with a file name that is not UTF-8 trains, and a prompt of arbitrary bytes (what Python
+    makes of $'\\xff' on the command line) generates."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    with open(corpus_file, "rb") as f:
+        text = f.read()
+    with open(os.path.join(os.fsencode(corpus), b"caf\xe9.py"), "wb") as f:  # Latin-1 name
+        f.write(text)
+    (corpus / "b.py").write_bytes(text)
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "--corpus", str(corpus), *SMALL, "--steps", "1"]) == 0
+    capsys.readouterr()
+    assert main(["generate", str(out), "--prompt", "def \udcff", "--max-new-tokens", "3", "--seed", "1"]) == 0
+    assert capsys.readouterr().out
+
+
 def test_unwritable_out_fails_before_training(tmp_path, corpus_file, capsys):
     blocker = tmp_path / "afile"
     blocker.write_text("x")

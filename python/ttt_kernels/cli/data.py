@@ -25,8 +25,9 @@ _SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__"}
 
 
 def encode(text: str) -> list[int]:
-    """UTF-8 bytes of text as token ids (0..255)."""
-    return list(text.encode("utf-8"))
+    """UTF-8 bytes of text as token ids (0..255). Bytes that are not UTF-8 in a command-line argument (Python keeps
+    them as surrogate escapes, e.g. --prompt $'\\xff') are the tokens of those bytes."""
+    return list(text.encode("utf-8", "surrogateescape"))
 
 
 _CONTROL = {c: "\ufffd" for c in [*range(0, 9), 11, 12, *range(14, 32), 127]}
@@ -44,7 +45,8 @@ def default_corpus_root() -> str:
 
 
 def is_validation(relative_path: str) -> bool:
-    digest = hashlib.sha256(relative_path.replace(os.sep, "/").encode("utf-8")).digest()
+    # The path's bytes as the file system has them (any name, UTF-8 or not).
+    digest = hashlib.sha256(os.fsencode(relative_path.replace(os.sep, "/"))).digest()
     return int.from_bytes(digest[:8], "big") % VALIDATION_MODULUS == 0
 
 
