@@ -5,6 +5,7 @@ Commands run in-process through ``ttt_kernels.cli.main(argv)``; one test runs ``
 """
 
 import glob
+import hashlib
 import json
 import os
 import re
@@ -473,6 +474,39 @@ def test_non_utf8_file_names_and_prompts(tmp_path, corpus_file, capsys):
     capsys.readouterr()
     assert main(["generate", str(out), "--prompt", "def \udcff", "--max-new-tokens", "3", "--seed", "1"]) == 0
     assert capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda m: m["files"]["model"].pop("sha256"), "the sha256 of 'model' must be 64 hex digits"),
+        (lambda m: m["files"]["model"].pop("name"), "the name of 'model' must be a file name"),
+        (lambda m: m["files"].__setitem__("model", 3), "the entry of 'model' must be an object"),
+        (lambda m: m.__setitem__("step", "abc"), "step must be an integer >= 0"),
+        (lambda m: m["files"]["config"].__setitem__("name", "../outside.json"), "must be a file name inside"),
+    ],
+)
+def test_hostile_manifests_give_one_line(trained, tmp_path, capsys, edit, message):
+    copy = tmp_path / "copy"
+    shutil.copytree(trained, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    edit(manifest)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    _fails(["eval", str(copy), "--windows", "1"], capsys, message)
+
+
+def test_trainer_state_without_settings(trained, tmp_path, capsys):
+    copy = tmp_path / "copy"
+    shutil.copytree(trained, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    trainer = copy / manifest["files"]["trainer"]["name"]
+    state = json.loads(trainer.read_text())
+    del state["settings"]
+    trainer.write_text(json.dumps(state))
+    data = trainer.read_bytes()
+    manifest["files"]["trainer"].update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    _fails(["train", "--resume", str(copy), "--no-progress"], capsys, "lacks settings, history or validation")
 
 
 def test_unwritable_out_fails_before_training(tmp_path, corpus_file, capsys):

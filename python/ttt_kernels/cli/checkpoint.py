@@ -158,6 +158,25 @@ def _to_cpu(obj):
     return obj
 
 
+def _check_manifest(directory: str, manifest: dict) -> None:
+    """The manifest's schema: an integer step >= 0 and, per role, a plain file name (no directory part, so nothing
+    outside the checkpoint is ever read), an integer size and a SHA-256 hex digest. One clear line otherwise."""
+    where = f"checkpoint {directory}: {MANIFEST}"
+    step = manifest.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CLIError(f"{where}: step must be an integer >= 0, got {step!r}")
+    for role, entry in manifest["files"].items():
+        if not isinstance(entry, dict):
+            raise CLIError(f"{where}: the entry of {role!r} must be an object, got {type(entry).__name__}")
+        name, size, digest = entry.get("name"), entry.get("bytes"), entry.get("sha256")
+        if not isinstance(name, str) or not name or name in (".", "..") or name != os.path.basename(name):
+            raise CLIError(f"{where}: the name of {role!r} must be a file name inside the checkpoint, got {name!r}")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise CLIError(f"{where}: the size of {role!r} must be an integer >= 0, got {size!r}")
+        if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise CLIError(f"{where}: the sha256 of {role!r} must be 64 hex digits, got {digest!r}")
+
+
 class Checkpoint:
     """A verified checkpoint directory: its manifest has been read and every file's size and SHA-256 checked."""
 
@@ -183,6 +202,7 @@ class Checkpoint:
             raise CLIError(f"checkpoint {directory}: {MANIFEST} is corrupt (not a {FORMAT} manifest)") from None
         if manifest.get("version") != VERSION:
             raise CLIError(f"checkpoint {directory}: format version {manifest.get('version')!r}, expected {VERSION}")
+        _check_manifest(directory, manifest)
         for role, entry in files.items():
             file = os.path.join(directory, entry["name"])
             if not os.path.isfile(file):
@@ -198,6 +218,10 @@ class Checkpoint:
                 self.trainer = json.load(f)
         except (ValueError, TypeError) as e:
             raise CLIError(f"checkpoint {directory}: invalid config.json or trainer state: {e}") from None
+        if not isinstance(self.trainer, dict) or not isinstance(self.trainer.get("settings", {}), dict):
+            raise CLIError(f"checkpoint {directory}: invalid trainer state (expected a JSON object with settings)")
+        if self.resumable and not all(k in self.trainer for k in ("settings", "history", "validation")):
+            raise CLIError(f"checkpoint {directory}: the trainer state lacks settings, history or validation")
 
     @property
     def resumable(self) -> bool:
