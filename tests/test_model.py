@@ -285,6 +285,14 @@ def test_meta_loss_argument_errors():
         model.meta_loss(_tokens(1, 33, 0), checkpoint_prefix_group=0)
     with pytest.raises(ValueError, match="ops must be one of"):
         TTTE2EModel(_config(), ops="fast")
+    for bad in (256, -1):  # checked without a host synchronization (asynchronously on a GPU)
+        tokens = _tokens(1, 33, 0)
+        tokens[0, 7] = bad
+        for method, args in ((model.meta_loss, ()), (model.prefill, ()), (model.generate, (1,))):
+            with pytest.raises(RuntimeError, match=r"token ids must be in \[0, vocab_size=256\)"):
+                method(tokens, *args)
+    with pytest.raises(ValueError, match=r"TTTE2EConfig.window must be < 2\^31"):
+        _config(window=2**64)
 
 
 @pytest.mark.parametrize("ops", ["package", "reference"])

@@ -202,9 +202,10 @@ def test_python_argument_errors():
         ((q, k[..., :8], v[..., :8], 3), {}, "head_dim"),
         ((torch.cat([q, q], 1), k, v, 3), {}, "seqlen_q"),
         ((q[:, :, :3], k, v, 3), {}, "multiple of heads_kv"),
-        ((q, k, v, 0), {}, "window must be an int >= 1"),
-        ((q, k, v, 2.0), {}, "window must be an int >= 1"),
-        ((q, k, v, True), {}, "window must be an int >= 1"),
+        ((q, k, v, 0), {}, r"window must be an int in \[1, 2\^63\)"),
+        ((q, k, v, 2.0), {}, r"window must be an int in \[1, 2\^63\)"),
+        ((q, k, v, True), {}, r"window must be an int in \[1, 2\^63\)"),
+        ((q, k, v, 2**64), {}, r"window must be an int in \[1, 2\^63\)"),
         ((q, k, v, 3), {"scale": float("nan")}, "scale must be a finite number"),
     ]
     for args, kwargs, match in cases:

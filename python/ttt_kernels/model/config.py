@@ -93,6 +93,8 @@ class TTTE2EConfig:
             "mini_batch_size",
         ):
             check_int(getattr(self, name), f"TTTE2EConfig.{name}")
+            if getattr(self, name) >= 2**31:
+                raise ValueError(f"TTTE2EConfig.{name} must be < 2^31, got {getattr(self, name)}")
         if self.num_suffix_layers > self.num_layers:
             raise ValueError(
                 f"TTTE2EConfig.num_suffix_layers ({self.num_suffix_layers}) must not exceed num_layers "

@@ -388,6 +388,11 @@ class TTTE2EModel(nn.Module):
             raise ValueError(
                 f"TTTE2EModel.{what}: tokens are on {tokens.device}, the model on {self.embed.weight.device}"
             )
+        # Checked where the tokens are, without a host synchronization (asynchronous on a GPU).
+        in_range = ((tokens >= 0) & (tokens < self.config.vocab_size)).all()
+        torch._assert_async(
+            in_range, f"TTTE2EModel.{what}: token ids must be in [0, vocab_size={self.config.vocab_size})"
+        )
 
     def meta_loss(
         self,

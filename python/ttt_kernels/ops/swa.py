@@ -55,8 +55,8 @@ def swa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int
         raise ValueError(f"swa_attention: seqlen_q ({sq}) must not exceed seqlen_k ({sk})")
     if hkv == 0 or hq == 0 or hq % hkv != 0:
         raise ValueError(f"swa_attention: heads_q ({hq}) must be a positive multiple of heads_kv ({hkv})")
-    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-        raise ValueError(f"swa_attention: window must be an int >= 1, got {window!r}")
+    if isinstance(window, bool) or not isinstance(window, int) or not 1 <= window < 2**63:
+        raise ValueError(f"swa_attention: window must be an int in [1, 2^63), got {window!r}")
     if scale is None:
         scale = d**-0.5
     elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
