@@ -509,6 +509,16 @@ def test_trainer_state_without_settings(trained, tmp_path, capsys):
     _fails(["train", "--resume", str(copy), "--no-progress"], capsys, "lacks settings, history or validation")
 
 
+def test_saves_leave_no_temporary_files(tmp_path, corpus_file):
+    """A save writes every file through a temporary of ours (.tmp-*), the model too (not through safetensors' own
+    .tmpXXXX): temporaries a killed save left are removed by the next save, and none remain after it."""
+    out = tmp_path / "run"
+    assert _train(out, corpus_file, "--steps", "2", "--stop-after", "1") == 0
+    (out / ".tmp-left-by-a-kill").write_bytes(b"\0" * 100)
+    assert main(["train", "--resume", str(out), "--stop-after", "1", "--no-progress"]) == 0
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".tmp")]
+
+
 def test_unwritable_out_fails_before_training(tmp_path, corpus_file, capsys):
     blocker = tmp_path / "afile"
     blocker.write_text("x")

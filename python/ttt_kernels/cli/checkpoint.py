@@ -65,6 +65,14 @@ def _write_text(text: str):
     return write
 
 
+def _write_bytes(make):
+    def write(path):
+        with open(path, "wb") as f:
+            f.write(make())
+
+    return write
+
+
 def _torch_save(obj):
     def write(path):
         with open(path, "wb") as f:  # a file object: torch names the archive after a path's basename
@@ -79,7 +87,7 @@ def is_checkpoint(directory: str) -> bool:
 
 def save(directory: str, model: TTTE2EModel, *, step: int, trainer: dict, optimizer=None, rng: dict | None = None):
     """Writes a checkpoint of ``model`` (and the optimizer / RNG state for resuming) to ``directory``."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save as safetensors_bytes
 
     created = not os.path.exists(directory)
     os.makedirs(directory, exist_ok=True)
@@ -93,7 +101,9 @@ def save(directory: str, model: TTTE2EModel, *, step: int, trainer: dict, optimi
     config_text = model.config.to_json() + "\n"
     state = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
     writers = {
-        "model": lambda p: save_file(state, p, metadata={"format": "pt"}),
+        # Serialized here and written into our own temporary file: safetensors' save_file would go through a
+        # temporary file of its own (".tmpXXXX"), which a killed save would leave behind.
+        "model": _write_bytes(lambda: safetensors_bytes(state, metadata={"format": "pt"})),
         "trainer": _write_text(json.dumps(trainer, indent=1) + "\n"),
         "optimizer": _torch_save(_to_cpu(optimizer.state_dict())) if optimizer is not None else None,
         "rng": _torch_save(rng) if rng is not None else None,
