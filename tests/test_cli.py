@@ -519,6 +519,25 @@ def test_saves_leave_no_temporary_files(tmp_path, corpus_file):
     assert not [p.name for p in out.iterdir() if p.name.startswith(".tmp")]
 
 
+def test_disk_full_during_a_save(tmp_path, corpus_file, capsys, monkeypatch):
+    """A save that cannot write (ENOSPC, simulated in the model file's writer) gives one line and leaves the previous
+    checkpoint loadable."""
+    import errno
+
+    out = tmp_path / "run"
+    assert _train(out, corpus_file, "--steps", "2", "--stop-after", "1") == 0
+    real_write = checkpoint._atomic_write
+
+    def full(directory, name, write):
+        if name.startswith("model-"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_write(directory, name, write)
+
+    monkeypatch.setattr(checkpoint, "_atomic_write", full)
+    _fails(["train", "--resume", str(out), "--no-progress"], capsys, "No space left on device", "previous checkpoint")
+    assert checkpoint.Checkpoint(str(out)).step == 1
+
+
 def test_unwritable_out_fails_before_training(tmp_path, corpus_file, capsys):
     blocker = tmp_path / "afile"
     blocker.write_text("x")

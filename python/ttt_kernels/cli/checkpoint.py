@@ -128,12 +128,15 @@ def save(directory: str, model: TTTE2EModel, *, step: int, trainer: dict, optimi
             },
         }
         _atomic_write(directory, MANIFEST, _write_text(json.dumps(manifest, indent=1) + "\n"))
-    except BaseException:
+    except BaseException as e:
         for name in written:  # this save's files, unless the previous checkpoint uses them (same step)
             if name not in previous and os.path.exists(os.path.join(directory, name)):
                 os.remove(os.path.join(directory, name))
         if created and not os.listdir(directory):
             os.rmdir(directory)
+        if isinstance(e, OSError):  # e.g. the disk is full
+            kept = " (the previous checkpoint there is intact)" if previous else ""
+            raise CLIError(f"cannot save a checkpoint to {directory}: {e.strerror or e}{kept}") from None
         raise
     keep = set(files.values()) | {MANIFEST}
     for name in os.listdir(directory):  # files of earlier steps, left-over temporaries
