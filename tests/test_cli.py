@@ -19,7 +19,7 @@ import zlib
 import pytest
 import torch
 
-from ttt_kernels.cli import checkpoint, data, main
+from ttt_kernels.cli import CLIError, checkpoint, data, main
 from ttt_kernels.model import TTTE2EModel
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -592,12 +592,14 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, trained, monkeypatc
         raise OSError("disk full")
 
     monkeypatch.setattr(checkpoint.torch, "save", broken_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(
+        CLIError, match=r"cannot save a checkpoint .*disk full \(the previous checkpoint there is intact"
+    ):
         checkpoint.save(str(ckpt_dir), model, step=7, trainer={}, rng={"x": torch.zeros(1)})
     assert sorted(os.listdir(ckpt_dir)) == before
     assert checkpoint.Checkpoint(str(ckpt_dir)).step == 2
 
     fresh = tmp_path / "fresh"
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(CLIError, match="disk full"):
         checkpoint.save(str(fresh), model, step=1, trainer={}, rng={"x": torch.zeros(1)})
     assert not fresh.exists()
