@@ -49,6 +49,42 @@ def test_enabled_sets_and_restores_the_configuration():
     with pytest.raises(ValueError, match="num_workers must be >= 0"):
         _C.sim_set_config(enabled=True, num_workers=-1)
     assert _C.sim_config() == before
+    for kwargs, message in (({"seed": -1}, "seed must be an int"), ({"num_workers": -1}, "num_workers must be")):
+        with pytest.raises(ValueError, match=message):
+            with ttt_kernels.sim.enabled(**kwargs):
+                pass
+    assert _C.sim_config() == before
+
+
+def test_enabled_is_per_thread():
+    """While one thread is inside sim.enabled(), another thread's ops run their CPU kernels (a float32 attention,
+    which the CUDA kernels reject); overlapping contexts in two threads each restore their own thread's setting."""
+    import threading
+
+    from ttt_kernels import _C, ops
+
+    q = torch.randn(1, 8, 2, 16)
+    inside, done = threading.Event(), threading.Event()
+    seen = {}
+
+    def hold():
+        with ttt_kernels.sim.enabled():
+            seen["worker inside"] = _C.sim_config()["enabled"]
+            inside.set()
+            done.wait(timeout=60)
+        seen["worker after"] = _C.sim_config()["enabled"]
+
+    worker = threading.Thread(target=hold)
+    worker.start()
+    assert inside.wait(timeout=60)
+    with ttt_kernels.sim.enabled(schedule="reverse"):
+        assert _C.sim_config()["schedule"] == "reverse"
+        done.set()
+        worker.join(timeout=60)
+        assert _C.sim_config()["enabled"]  # the worker's exit did not switch this thread off
+    assert not _C.sim_config()["enabled"]
+    assert ops.swa_attention(q, q, q, 4).shape == q.shape  # CPU kernel, float32
+    assert seen == {"worker inside": True, "worker after": False}
 
 
 # ---- Correct kernels ------------------------------------------------------------------------------------------------

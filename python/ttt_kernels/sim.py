@@ -19,7 +19,8 @@ def is_built() -> bool:
 
 @contextlib.contextmanager
 def enabled(schedule: str = "in_order", seed: int = 0, num_workers: int = 0):
-    """Routes ops on CPU tensors to the simulated CUDA kernels.
+    """Routes ops on CPU tensors called from this thread to the simulated CUDA kernels (the setting is per thread;
+    on exit the thread's previous setting is restored).
 
     Args:
         schedule: "in_order", "reverse" or "shuffle" (re-shuffled at every barrier, deterministic in ``seed``).
@@ -30,8 +31,10 @@ def enabled(schedule: str = "in_order", seed: int = 0, num_workers: int = 0):
         raise RuntimeError("ttt_kernels was built without the simulator (TTT_KERNELS_SIM=OFF)")
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
-    if num_workers < 0:
-        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be an int in [0, 2^64), got {seed!r}")
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
     previous = _C.sim_config()
     _C.sim_set_config(enabled=True, schedule=schedule, seed=seed, num_workers=num_workers)
     try:

@@ -21,7 +21,8 @@ struct Config {
   int num_workers = 0;  // OS threads running blocks; 0: std::thread::hardware_concurrency()
 };
 
-// Thread-safe. A launch reads the configuration once, when it starts.
+// The configuration of the calling thread (each thread has its own, initially disabled). A launch reads it once, when
+// it starts, in the launching thread.
 Config config();
 void set_config(const Config& config);
 
