@@ -349,6 +349,23 @@ def test_no_host_synchronization():
     assert totals[2] == totals[5]
 
 
+def test_check_finite_is_opt_in():
+    """A NaN parameter: by default the loss is NaN; with check_finite, meta_loss, prefill and decode fail naming it."""
+    model = _model(_config())
+    with torch.no_grad():
+        model.blocks[0].ffn.w1.weight[0, 0] = float("nan")
+    tokens = _tokens(1, 33, 0)
+    assert torch.isnan(model.meta_loss(tokens)[0])
+    model.check_finite = True
+    with pytest.raises(RuntimeError, match="TTTE2EModel.meta_loss: non-finite loss"):
+        model.meta_loss(tokens)
+    with pytest.raises(RuntimeError, match="non-finite logits"):
+        model.prefill(tokens)
+    checked = TTTE2EModel(_config(), check_finite=True).double()
+    state = checked.prefill(tokens)  # finite: no error
+    checked.decode(state, tokens[:, 0])
+
+
 def test_matches_reference_model_tiny_preset():
     """The tiny preset at full size (window 256, b 64, one suffix block) past the point where the window is full;
     prefix slices of 128 tokens (a slice reads the windows of the two before it)."""

@@ -202,14 +202,17 @@ class TTTE2EModel(nn.Module):
     """TTT-E2E: a sliding-window Transformer whose suffix blocks' dynamic MLPs train on the context (docs/model.md).
 
     ``ops="package"`` runs the fused ops of :mod:`ttt_kernels.ops`, ``ops="reference"`` the same code on the
-    pure-PyTorch references (:attr:`ops` can be changed later).
+    pure-PyTorch references (:attr:`ops` can be changed later). ``check_finite``: meta_loss, prefill and decode
+    fail with a RuntimeError when a loss or logit is NaN or infinite (a NaN parameter, an exploding step) instead of
+    returning it; checked where the tensors are, without a host synchronization (asynchronously on a GPU).
     """
 
-    def __init__(self, config: TTTE2EConfig, *, ops: str = "package"):
+    def __init__(self, config: TTTE2EConfig, *, ops: str = "package", check_finite: bool = False):
         super().__init__()
         config.validate()
         self.config = config
         self.ops = ops
+        self.check_finite = bool(check_finite)
         c = config
         self.embed = nn.Embedding(c.vocab_size, c.hidden_size)  # tied with the LM head
         self.blocks = nn.ModuleList(_Block(c, suffix=i >= c.num_prefix_layers) for i in range(c.num_layers))
@@ -469,6 +472,7 @@ class TTTE2EModel(nn.Module):
         if not c.ttt:
             ce, valid = self._token_losses(h, targets)
             per_chunk = ce.view(bsz, n_chunks, b).sum(2) / valid.view(bsz, n_chunks, b).sum(2).clamp(min=1)
+            self._assert_finite(per_chunk, "meta_loss", "loss")
             return per_chunk.mean(), per_chunk
 
         fast = self.initial_fast_weights(bsz)
@@ -483,7 +487,14 @@ class TTTE2EModel(nn.Module):
                 levels = ()
             losses, _, _ = self._segment(h, targets, 0, fast, hist, meta, False, torch.is_grad_enabled(), levels)
         per_chunk = torch.stack(losses, 1)
+        self._assert_finite(per_chunk, "meta_loss", "loss")
         return per_chunk.mean(), per_chunk
+
+    def _assert_finite(self, t: torch.Tensor, what: str, name: str) -> None:
+        if self.check_finite:
+            torch._assert_async(
+                torch.isfinite(t).all(), f"TTTE2EModel.{what}: non-finite {name} (a NaN or infinite parameter or step)"
+            )
 
     def _budgeted_segments(self, h, targets, fast: tuple, meta: _MetaArgs, prefix_bytes: int) -> list:
         """The inner loop of ``checkpoint="auto"`` over h [B, n*b, d]: chunk 0 keeps its graph, which is measured
@@ -780,6 +791,7 @@ class TTTE2EModel(nn.Module):
             state.pos += n
             logits = self._logits(h if all_logits else h[:, -1:])
             state.logits = logits[:, -1]
+            self._assert_finite(state.logits, "prefill/decode", "logits")
             return logits if all_logits else state.logits
 
         h, kvs = self._embed_prefix(tokens, state.pos, state.kv[:n_pre])
@@ -813,6 +825,7 @@ class TTTE2EModel(nn.Module):
                 ]
                 state.pos, i = state.pos + m, i + m
         state.logits = outs[-1][:, -1]
+        self._assert_finite(state.logits, "prefill/decode", "logits")
         return torch.cat(outs, 1) if all_logits else state.logits
 
     def _ttt_step(self, state: TTTE2EState, h: torch.Tensor, targets: torch.Tensor, pos0: int) -> torch.Tensor:
