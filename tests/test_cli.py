@@ -538,6 +538,25 @@ def test_disk_full_during_a_save(tmp_path, corpus_file, capsys, monkeypatch):
     assert checkpoint.Checkpoint(str(out)).step == 1
 
 
+def test_missing_safetensors_fails_before_training(tmp_path, corpus_file, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "safetensors.torch", None)  # import safetensors.torch raises ImportError
+    out = tmp_path / "run"
+    _fails(["train", "--out", str(out), "--corpus", corpus_file, *SMALL], capsys, "needs the safetensors package")
+    assert not out.exists()
+
+
+def test_divergence_stops_before_the_step_and_keeps_the_last_checkpoint(tmp_path, corpus_file, capsys):
+    """An absurd learning rate makes the second step's loss non-finite: training stops with one line before the
+    weights take that step, and the checkpoint of step 1 stays loadable with finite weights."""
+    out = tmp_path / "run"
+    argv = ["train", "--out", str(out), "--corpus", corpus_file, *SMALL, "--steps", "5", "--lr", "1e30"]
+    _fails([*argv, "--save-every", "1", "--warmup", "0"], capsys, "training diverged at step", "is kept")
+    ckpt = checkpoint.Checkpoint(str(out))
+    model = TTTE2EModel(ckpt.config)
+    ckpt.load_model(model)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
 def test_unwritable_out_fails_before_training(tmp_path, corpus_file, capsys):
     blocker = tmp_path / "afile"
     blocker.write_text("x")

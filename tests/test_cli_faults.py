@@ -31,6 +31,12 @@ def _env():
     return dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
 
 
+def _foreground_signals():
+    """In the child: SIGINT as in a terminal's foreground job (a shell starts background jobs with SIGINT ignored,
+    and Python then raises no KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(argv):
     return subprocess.Popen(
         [sys.executable, "-m", "ttt_kernels", "train", *argv],
@@ -38,7 +44,18 @@ def _start(argv):
         stderr=subprocess.PIPE,
         text=True,
         env=_env(),
+        preexec_fn=_foreground_signals,
     )
+
+
+def _finish(proc, timeout: float):
+    """(stdout, stderr) of the child once it exits; killed (and the test failed) if it does not within timeout."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
 
 
 def _wait_for_steps(proc, steps: int) -> None:
@@ -75,7 +92,7 @@ def test_kill_9_at_random_points_keeps_a_loadable_checkpoint(tmp_path, corpus_fi
         _wait_for_steps(proc, 2)  # the second step's line comes after the first step's save
         time.sleep(rng.uniform(0.0, 0.5))  # somewhere inside a step or its save
         proc.send_signal(signal.SIGKILL)
-        proc.communicate(timeout=60)
+        _finish(proc, 60)
         step = _assert_consistent(out)
         assert step is not None and (last is None or step >= last), (kill, step, last)
         last = step
@@ -94,7 +111,7 @@ def test_interrupts_save_the_step_reached(tmp_path, corpus_file, sig):
     proc = _start(["--out", str(out), "--corpus", corpus_file, *ARGS, "--steps", "100000"])
     _wait_for_steps(proc, 2)
     proc.send_signal(sig)
-    _, err = proc.communicate(timeout=120)
+    _, err = _finish(proc, 120)
     assert proc.returncode == 2 and "interrupted at step" in err and "Traceback" not in err, err
     assert checkpoint.Checkpoint(str(out)).step >= 2
     assert not (out / LOCK_FILE).exists()
