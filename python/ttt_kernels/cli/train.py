@@ -160,14 +160,13 @@ def resolve_settings(given: dict) -> dict:
 
 
 def _check_writable(out: str) -> None:
-    """Creates ``out``, writes and removes a probe file there and imports what saving needs, so that a run cannot
-    end without its checkpoint after training (an unwritable --out, a missing safetensors)."""
+    """Writes and removes a probe file in ``out`` (created by _lock_out) and imports what saving needs, so that a run
+    cannot end without its checkpoint after training (an unwritable --out, a missing safetensors)."""
     try:
         import safetensors.torch  # noqa: F401
     except ImportError:
         raise CLIError("saving checkpoints needs the safetensors package: pip install safetensors") from None
     try:
-        os.makedirs(out, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".tmp-", dir=out)
         os.close(fd)
         os.remove(probe)
@@ -472,7 +471,6 @@ def train(
                     save()
                     saved_step, last_save = step, time.perf_counter()
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep the steps done so far
-            bar.close()
             if step != saved_step:
                 save()
             raise CLIError(
