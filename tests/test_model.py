@@ -647,6 +647,30 @@ def test_generate():
             model.prefill(prompt, slice_tokens=bad)
 
 
+def test_chunk_step_with_a_device_position():
+    """The chunk step a CUDA graph captures (position as a 0-d tensor, RoPE computed from it) is the eager one."""
+    model = _model(_config())
+    tokens = _tokens(2, 5 * 16 + 1, seed=14)
+    state = model.prefill(tokens[:, :64])
+    n_pre = model.config.num_prefix_layers
+    h, _ = model._embed_prefix(tokens[:, 64:80], 64, state.kv[:n_pre])
+    kv = state.kv[n_pre:]
+    assert all(k.shape[1] == model.config.window - 1 for k, _ in kv)
+    eager = model._chunk_step(h, tokens[:, 65:81], 64, state.fast, kv, 1.0)
+    on_device = model._chunk_step(h, tokens[:, 65:81], torch.tensor(64), state.fast, kv, 1.0)
+    for a, b in zip(_flatten(eager), _flatten(on_device)):
+        torch.testing.assert_close(a, b, rtol=1e-14, atol=1e-14)
+    with pytest.raises(ValueError, match="cuda_graph=True needs a model on a CUDA device"):
+        model.prefill(tokens, cuda_graph=True)
+
+
+def _flatten(items):
+    """The tensors of nested tuples/lists, in order."""
+    if isinstance(items, torch.Tensor):
+        return [items]
+    return [t for item in items for t in _flatten(item)]
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # The official parameter layout
 
@@ -741,3 +765,18 @@ def test_cuda_matches_cpu():
         _assert_close(grads_gpu[k].cpu().float(), grads[k], f"grad[{k}]", rtol=0.15)
     _, logits_gpu = model.prefill(tokens.cuda(), return_logits=True)
     _assert_close(logits_gpu.cpu(), logits, "prefill logits", rtol=0.1)
+
+
+@pytest.mark.gpu
+def test_cuda_graph_chunk_step_matches_eager():
+    """prefill and decode with the chunk step replayed as a CUDA graph give the eager results."""
+    model = _model(_config()).float().cuda()
+    tokens = _tokens(2, 8 * 16 + 1, seed=15).cuda()
+    results = []
+    for cuda_graph in (False, True):
+        state, logits = model.prefill(tokens[:, :100], return_logits=True, cuda_graph=cuda_graph)
+        decoded = torch.stack([model.decode(state, tokens[:, i]) for i in range(100, tokens.shape[1])], 1)
+        assert (state.chunk_graph is not None) == cuda_graph
+        results.append([logits, decoded, *state.fast, *_flatten(state.kv)])
+    for eager, graphed in zip(*results):
+        torch.testing.assert_close(graphed, eager, rtol=1e-5, atol=1e-6)

@@ -72,6 +72,8 @@ class TTTE2EState:
     """Inference state of a batch of sequences (see :meth:`TTTE2EModel.prefill`).
 
     ``kv[l]`` holds the last k-1 keys/values of block l; for a suffix block only those before the pending chunk.
+    ``cuda_graph``: the chunk step (suffix forward, inner gradient and update of a whole chunk) runs as a CUDA graph
+    once the windows are full (:class:`_ChunkStepGraph`).
     The pending chunk is the inputs read since the last inner step (fewer than b, or b waiting for their next token):
     their prefix outputs ``pending_h`` [B, p, d], tokens ``pending_tokens`` [B, p] and suffix keys/values
     ``pending_kv`` (computed with the current fast weights). ``logits`` [B, V] are those of the last token read.
@@ -86,6 +88,8 @@ class TTTE2EState:
     pending_kv: list
     logits: torch.Tensor | None
     inner_lr: float
+    cuda_graph: bool = False
+    chunk_graph: "_ChunkStepGraph | None" = None  # the captured chunk step (cuda_graph)
 
 
 def _last(items, n: int):
@@ -265,23 +269,29 @@ class TTTE2EModel(nn.Module):
     def _norm(self, x: torch.Tensor, norm: _Norm) -> torch.Tensor:
         return self._opset.rms_norm(x, norm.weight, self.config.norm_eps)
 
-    def _rope_rotations(self, pos0: int, n: int, hd: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    def _rope_rotations(self, pos0, n: int, hd: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """exp(i pos theta^(-2j/hd)) for the positions pos0 .. pos0+n-1, [n, 1, hd/2], complex of ``dtype``.
 
         Every block's q and k at these positions share one table: it is cached (the last few position ranges: one
         chunk's blocks, and the recomputation of a chunk in the backward, hit it)."""
+        if isinstance(pos0, torch.Tensor):  # a 0-d int64 tensor (a captured chunk step): computed on the device
+            return self._rope_table(pos0 + torch.arange(n, device=device), hd, dtype)
         key = (pos0, n, hd, device, dtype)
         table = self._rope_cache.get(key)
         if table is None:
-            dt = torch.float32 if self.config.rope_float32_angles else torch.float64
-            inv_freq = 1.0 / self.config.rope_theta ** (torch.arange(0, hd, 2, dtype=dt, device=device) / hd)
-            angles = torch.arange(pos0, pos0 + n, dtype=dt, device=device)[:, None] * inv_freq  # [n, hd/2]
-            complex_dtype = torch.complex64 if dtype == torch.float32 else torch.complex128
-            table = torch.polar(torch.ones_like(angles), angles).to(complex_dtype)[:, None]
+            table = self._rope_table(torch.arange(pos0, pos0 + n, device=device), hd, dtype)
             if len(self._rope_cache) >= 16:
                 self._rope_cache.pop(next(iter(self._rope_cache)))
             self._rope_cache[key] = table
         return table
+
+    def _rope_table(self, positions: torch.Tensor, hd: int, dtype: torch.dtype) -> torch.Tensor:
+        """exp(i pos theta^(-2j/hd)) for int64 positions [n]: [n, 1, hd/2], complex of ``dtype``."""
+        dt = torch.float32 if self.config.rope_float32_angles else torch.float64
+        inv_freq = 1.0 / self.config.rope_theta ** (torch.arange(0, hd, 2, dtype=dt, device=positions.device) / hd)
+        angles = positions.to(dt)[:, None] * inv_freq  # [n, hd/2]
+        complex_dtype = torch.complex64 if dtype == torch.float32 else torch.complex128
+        return torch.polar(torch.ones_like(angles), angles).to(complex_dtype)[:, None]
 
     def _rope(self, x: torch.Tensor, pos0: int) -> torch.Tensor:
         """Interleaved RoPE: pairs (x[2i], x[2i+1]) of x [B, n, heads, hd] at positions pos0 .. pos0+n-1 rotated by
@@ -668,9 +678,14 @@ class TTTE2EModel(nn.Module):
     # ---------------------------------------------------------------------------------------------------------------
     # Inference
 
-    def new_state(self, batch_size: int, *, inner_lr: float = 1.0) -> TTTE2EState:
-        """An empty inference state: fast weights W_0, no keys, nothing pending."""
+    def new_state(self, batch_size: int, *, inner_lr: float = 1.0, cuda_graph: bool = False) -> TTTE2EState:
+        """An empty inference state: fast weights W_0, no keys, nothing pending. ``cuda_graph``: run the chunk step
+        as a CUDA graph once the windows are full (a CUDA model only; the same results, far fewer launches)."""
         check_int(batch_size, "TTTE2EModel.new_state: batch_size")
+        if cuda_graph and self.embed.weight.device.type != "cuda":
+            raise ValueError(
+                f"TTTE2EModel: cuda_graph=True needs a model on a CUDA device, it is on {self.embed.weight.device}"
+            )
         with torch.no_grad():
             fast = self.initial_fast_weights(batch_size) if self.config.ttt else None
         return TTTE2EState(
@@ -683,6 +698,7 @@ class TTTE2EModel(nn.Module):
             pending_kv=[None] * self.config.num_suffix_layers,
             logits=None,
             inner_lr=float(inner_lr),
+            cuda_graph=bool(cuda_graph),
         )
 
     @torch.no_grad()
@@ -694,8 +710,10 @@ class TTTE2EModel(nn.Module):
         inner_lr: float = 1.0,
         return_logits: bool = False,
         slice_tokens: int = 4096,
+        cuda_graph: bool = False,
     ):
-        """Reads a prompt [B, n] (continuing ``state`` if given, else from a new state with ``inner_lr``).
+        """Reads a prompt [B, n] (continuing ``state`` if given, else from a new state with ``inner_lr`` and
+        ``cuda_graph``, see :meth:`new_state`).
 
         The prompt is read in slices of ``slice_tokens`` tokens, each continuing the state of the previous one (the
         same logits and fast weights as one pass, up to rounding): prefix blocks run over a slice at a time, suffix
@@ -706,7 +724,8 @@ class TTTE2EModel(nn.Module):
         """
         self._check_tokens(tokens, "prefill", 1)
         check_int(slice_tokens, "TTTE2EModel.prefill: slice_tokens")
-        state = self.new_state(tokens.shape[0], inner_lr=inner_lr) if state is None else state
+        if state is None:
+            state = self.new_state(tokens.shape[0], inner_lr=inner_lr, cuda_graph=cuda_graph)
         n = tokens.shape[1]
         logits = [self._feed(state, tokens[:, i : i + slice_tokens], return_logits) for i in range(0, n, slice_tokens)]
         return (state, torch.cat(logits, 1)) if return_logits else state
@@ -735,6 +754,7 @@ class TTTE2EModel(nn.Module):
         seed: int | None = None,
         *,
         inner_lr: float = 1.0,
+        cuda_graph: bool = False,
     ) -> torch.Tensor:
         """Prefills ``prompt`` ([n] or [B, n]) and samples ``max_new_tokens`` tokens (temperature 0: greedy; top_p:
         nucleus sampling), decoding (and test-time training) as it goes. Returns prompt + new tokens, [B, n + new]
@@ -751,7 +771,7 @@ class TTTE2EModel(nn.Module):
             gen.seed()
         else:
             gen.manual_seed(seed)
-        state = self.prefill(tokens, inner_lr=inner_lr)
+        state = self.prefill(tokens, inner_lr=inner_lr, cuda_graph=cuda_graph)
         out, logits = [tokens], state.logits
         for i in range(max_new_tokens):
             tok = _sample(logits, temperature, top_p, gen)
@@ -832,15 +852,26 @@ class TTTE2EModel(nn.Module):
         """Suffix forward of one chunk (prefix output h [B, b, d] at positions pos0..) with the state's fast weights,
         its first-order inner step, and the commit of its keys/values. Returns the suffix output [B, b, d]."""
         n_pre = self.config.num_prefix_layers
-        past = [[kv] if kv is not None else [] for kv in state.kv[n_pre:]]
+        kv = state.kv[n_pre:]
+        if state.cuda_graph and all(w is not None and w[0].shape[1] == self.config.window - 1 for w in kv):
+            # Full windows: every later chunk step has these shapes.
+            if state.chunk_graph is None or state.chunk_graph.inner_lr != state.inner_lr:
+                state.chunk_graph = _ChunkStepGraph(self, h, targets, pos0, state.fast, kv, state.inner_lr)
+            x, state.fast, state.kv[n_pre:] = state.chunk_graph(h, targets, pos0, state.fast, kv)
+            return x
+        x, state.fast, state.kv[n_pre:] = self._chunk_step(h, targets, pos0, state.fast, kv, state.inner_lr)
+        return x
+
+    def _chunk_step(self, h, targets, pos0, fast: tuple, kv: list, inner_lr: float) -> tuple:
+        """_ttt_step as a function of tensors: h [B, b, d], targets [B, b], pos0 (int, or a 0-d int64 tensor), the
+        fast weights and kv[j] the window of suffix block j (or None). Returns (x [B, b, d], the next fast weights,
+        the next windows), detached."""
         with torch.enable_grad():
-            fast = tuple(w.detach().requires_grad_() for w in state.fast)
-            x, kvs = self._suffix(h, pos0, fast, past)
-            new_fast = self._inner_step(fast, self._chunk_loss(x, targets), state.inner_lr, create_graph=False)
-        state.fast = tuple(w.detach() for w in new_fast)
-        for j, (k, v) in enumerate(kvs):
-            state.kv[n_pre + j] = self._keep_window(state.kv[n_pre + j], (k.detach(), v.detach()))
-        return x.detach()
+            fast = tuple(w.detach().requires_grad_() for w in fast)
+            x, kvs = self._suffix(h, pos0, fast, [[w] if w is not None else [] for w in kv])
+            new_fast = self._inner_step(fast, self._chunk_loss(x, targets), inner_lr, create_graph=False)
+        windows = [self._keep_window(old, (k.detach(), v.detach())) for old, (k, v) in zip(kv, kvs)]
+        return x.detach(), tuple(w.detach() for w in new_fast), windows
 
     # ---------------------------------------------------------------------------------------------------------------
     # Official (JAX) parameter layout
@@ -859,6 +890,51 @@ class TTTE2EModel(nn.Module):
         """The parameters (``grad=True``: their current .grad, zeros where None) as a flat mapping
         ``language_model.model.<path>`` -> numpy array in the official layout ([in, out] weights, stacked layers)."""
         return official.dump(self, grad)
+
+
+class _ChunkStepGraph:
+    """The chunk step (TTTE2EModel._chunk_step) of one state captured in a CUDA graph: a few hundred kernel launches
+    (suffix forward, inner backward, clipped update) replayed as one. Valid once the suffix windows are full, when
+    every chunk step has the same shapes; the position enters as a device tensor (RoPE is computed in the graph).
+
+    The graph reads its inputs from static buffers (filled by copies before each replay) and writes its outputs to
+    static tensors (cloned after it, so that the state owns them); it reads the model's parameters in place, so it
+    sees parameter updates but not parameters replaced by new tensors (e.g. ``model.to``): start a new state then.
+    """
+
+    def __init__(self, model: TTTE2EModel, h, targets, pos0: int, fast: tuple, kv: list, inner_lr: float):
+        self.inner_lr = inner_lr
+        self.h, self.targets = h.clone(), targets.clone()
+        self.pos0 = torch.tensor(pos0, dtype=torch.int64, device=h.device)
+        self.fast = tuple(w.clone() for w in fast)
+        self.kv = [(k.clone(), v.clone()) for k, v in kv]
+
+        def step():
+            return model._chunk_step(self.h, self.targets, self.pos0, self.fast, self.kv, inner_lr)
+
+        # One eager run on a side stream first, as torch.cuda.graph asks: lazy initializations (library handles,
+        # workspaces) must not happen during the capture.
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            step()
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.outs = step()
+
+    def __call__(self, h, targets, pos0: int, fast: tuple, kv: list) -> tuple:
+        """The chunk step on these inputs (shapes as at capture): (x, next fast weights, next windows)."""
+        self.h.copy_(h)
+        self.targets.copy_(targets)
+        self.pos0.fill_(pos0)
+        for static, w in zip(
+            (*self.fast, *(t for pair in self.kv for t in pair)), (*fast, *(t for p in kv for t in p))
+        ):
+            static.copy_(w)
+        self.graph.replay()
+        x, new_fast, windows = self.outs
+        return x.clone(), tuple(w.clone() for w in new_fast), [(k.clone(), v.clone()) for k, v in windows]
 
 
 def _sample(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator) -> torch.Tensor:
