@@ -70,9 +70,13 @@ def _rms_norm_fwd_setup_context(ctx, inputs, output):
     _, rstd = output
     ctx.save_for_backward(x, weight, rstd)
     ctx.mark_non_differentiable(rstd)
+    # Cotangents that do not reach the loss arrive as None, not as materialized zero tensors (one op fewer each).
+    ctx.set_materialize_grads(False)
 
 
 def _rms_norm_fwd_backward(ctx, grad_out, _grad_rstd):
+    if grad_out is None:
+        return None, None, None
     x, weight, rstd = ctx.saved_tensors
     grad_x, grad_weight = _ops.rms_norm_bwd(grad_out.contiguous(), x, weight, rstd)
     return grad_x, grad_weight, None
@@ -80,6 +84,7 @@ def _rms_norm_fwd_backward(ctx, grad_out, _grad_rstd):
 
 def _rms_norm_bwd_setup_context(ctx, inputs, output):
     ctx.save_for_backward(*inputs)
+    ctx.set_materialize_grads(False)  # the fused double backward takes an absent cotangent as None
 
 
 def _rstd_of(x: torch.Tensor, rstd: torch.Tensor) -> torch.Tensor:
@@ -131,6 +136,8 @@ def _bwd_bwd_composite(grad_out, x, weight, rstd, u, v):
 
 def _rms_norm_bwd_backward(ctx, grad_grad_x, grad_grad_weight):
     """rms_norm_bwd's VJP: the fused double backward (rms_norm_bwd_bwd; math in _bwd_bwd_composite)."""
+    if grad_grad_x is None and grad_grad_weight is None:
+        return None, None, None, None
     grad_out, x, weight, rstd = ctx.saved_tensors
     u = None if grad_grad_x is None else grad_grad_x.contiguous()
     v = None if grad_grad_weight is None else grad_grad_weight.contiguous()
@@ -140,6 +147,7 @@ def _rms_norm_bwd_backward(ctx, grad_grad_x, grad_grad_weight):
 
 def _rms_norm_bwd_bwd_setup_context(ctx, inputs, output):
     ctx.save_for_backward(*inputs)
+    ctx.set_materialize_grads(False)
 
 
 def _rms_norm_bwd_bwd_backward(ctx, grad_dg, grad_dx, grad_dw):

@@ -91,9 +91,12 @@ def _swa_fwd_setup_context(ctx, inputs, output):
     ctx.save_for_backward(q, k, v, out, lse)
     ctx.window, ctx.scale = window, scale
     ctx.mark_non_differentiable(lse)
+    ctx.set_materialize_grads(False)  # no zero tensor for lse's (or an unused output's) cotangent
 
 
 def _swa_fwd_backward(ctx, grad_out, _grad_lse):
+    if grad_out is None:
+        return None, None, None, None, None
     q, k, v, out, lse = ctx.saved_tensors
     dq, dk, dv = _ops.swa_bwd(_inner_contiguous(grad_out), q, k, v, out, lse, ctx.window, ctx.scale)
     return dq, dk, dv, None, None
