@@ -219,6 +219,53 @@ def test_torch_compile_fullgraph_forward_and_backward():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+# ---- the fused residual (out = residual + norm(x)) --------------------------------------------------------------------
+
+
+def _assert_residual_matches_reference(x, weight, residual, run):
+    """run(x, weight, residual) -> (out, rstd) of a kernel: out against the float64 reference within twice the eager
+    reference's error in x's dtype (plus one ulp), rstd the forward's without a residual."""
+    want = reference.rms_norm(*(t.double() for t in (x, weight)), EPS, residual.double())
+    out, rstd = run(x, weight, residual)
+    _, rstd_plain = run(x, weight, None)
+    assert out.dtype == x.dtype and out.shape == x.shape
+    torch.testing.assert_close(rstd, rstd_plain, rtol=1e-12 if x.dtype == torch.float64 else 1e-6, atol=0)
+    err = (out.double() - want).abs().max().item()
+    ref_err = (reference.rms_norm(x, weight, EPS, residual).double() - want).abs().max().item()
+    tol = 1e-12 if x.dtype == torch.float64 else torch.finfo(x.dtype).eps * max(1.0, want.abs().max().item())
+    assert err <= 2 * ref_err + tol, f"{x.dtype} {tuple(x.shape)}: error {err:.3e}, eager reference {ref_err:.3e}"
+
+
+@pytest.mark.parametrize("dtype", (torch.float64, torch.float32, torch.bfloat16, torch.float16))
+@pytest.mark.parametrize("backend", ("cpu", "simulator"))
+def test_residual_matches_reference(dtype, backend):
+    def run(x, weight, residual):
+        call = (lambda: fwd_op(x, weight, EPS)) if residual is None else (lambda: fwd_op(x, weight, EPS, residual))
+        return run_in_simulator(call) if backend == "simulator" else call()
+
+    for rows, d in ((1, 1), (7, 97), (97, 64), (200, 80), (3, 1032), (1, 16400)):
+        x, weight, residual = _inputs((rows, d), dtype, seed=rows + 3 * d)
+        residual = 4 * residual  # a sum dominated by neither term
+        _assert_residual_matches_reference(x, weight, residual, run)
+    # A residual view one element into its storage: the CUDA kernel falls back to scalar accesses.
+    x, weight, _ = _inputs((5, 64), dtype)
+    residual = _inputs((5 * 64 + 1,), dtype, seed=1)[0][1:].view(5, 64)
+    _assert_residual_matches_reference(x, weight, residual, run)
+
+
+def test_residual_gradients():
+    x, weight, residual = _inputs((2, 5, 9), torch.float64)
+    for t in (x, weight, residual):
+        t.requires_grad_()
+
+    def fn(x, weight, residual):
+        return ops.rms_norm(x, weight, EPS, residual)
+
+    assert torch.autograd.gradcheck(fn, (x, weight, residual))
+    assert torch.autograd.gradgradcheck(fn, (x, weight, residual))
+    torch.library.opcheck(fwd_op, (x, weight, EPS, residual))
+
+
 # ---- argument checking -----------------------------------------------------------------------------------------------
 
 
@@ -235,6 +282,9 @@ def test_python_api_rejects_bad_arguments():
         ((x, weight, float("nan")), "eps must be a finite number > 0"),
         ((x, weight, True), "eps must be a finite number > 0"),
         ((x, weight, "1e-6"), "eps must be a finite number > 0"),
+        ((x, weight, EPS, x.tolist()), "residual must be None or a tensor"),
+        ((x, weight, EPS, x[:3]), "residual must match x's shape, dtype and device"),
+        ((x, weight, EPS, x.double()), "residual must match x's shape, dtype and device"),
     ]
     for args, message in bad:
         with pytest.raises(ValueError, match=message):
@@ -254,6 +304,9 @@ def test_ops_reject_bad_arguments():
         ((x, torch.ones(16)[::2], EPS), "weight must be contiguous"),
         ((x, weight, 0.0), "eps must be a finite number > 0"),
         ((x, weight, float("inf")), "eps must be a finite number > 0"),
+        ((x, weight, EPS, x[:3]), "residual must have x's shape"),
+        ((x, weight, EPS, x.double()), "residual must have x's dtype"),
+        ((x, weight, EPS, x.t().contiguous().t()), "residual must be contiguous"),
     ]
     for args, message in fwd_bad:
         with pytest.raises(RuntimeError, match=message):

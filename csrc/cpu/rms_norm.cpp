@@ -70,9 +70,11 @@ inline c10::Half narrow(float v) {
 // The row kernels take plain restrict-qualified pointers (not lambda captures) so that the compiler sees
 // independent, unit-stride accesses and vectorizes every loop.
 
-// out[i] = w[i] * x[i] * rstd for one row of `dim` elements; returns rstd = 1 / sqrt(mean(x^2) + eps).
+// out[i] = [res[i] +] w[i] * x[i] * rstd for one row of `dim` elements (res may be null); returns
+// rstd = 1 / sqrt(mean(x^2) + eps).
 template <typename T>
-Accum<T> fwd_row(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ out, int64_t dim, Accum<T> eps) {
+Accum<T> fwd_row(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ res, T* __restrict__ out,
+                 int64_t dim, Accum<T> eps) {
   using A = Accum<T>;
   A sumsq = 0;
 #pragma omp simd reduction(+ : sumsq)
@@ -81,8 +83,13 @@ Accum<T> fwd_row(const T* __restrict__ x, const T* __restrict__ w, T* __restrict
     sumsq += v * v;
   }
   const A rstd = A(1) / std::sqrt(sumsq / static_cast<A>(dim) + eps);
+  if (res == nullptr) {
 #pragma omp simd
-  for (int64_t i = 0; i < dim; ++i) out[i] = narrow<T>(widen(w[i]) * (widen(x[i]) * rstd));
+    for (int64_t i = 0; i < dim; ++i) out[i] = narrow<T>(widen(w[i]) * (widen(x[i]) * rstd));
+  } else {
+#pragma omp simd
+    for (int64_t i = 0; i < dim; ++i) out[i] = narrow<T>(widen(res[i]) + widen(w[i]) * (widen(x[i]) * rstd));
+  }
   return rstd;
 }
 
@@ -178,11 +185,14 @@ void fwd(const RmsNormParams& p) {
   const int64_t dim = p.dim;
   const T* x = static_cast<const T*>(p.x);
   const T* w = static_cast<const T*>(p.weight);
+  const T* res = static_cast<const T*>(p.residual);
   T* out = static_cast<T*>(p.out);
   A* rstd = static_cast<A*>(p.rstd);
   const A eps = static_cast<A>(p.eps);
   at::parallel_for(0, p.rows, std::max<int64_t>(1, kGrainElements / dim), [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) rstd[row] = fwd_row(x + row * dim, w, out + row * dim, dim, eps);
+    for (int64_t row = begin; row < end; ++row) {
+      rstd[row] = fwd_row(x + row * dim, w, res ? res + row * dim : nullptr, out + row * dim, dim, eps);
+    }
   });
 }
 

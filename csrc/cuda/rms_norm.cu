@@ -127,7 +127,8 @@ __device__ __forceinline__ void load_chunk(Vec (&dst)[kN], const Vec* __restrict
   }
 }
 
-// out[row] = weight * x[row] * rstd[row], rstd[row] = 1 / sqrt(mean(x[row]^2) + eps). x, out: [rows, dim].
+// out[row] = [residual[row] +] weight * x[row] * rstd[row], rstd[row] = 1 / sqrt(mean(x[row]^2) + eps).
+// x, residual, out: [rows, dim].
 template <typename T, int kVec>
 __global__ void __launch_bounds__(kFwdMaxThreads, 1) rms_norm_fwd_kernel(const RmsNormParams p) {
   using A = Accum<T>;
@@ -160,6 +161,7 @@ __global__ void __launch_bounds__(kFwdMaxThreads, 1) rms_norm_fwd_kernel(const R
   if (threadIdx.x == 0) static_cast<A*>(p.rstd)[row] = rstd;
 
   const Vec* __restrict__ w = static_cast<const Vec*>(p.weight);
+  const Vec* __restrict__ res = p.residual ? static_cast<const Vec*>(p.residual) + offset : nullptr;
   Vec* __restrict__ out = static_cast<Vec*>(p.out) + offset;
   for (int base = threadIdx.x; base < nvec; base += chunk) {
     if (nvec > chunk) load_chunk(xv, x, base, nvec);
@@ -167,8 +169,13 @@ __global__ void __launch_bounds__(kFwdMaxThreads, 1) rms_norm_fwd_kernel(const R
       const int i = base + j * static_cast<int>(blockDim.x);
       if (i >= nvec) continue;
       const Vec wv = w[i];
+      Vec rv = {};
+      if (res != nullptr) rv = res[i];
       Vec o;
-      for (int k = 0; k < kVec; ++k) o.v[k] = from_accum<T>(to_accum(wv.v[k]) * (to_accum(xv[j].v[k]) * rstd));
+      for (int k = 0; k < kVec; ++k) {
+        const A normed = to_accum(wv.v[k]) * (to_accum(xv[j].v[k]) * rstd);
+        o.v[k] = from_accum<T>(res != nullptr ? to_accum(rv.v[k]) + normed : normed);
+      }
       out[i] = o;
     }
   }
@@ -421,7 +428,7 @@ void rms_norm_fwd(const RmsNormParams& p, void* stream) {
   dispatch_dtype<__nv_bfloat16, __half>(p.dtype, "rms_norm_fwd", [&](auto tag) {
     using T = decltype(tag);
     constexpr int kVec = kVecElems<T>;
-    if (p.dim % kVec == 0 && aligned16(p.x) && aligned16(p.weight) && aligned16(p.out)) {
+    if (p.dim % kVec == 0 && aligned16(p.x) && aligned16(p.weight) && aligned16(p.out) && aligned16(p.residual)) {
       launch_fwd<T, kVec>(p, stream);
     } else {
       launch_fwd<T, 1>(p, stream);

@@ -1,6 +1,7 @@
 // torch glue for the fused RMSNorm kernels: schemas, argument checks, and the CPU / simulator / CUDA dispatch.
 //
-//   rms_norm_fwd(x [..., d], weight [d], eps) -> (out [..., d], rstd [rows])
+//   rms_norm_fwd(x [..., d], weight [d], eps, residual? [..., d]) -> (out [..., d], rstd [rows])
+//     out = [residual +] weight * x * rstd: the residual fuses a post-norm residual connection
 //   rms_norm_bwd(grad_out [..., d], x [..., d], weight [d], rstd [rows]) -> (grad_x [..., d], grad_weight [d])
 //   rms_norm_bwd_bwd(grad_out, x, weight, rstd, grad_grad_x? [..., d], grad_grad_weight? [d])
 //     -> (grad_grad_out [..., d], grad_x [..., d], grad_weight [d])      the backward's vector-Jacobian product
@@ -75,17 +76,21 @@ void set_params(RmsNormParams& params, const at::Tensor& x, const at::Tensor& we
   params.dtype = to_dtype("rms_norm", "x", x.scalar_type());
 }
 
+using OptTensor = std::optional<at::Tensor>;
+
 // Checks the arguments, allocates out and rstd, fills the params and runs launch(params) (a backend's kernel).
 template <typename Launch>
 std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& x, const at::Tensor& weight, double eps,
-                                           Launch&& launch) {
+                                           const OptTensor& residual, Launch&& launch) {
   check_inputs("rms_norm_fwd", x, weight);
   TORCH_CHECK(eps > 0.0 && std::isfinite(eps), "rms_norm_fwd: eps must be a finite number > 0, got ", eps);
+  if (residual) check_like("rms_norm_fwd", "residual", *residual, "x", x, x);
   at::Tensor out = at::empty(x.sizes(), x.options());
   at::Tensor rstd = at::empty({x.numel() / x.size(-1)}, x.options().dtype(rstd_dtype(x)));
   RmsNormParams params;
   set_params(params, x, weight, rstd);
   params.out = out.data_ptr();
+  params.residual = residual ? residual->data_ptr() : nullptr;
   params.eps = eps;
   launch(params);
   return {out, rstd};
@@ -107,7 +112,6 @@ std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_out, const at
   return {grad_x, grad_weight};
 }
 
-using OptTensor = std::optional<at::Tensor>;
 using BwdBwdResult = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
 // Checks the arguments, allocates grad_grad_out, grad_x and grad_weight, fills the params and runs launch(params).
@@ -134,8 +138,9 @@ BwdBwdResult double_backward(const at::Tensor& grad_out, const at::Tensor& x, co
   return {grad_grad_out, grad_x, grad_weight};
 }
 
-std::tuple<at::Tensor, at::Tensor> rms_norm_fwd_cpu(const at::Tensor& x, const at::Tensor& weight, double eps) {
-  return forward(x, weight, eps, [](const RmsNormParams& params) {
+std::tuple<at::Tensor, at::Tensor> rms_norm_fwd_cpu(const at::Tensor& x, const at::Tensor& weight, double eps,
+                                                    const OptTensor& residual) {
+  return forward(x, weight, eps, residual, [](const RmsNormParams& params) {
 #if defined(TTT_KERNELS_WITH_SIM)
     if (sim::config().enabled) {
       cuda_sim::rms_norm_fwd(params, /*stream=*/nullptr);
@@ -181,9 +186,10 @@ BwdBwdResult rms_norm_bwd_bwd_cpu(const at::Tensor& grad_out, const at::Tensor& 
 }
 
 #if defined(TTT_KERNELS_WITH_CUDA)
-std::tuple<at::Tensor, at::Tensor> rms_norm_fwd_cuda(const at::Tensor& x, const at::Tensor& weight, double eps) {
+std::tuple<at::Tensor, at::Tensor> rms_norm_fwd_cuda(const at::Tensor& x, const at::Tensor& weight, double eps,
+                                                     const OptTensor& residual) {
   const c10::cuda::CUDAGuard guard(x.device());
-  return forward(x, weight, eps, [](const RmsNormParams& params) {
+  return forward(x, weight, eps, residual, [](const RmsNormParams& params) {
     cuda::rms_norm_fwd(params, c10::cuda::getCurrentCUDAStream().stream());
   });
 }
@@ -216,7 +222,7 @@ BwdBwdResult rms_norm_bwd_bwd_cuda(const at::Tensor& grad_out, const at::Tensor&
 }  // namespace ttt
 
 TORCH_LIBRARY_FRAGMENT(ttt_kernels, m) {
-  m.def("rms_norm_fwd(Tensor x, Tensor weight, float eps) -> (Tensor out, Tensor rstd)");
+  m.def("rms_norm_fwd(Tensor x, Tensor weight, float eps, Tensor? residual=None) -> (Tensor out, Tensor rstd)");
   m.def("rms_norm_bwd(Tensor grad_out, Tensor x, Tensor weight, Tensor rstd) -> (Tensor grad_x, Tensor grad_weight)");
   m.def(
       "rms_norm_bwd_bwd(Tensor grad_out, Tensor x, Tensor weight, Tensor rstd, Tensor? grad_grad_x, "

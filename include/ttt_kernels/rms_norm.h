@@ -1,5 +1,5 @@
 // Fused RMSNorm over the last dimension of a contiguous [rows, dim] tensor:
-//   out  = weight * x * rstd,   rstd = 1 / sqrt(mean(x^2) + eps)     (one rstd per row)
+//   out  = [residual +] weight * x * rstd,   rstd = 1 / sqrt(mean(x^2) + eps)     (one rstd per row)
 //   grad_x      = rstd * (grad_out * weight) - x * rstd^3 * mean(grad_out * weight * x)
 //   grad_weight = sum over rows of grad_out * x * rstd
 // and its double backward (the vector-Jacobian product of the backward, for gradients of gradients), with
@@ -9,6 +9,8 @@
 //   grad_grad_out = w h + r v x
 //   grad_x        = (3 c r^2 s t / dim - c (q + p)) x - c t a - c s u + r v g      (r's dependence on x included)
 //   grad_weight   = sum over rows of g h
+// The optional residual fuses a post-norm residual connection (x_next = residual + norm(x)) into the forward; the
+// backward does not change (residual's gradient is grad_out itself).
 // Math runs in float32 (float64 for float64 tensors); out/grad_x/grad_weight are stored in the input dtype.
 //
 // Torch-free: the kernels (csrc/cpu/rms_norm.cpp, csrc/cuda/rms_norm.cu) see only this header; csrc/ops/rms_norm.cpp
@@ -26,6 +28,7 @@ struct RmsNormParams {
   const void* x = nullptr;
   const void* weight = nullptr;
   const void* grad_out = nullptr;  // backward only
+  const void* residual = nullptr;  // forward only: [rows, dim], added to out in float32 (float64); nullptr: none
   // [rows] float32 (float64 when dtype is kFloat64): written by the forward, read by the backward.
   void* rstd = nullptr;
   // Outputs: out and grad_x [rows, dim], grad_weight [dim], contiguous.

@@ -266,8 +266,9 @@ class TTTE2EModel(nn.Module):
     def _fast_dtype(self) -> torch.dtype:
         return torch.float64 if self.embed.weight.dtype == torch.float64 else torch.float32
 
-    def _norm(self, x: torch.Tensor, norm: _Norm) -> torch.Tensor:
-        return self._opset.rms_norm(x, norm.weight, self.config.norm_eps)
+    def _norm(self, x: torch.Tensor, norm: _Norm, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """RMSNorm of x [..., d]; ``residual + RMSNorm(x)`` in one op if given (a post-norm residual connection)."""
+        return self._opset.rms_norm(x, norm.weight, self.config.norm_eps, residual)
 
     def _rope_rotations(self, pos0, n: int, hd: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """exp(i pos theta^(-2j/hd)) for the positions pos0 .. pos0+n-1, [n, 1, hd/2], complex of ``dtype``.
@@ -324,13 +325,13 @@ class TTTE2EModel(nn.Module):
         """One block over x [B, n, d]; ``fast``: this suffix block's (w1, w3, w2), batched (fast weights) or not
         (W_0 itself, TTT off). Returns (x, (k, v))."""
         a, kv = self._attention(blk, self._norm(x, blk.seq_norm), pos0, past)
-        x = x + self._norm(a, blk.seq_post_norm)
+        x = self._norm(a, blk.seq_post_norm, residual=x)
         if fast is not None:
             # Fast weights [B, ...] (each sequence its own: one batched op) or W_0 itself.
             y = self._opset.swiglu_mlp(self._norm(x, blk.prime_norm), *fast)
-            x = x + self._norm(y, blk.prime_post_norm)
+            x = self._norm(y, blk.prime_post_norm, residual=x)
         y = self._opset.swiglu_mlp(self._norm(x, blk.ffn_norm), blk.ffn.w1.weight, blk.ffn.w3.weight, blk.ffn.w2.weight)
-        return x + self._norm(y, blk.ffn_post_norm), kv
+        return self._norm(y, blk.ffn_post_norm, residual=x), kv
 
     def _static_fast(self, blk: _Block):
         """The dynamic MLP's weights when TTT is off: W_0, unbatched."""

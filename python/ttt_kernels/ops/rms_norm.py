@@ -1,6 +1,7 @@
 """Fused RMSNorm with first and second derivatives.
 
-The native ops (csrc/ops/rms_norm.cpp) are ``torch.ops.ttt_kernels.rms_norm_fwd(x, weight, eps) -> (out, rstd)``,
+The native ops (csrc/ops/rms_norm.cpp) are ``torch.ops.ttt_kernels.rms_norm_fwd(x, weight, eps, residual=None) ->
+(out, rstd)`` (out = [residual +] the norm),
 ``rms_norm_bwd(grad_out, x, weight, rstd) -> (grad_x, grad_weight)`` and the fused double backward
 ``rms_norm_bwd_bwd(grad_out, x, weight, rstd, grad_grad_x, grad_grad_weight) -> (grad_grad_out, grad_x,
 grad_weight)``, with rstd = 1 / sqrt(mean(x^2) + eps) per row ([rows], float32, float64 for float64 x). This module
@@ -18,16 +19,20 @@ import ttt_kernels  # noqa: F401  (loads the native library that defines torch.o
 _ops = torch.ops.ttt_kernels
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """``weight * x / sqrt(mean(x^2, -1) + eps)`` over the last dimension of x.
+def rms_norm(
+    x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, residual: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``weight * x / sqrt(mean(x^2, -1) + eps)`` over the last dimension of x, plus ``residual`` if given.
 
     Args:
         x: [..., d] float32, float64, bfloat16 or float16.
         weight: [d], x's dtype and device.
         eps: a finite number > 0.
+        residual: None, or x's shape, dtype and device: a post-norm residual connection ``residual + norm(x)`` in
+            one op (the sum is rounded once, from float32).
 
-    Math runs in float32 (float64 for float64 x); the result has x's dtype. Differentiable to any order in x and
-    weight.
+    Math runs in float32 (float64 for float64 x); the result has x's dtype. Differentiable to any order in x,
+    weight and residual.
     """
     if not isinstance(x, torch.Tensor) or not isinstance(weight, torch.Tensor):
         raise ValueError(f"rms_norm: x and weight must be tensors, got {type(x).__name__}, {type(weight).__name__}")
@@ -42,8 +47,16 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.
         )
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (math.isfinite(eps) and eps > 0):
         raise ValueError(f"rms_norm: eps must be a finite number > 0, got {eps!r}")
-    out, _ = _ops.rms_norm_fwd(x.contiguous(), weight.contiguous(), float(eps))
-    return out
+    if residual is None:
+        return _ops.rms_norm_fwd(x.contiguous(), weight.contiguous(), float(eps))[0]
+    if not isinstance(residual, torch.Tensor):
+        raise ValueError(f"rms_norm: residual must be None or a tensor, got {type(residual).__name__}")
+    if (residual.shape, residual.dtype, residual.device) != (x.shape, x.dtype, x.device):
+        raise ValueError(
+            f"rms_norm: residual must match x's shape, dtype and device ({tuple(x.shape)}, {x.dtype}, {x.device}), "
+            f"got ({tuple(residual.shape)}, {residual.dtype}, {residual.device})"
+        )
+    return _ops.rms_norm_fwd(x.contiguous(), weight.contiguous(), float(eps), residual.contiguous())[0]
 
 
 def _rstd_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -51,7 +64,7 @@ def _rstd_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 @torch.library.register_fake("ttt_kernels::rms_norm_fwd")
-def _rms_norm_fwd_fake(x, weight, eps):
+def _rms_norm_fwd_fake(x, weight, eps, residual=None):
     return x.new_empty(x.shape), x.new_empty(x.numel() // x.shape[-1], dtype=_rstd_dtype(x.dtype))
 
 
@@ -66,7 +79,7 @@ def _rms_norm_bwd_bwd_fake(grad_out, x, weight, rstd, grad_grad_x, grad_grad_wei
 
 
 def _rms_norm_fwd_setup_context(ctx, inputs, output):
-    x, weight, _ = inputs
+    x, weight = inputs[:2]
     _, rstd = output
     ctx.save_for_backward(x, weight, rstd)
     ctx.mark_non_differentiable(rstd)
@@ -75,11 +88,14 @@ def _rms_norm_fwd_setup_context(ctx, inputs, output):
 
 
 def _rms_norm_fwd_backward(ctx, grad_out, _grad_rstd):
+    """(grad_x, grad_weight, None for eps[, grad_residual = grad_out]): the dispatcher leaves out a residual
+    argument that was not given, so the number of inputs is read from needs_input_grad."""
+    extra = (grad_out,) if len(ctx.needs_input_grad) == 4 else ()
     if grad_out is None:
-        return None, None, None
+        return None, None, None, *extra
     x, weight, rstd = ctx.saved_tensors
     grad_x, grad_weight = _ops.rms_norm_bwd(grad_out.contiguous(), x, weight, rstd)
-    return grad_x, grad_weight, None
+    return grad_x, grad_weight, None, *extra
 
 
 def _rms_norm_bwd_setup_context(ctx, inputs, output):
