@@ -20,6 +20,23 @@ def test_info_prints_every_field(capsys):
     assert BUILD["cpu_isa"].split()[0] in ("x86-64", "aarch64", "generic")
 
 
+def test_import_exposes_the_submodules():
+    """``import ttt_kernels`` alone gives ttt_kernels.ops / .model / .reference (imported on first use)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, ttt_kernels\n"
+        "assert 'ttt_kernels.model' not in sys.modules\n"
+        "assert callable(ttt_kernels.ops.swa_attention) and callable(ttt_kernels.reference.rms_norm)\n"
+        "assert ttt_kernels.model.TTTE2EModel.__name__ == 'TTTE2EModel'\n"
+        "assert {'ops', 'model', 'reference'} <= set(dir(ttt_kernels))\n"
+        "try:\n    ttt_kernels.no_such_module\nexcept AttributeError:\n    pass\nelse:\n    raise SystemExit(1)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
 def test_headers_and_library_are_installed():
     import os
 

@@ -19,6 +19,7 @@ import zlib
 import pytest
 import torch
 
+import ttt_kernels
 from ttt_kernels.cli import CLIError, checkpoint, data, main
 from ttt_kernels.model import TTTE2EModel
 
@@ -268,6 +269,8 @@ def test_subprocess_entry_points(tmp_path):
         [sys.executable, "-m", "ttt_kernels", "eval", str(tmp_path / "nope")], capture_output=True, text=True, env=env
     )
     assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "ttt_kernels", "--version"], capture_output=True, text=True, env=env)
+    assert r.returncode == 0 and r.stdout.strip() == f"ttt-kernels {ttt_kernels.__version__}", r.stdout
     script = shutil.which("ttt-kernels")
     if script is None:
         for p in sys.path:  # a --target install puts the script next to the package

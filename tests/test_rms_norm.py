@@ -219,7 +219,7 @@ def test_torch_compile_fullgraph_forward_and_backward():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-# ---- the fused residual (out = residual + norm(x)) --------------------------------------------------------------------
+# ---- the fused residual (out = residual + norm(x)) -------------------------------------------------------------------
 
 
 def _assert_residual_matches_reference(x, weight, residual, run):

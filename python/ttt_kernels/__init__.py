@@ -1,9 +1,12 @@
 """ttt_kernels: fused CPU and CUDA kernels for End-to-End Test-Time Training (TTT-E2E).
 
 Importing the package loads the native library, which registers every op under ``torch.ops.ttt_kernels``. The
-Python entry points live in :mod:`ttt_kernels.ops`; the pure-PyTorch references in :mod:`ttt_kernels.reference`.
+Python entry points live in :mod:`ttt_kernels.ops`, the pure-PyTorch references in :mod:`ttt_kernels.reference`,
+the model in :mod:`ttt_kernels.model`; ``import ttt_kernels`` makes them attributes on first use
+(``ttt_kernels.ops.swa_attention(...)``), so that importing the package stays cheap.
 """
 
+import importlib
 import json
 import os
 
@@ -14,6 +17,18 @@ from . import _C
 __version__ = _C.build_info()["version"]
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(_C.__file__))
+_SUBMODULES = ("ops", "reference", "model", "sim", "op_counter", "cli")
+
+
+def __getattr__(name: str):
+    """The submodules, imported on first access (PEP 562)."""
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'ttt_kernels' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted({*globals(), *_SUBMODULES})
 
 
 def include_dir() -> str:

@@ -166,11 +166,22 @@ def _bench_parser(sub) -> None:
     p.add_argument("--threads", type=int, help="torch threads of the scripts (default: theirs)")
 
 
+def _version() -> str:
+    """The installed distribution's version, read without importing torch."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ttt-kernels")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ttt-kernels",
         description="TTT-E2E (End-to-End Test-Time Training) with the ttt_kernels ops: train, evaluate, generate.",
     )
+    parser.add_argument("--version", action="version", version=f"ttt-kernels {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _demo_parser(sub)
     _train_parser(sub)
