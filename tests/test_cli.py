@@ -133,7 +133,10 @@ def test_sampler_is_deterministic_and_restorable(corpus_file):
 
 def test_train_eval_generate(tmp_path, corpus_file, capsys):
     out = tmp_path / "run"
-    assert _train(out, corpus_file, "--steps", "4") == 0
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        assert _train(out, corpus_file, "--steps", "4") == 0
+    names = {event.name for event in prof.events()}
+    assert {"ttt.outer_backward", "ttt.chunk 0", "ttt.inner_step"} <= names  # the step's phases (docs/profiling.md)
     ckpt = checkpoint.Checkpoint(str(out))
     assert ckpt.step == 4 and ckpt.resumable
     assert ckpt.config.hidden_size == 32 and ckpt.config.ttt

@@ -349,6 +349,25 @@ def test_no_host_synchronization():
     assert totals[2] == totals[5]
 
 
+def _profiled_names(fn) -> set:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return {event.name for event in prof.events()}
+
+
+def test_phases_appear_in_a_profiler_trace():
+    """The model's phases are named ranges of a torch.profiler trace (and NVTX ranges on CUDA: docs/profiling.md)."""
+    model = _model(_config())
+    tokens = _tokens(2, 6 * 16 + 1, seed=5)
+    # Prefix slices of one chunk, every chunk recomputed: every phase of a meta step occurs.
+    names = _profiled_names(lambda: model.meta_loss(tokens, checkpoint=True, checkpoint_prefix_group=1)[0].backward())
+    expected = {"ttt.embedding", "ttt.prefix_slice 0", "ttt.prefix_slice 5", "ttt.chunk 0", "ttt.chunk 5"}
+    assert expected | {"ttt.inner_step", "ttt.recompute"} <= names, sorted(n for n in names if n.startswith("ttt."))
+    state = model.prefill(tokens[:, :40])
+    names = _profiled_names(lambda: [model.prefill(tokens[:, 40:70], state), model.decode(state, tokens[:, 70])])
+    assert {"ttt.prefill", "ttt.decode", "ttt.embedding", "ttt.prefix", "ttt.chunk 3", "ttt.inner_step"} <= names
+
+
 def test_check_finite_is_opt_in():
     """A NaN parameter: by default the loss is NaN; with check_finite, meta_loss, prefill and decode fail naming it."""
     model = _model(_config())

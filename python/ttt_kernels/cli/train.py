@@ -21,6 +21,7 @@ import time
 import torch
 
 from ttt_kernels.model import TTTE2EConfig, TTTE2EModel
+from ttt_kernels.profiling import phase
 
 from . import checkpoint, data, runtime
 from .errors import CLIError
@@ -446,7 +447,8 @@ def train(
                 t0 = time.perf_counter()
                 tokens = sampler.next_batch().to(device)
                 loss, _ = model.meta_loss(tokens, eta, **CHECKPOINTING[s["checkpointing"]])
-                loss.backward()
+                with phase("ttt.outer_backward"):
+                    loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), s["grad_clip"]).item()
                 loss_value = loss.item()
                 if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):  # before the weights take the step

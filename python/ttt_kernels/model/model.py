@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..profiling import phase
 from . import official
 from .config import TTTE2EConfig, check_int
 from .opset import OPSETS
@@ -190,7 +191,7 @@ class _Recompute(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grad_outs):
         inputs = [a.detach().requires_grad_(a.requires_grad) for a in ctx.saved_tensors]
-        with torch.enable_grad():
+        with torch.enable_grad(), phase("ttt.recompute"):
             outs = ctx.run(*inputs, create_graph=True)
         pairs = [(o, g) for o, g in zip(outs, grad_outs) if g is not None and o.requires_grad]
         wrt = [t for t in (*inputs, *ctx.params) if t.requires_grad]
@@ -371,19 +372,23 @@ class TTTE2EModel(nn.Module):
         """W - lr * clip(dloss/dW), per sequence (loss [B]: sequence s's loss depends on its fast weights only).
         ``create_graph``: the step is differentiable through the gradient (second order); ``retain_graph``: the loss's
         graph is kept for the outer gradient."""
-        grads = torch.autograd.grad(
-            loss.sum(), fast, create_graph=create_graph, retain_graph=retain_graph or create_graph
-        )
-        return tuple(self._opset.clip_sgd_update(list(fast), list(grads), lr, self.config.inner_max_norm, batched=True))
+        with phase("ttt.inner_step"):
+            grads = torch.autograd.grad(
+                loss.sum(), fast, create_graph=create_graph, retain_graph=retain_graph or create_graph
+            )
+            update = self._opset.clip_sgd_update(list(fast), list(grads), lr, self.config.inner_max_norm, batched=True)
+        return tuple(update)
 
     def _embed_prefix(self, tokens: torch.Tensor, pos0: int = 0, kv: list | None = None) -> tuple:
         """Embedding and prefix blocks over tokens [B, n]; kv[l]: earlier key/value pairs of block l (or None).
         Returns (h [B, n, d], [(k, v) per prefix block])."""
-        h = self.embed(tokens)
+        with phase("ttt.embedding"):
+            h = self.embed(tokens)
         kvs = []
-        for i, blk in enumerate(self.prefix_blocks):
-            h, kv_i = self._block(blk, h, pos0, [kv[i]] if kv and kv[i] is not None else [])
-            kvs.append(kv_i)
+        with phase("ttt.prefix"):
+            for i, blk in enumerate(self.prefix_blocks):
+                h, kv_i = self._block(blk, h, pos0, [kv[i]] if kv and kv[i] is not None else [])
+                kvs.append(kv_i)
         return h, kvs
 
     # ---------------------------------------------------------------------------------------------------------------
@@ -474,12 +479,14 @@ class TTTE2EModel(nn.Module):
         budgeted = checkpoint == "auto" and c.ttt and torch.is_grad_enabled()
         prefix_saved = _SavedBytes()  # what the prefix's graph holds, part of "auto"'s budget
         with prefix_saved if budgeted else contextlib.nullcontext():
-            h = self.embed(inputs)
+            with phase("ttt.embedding"):
+                h = self.embed(inputs)
             if checkpoint_prefix and blocks and torch.is_grad_enabled():
                 h = self._sliced_blocks(blocks, h, checkpoint_prefix_group * b)
             else:
-                for blk in blocks:
-                    h = self._block(blk, h, 0, [], self._static_fast_or_none(blk))[0]
+                with phase("ttt.prefix"):
+                    for blk in blocks:
+                        h = self._block(blk, h, 0, [], self._static_fast_or_none(blk))[0]
         if not c.ttt:
             ce, valid = self._token_losses(h, targets)
             per_chunk = ce.view(bsz, n_chunks, b).sum(2) / valid.view(bsz, n_chunks, b).sum(2).clamp(min=1)
@@ -556,10 +563,11 @@ class TTTE2EModel(nn.Module):
             past = [_window(pieces, keep) for pieces in hist]
             run = self._slice_runner(blocks, lo, len(past[0]))
             args = (h[:, lo : lo + size], *_flatten_kv(past))
-            if lo + size < t:
-                res = _Recompute.apply(run, len(args), *args, *params)
-            else:  # the last slice keeps its graph: its backward comes first, recomputing it would gain nothing
-                res = run(*args, create_graph=True)
+            with phase(f"ttt.prefix_slice {lo // size}"):
+                if lo + size < t:
+                    res = _Recompute.apply(run, len(args), *args, *params)
+                else:  # the last slice keeps its graph: its backward comes first, recomputing it would gain nothing
+                    res = run(*args, create_graph=True)
             outs.append(res[0])
             for i, pieces in enumerate(hist):
                 pieces.append((res[1 + 2 * i], res[2 + 2 * i]))
@@ -670,10 +678,11 @@ class TTTE2EModel(nn.Module):
         if step:  # the inner gradient needs fast weights that require grad, even if W_0 is frozen
             fast = tuple(w if w.requires_grad else w.detach().requires_grad_() for w in fast)
         second_order = create_graph and not meta.first_order
-        x, kvs = self._suffix(h, pos0, fast, past)
-        loss = self._chunk_loss(x, targets)
-        if step:
-            fast = self._inner_step(fast, loss, meta.inner_lr, second_order, retain_graph=create_graph)
+        with phase(f"ttt.chunk {pos0 // self.config.mini_batch_size}"):
+            x, kvs = self._suffix(h, pos0, fast, past)
+            loss = self._chunk_loss(x, targets)
+            if step:
+                fast = self._inner_step(fast, loss, meta.inner_lr, second_order, retain_graph=create_graph)
         return loss, fast, kvs
 
     # ---------------------------------------------------------------------------------------------------------------
@@ -728,7 +737,10 @@ class TTTE2EModel(nn.Module):
         if state is None:
             state = self.new_state(tokens.shape[0], inner_lr=inner_lr, cuda_graph=cuda_graph)
         n = tokens.shape[1]
-        logits = [self._feed(state, tokens[:, i : i + slice_tokens], return_logits) for i in range(0, n, slice_tokens)]
+        with phase("ttt.prefill"):
+            logits = [
+                self._feed(state, tokens[:, i : i + slice_tokens], return_logits) for i in range(0, n, slice_tokens)
+            ]
         return (state, torch.cat(logits, 1)) if return_logits else state
 
     @torch.no_grad()
@@ -743,7 +755,8 @@ class TTTE2EModel(nn.Module):
         if token.shape[1] != 1:
             raise ValueError(f"TTTE2EModel.decode: expected one token per sequence, got shape {tuple(token.shape)}")
         self._check_state(state, token.shape[0])
-        return self._feed(state, token, False)
+        with phase("ttt.decode"):
+            return self._feed(state, token, False)
 
     @torch.no_grad()
     def generate(
@@ -854,13 +867,14 @@ class TTTE2EModel(nn.Module):
         its first-order inner step, and the commit of its keys/values. Returns the suffix output [B, b, d]."""
         n_pre = self.config.num_prefix_layers
         kv = state.kv[n_pre:]
-        if state.cuda_graph and all(w is not None and w[0].shape[1] == self.config.window - 1 for w in kv):
-            # Full windows: every later chunk step has these shapes.
-            if state.chunk_graph is None or state.chunk_graph.inner_lr != state.inner_lr:
-                state.chunk_graph = _ChunkStepGraph(self, h, targets, pos0, state.fast, kv, state.inner_lr)
-            x, state.fast, state.kv[n_pre:] = state.chunk_graph(h, targets, pos0, state.fast, kv)
-            return x
-        x, state.fast, state.kv[n_pre:] = self._chunk_step(h, targets, pos0, state.fast, kv, state.inner_lr)
+        with phase(f"ttt.chunk {pos0 // self.config.mini_batch_size}"):
+            if state.cuda_graph and all(w is not None and w[0].shape[1] == self.config.window - 1 for w in kv):
+                # Full windows: every later chunk step has these shapes.
+                if state.chunk_graph is None or state.chunk_graph.inner_lr != state.inner_lr:
+                    state.chunk_graph = _ChunkStepGraph(self, h, targets, pos0, state.fast, kv, state.inner_lr)
+                x, state.fast, state.kv[n_pre:] = state.chunk_graph(h, targets, pos0, state.fast, kv)
+            else:
+                x, state.fast, state.kv[n_pre:] = self._chunk_step(h, targets, pos0, state.fast, kv, state.inner_lr)
         return x
 
     def _chunk_step(self, h, targets, pos0, fast: tuple, kv: list, inner_lr: float) -> tuple:
