@@ -6,7 +6,11 @@ set(TTT_KERNELS_WITH_CUDA_KERNELS OFF)
 set(TTT_KERNELS_WITH_CUDA_GLUE OFF)
 set(TTT_KERNELS_CUDA_STATUS "disabled (TTT_KERNELS_CUDA=OFF)")
 
-if(NOT TTT_KERNELS_CUDA STREQUAL "OFF")
+if(TTT_KERNELS_CUDA STREQUAL "AUTO" AND NOT TTT_TORCH_CUDA_VERSION)
+  # A CPU build of torch cannot dispatch to CUDA kernels: compiling them (minutes) would only serve the resource
+  # report. TTT_KERNELS_CUDA=ON compiles them anyway (CI does, to check every kernel compiles).
+  set(TTT_KERNELS_CUDA_STATUS "disabled: torch is a CPU build (TTT_KERNELS_CUDA=ON compiles the kernels anyway)")
+elseif(NOT TTT_KERNELS_CUDA STREQUAL "OFF")
   include(CheckLanguage)
   check_language(CUDA)
   # CUTLASS/CuTe headers ship in the nvidia-cutlass wheel (no git hosts needed).

@@ -21,6 +21,7 @@ import torch
 
 import ttt_kernels
 from ttt_kernels.cli import CLIError, checkpoint, data, main
+from ttt_kernels.cli.train import METRICS_FILE
 from ttt_kernels.model import TTTE2EModel
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,6 +53,11 @@ def _history(directory) -> list:
         return json.load(f)["history"]
 
 
+def _metrics(directory) -> list:
+    with open(os.path.join(directory, METRICS_FILE)) as f:
+        return [json.loads(line) for line in f]
+
+
 def _check_png(path) -> None:
     """PNG signature, then every chunk's CRC, ending with IEND; the IHDR has a non-empty size."""
     with open(path, "rb") as f:
@@ -79,7 +85,7 @@ def _no_partial(directory) -> None:
     if checkpoint.MANIFEST in names:
         ckpt = checkpoint.Checkpoint(str(directory))
         listed = {e["name"] for e in ckpt.manifest["files"].values()} | {checkpoint.MANIFEST}
-        assert names <= listed | {"loss_by_position.png"}, names - listed
+        assert names <= listed | {"loss_by_position.png", METRICS_FILE}, names - listed
     else:
         assert not names, names
 
@@ -137,6 +143,8 @@ def test_train_eval_generate(tmp_path, corpus_file, capsys):
         assert _train(out, corpus_file, "--steps", "4") == 0
     names = {event.name for event in prof.events()}
     assert {"ttt.outer_backward", "ttt.chunk 0", "ttt.inner_step"} <= names  # the step's phases (docs/profiling.md)
+    header = capsys.readouterr().out.splitlines()[0]
+    assert header.startswith("train: TTT-E2E, preset tiny") and "M parameters" in header and "from scratch" in header
     ckpt = checkpoint.Checkpoint(str(out))
     assert ckpt.step == 4 and ckpt.resumable
     assert ckpt.config.hidden_size == 32 and ckpt.config.ttt
@@ -172,6 +180,8 @@ def test_resume_is_bit_identical(tmp_path, corpus_file, threads):
     assert _train(full, corpus_file, *common) == 0
     assert _train(split, corpus_file, *common, "--stop-after", "2") == 0
     assert checkpoint.Checkpoint(str(split)).step == 2
+    with open(split / METRICS_FILE, "a") as f:  # as if a killed run had logged steps after its last save
+        f.write('{"step": 3, "loss": 123.0}\n{"step": 4, "lo')
     assert main(["train", "--resume", str(split), "--stop-after", "2", "--no-progress", "--threads", str(threads)]) == 0
     assert main(["train", "--resume", str(split), "--no-progress", "--threads", str(threads)]) == 0
     a, b = _history(full), _history(split)
@@ -180,6 +190,13 @@ def test_resume_is_bit_identical(tmp_path, corpus_file, threads):
     fa, fb = checkpoint.Checkpoint(str(full)), checkpoint.Checkpoint(str(split))
     assert fa.manifest["files"]["model"]["sha256"] == fb.manifest["files"]["model"]["sha256"]
     assert fa.trainer["validation"] == fb.trainer["validation"]
+    # metrics.jsonl: one line per step (and one per validation), the unsaved steps of a killed run dropped on resume
+    ma, mb = _metrics(full), _metrics(split)
+    assert [m["step"] for m in mb if "loss" in m] == [1, 2, 3, 4, 5, 6]
+    assert [(m["step"], m.get("loss"), m.get("val_loss")) for m in ma] == [
+        (m["step"], m.get("loss"), m.get("val_loss")) for m in mb
+    ]
+    assert {"loss", "lr", "inner_lr", "grad_norm", "tokens_per_s", "step_s", "elapsed_s"} <= set(mb[0])
 
 
 def test_resume_into_another_directory(tmp_path, corpus_file, capsys):

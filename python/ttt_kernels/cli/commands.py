@@ -267,6 +267,7 @@ def run_demo(args) -> int:
         progress=args.progress,
         overwrite=True,  # a previous demo's checkpoint is replaced
         origin="demo",
+        header=False,
     )
     print(
         f"trained {result.step} steps ({result.step * args.batch * args.context / 1e6:.2f}M tokens) in "

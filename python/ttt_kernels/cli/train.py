@@ -176,6 +176,52 @@ def _check_writable(out: str) -> None:
 
 
 LOCK_FILE = ".ttt-kernels.lock"
+METRICS_FILE = "metrics.jsonl"  # one JSON object per step (and per validation), beside the checkpoint
+TENSORBOARD_DIR = "tensorboard"  # event files, when the tensorboard package is installed
+_RUN_FILES = {LOCK_FILE, METRICS_FILE, TENSORBOARD_DIR}  # what a run writes besides checkpoints
+
+
+class _Metrics:
+    """Per-step metrics of a run: ``DIR/metrics.jsonl`` (a line per step and per validation, flushed as written)
+    and, when the tensorboard package is installed, TensorBoard event files in ``DIR/tensorboard``.
+
+    A resumed run first drops the lines of steps after its checkpoint (a killed run may have logged steps it never
+    saved), so the file always describes the trajectory the checkpoint continues; a new run starts a new file."""
+
+    def __init__(self, out: str, resumed_step: int | None):
+        path = os.path.join(out, METRICS_FILE)
+        kept = []
+        if resumed_step is not None and os.path.exists(path):
+            with open(path, errors="replace") as f:
+                for line in f:
+                    try:
+                        if json.loads(line)["step"] <= resumed_step:
+                            kept.append(line if line.endswith("\n") else line + "\n")
+                    except (ValueError, KeyError, TypeError):
+                        continue  # a line cut by a kill
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=out)
+        with os.fdopen(fd, "w") as f:
+            f.writelines(kept)
+        os.replace(tmp, path)
+        self.file = open(path, "a")
+        self.board = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is optional
+            return
+        self.board = SummaryWriter(os.path.join(out, TENSORBOARD_DIR), purge_step=resumed_step)
+
+    def log(self, step: int, **values) -> None:
+        self.file.write(json.dumps({"step": step, **values}) + "\n")
+        self.file.flush()
+        if self.board is not None:
+            for name, value in values.items():
+                self.board.add_scalar(name, value, step)
+
+    def close(self) -> None:
+        self.file.close()
+        if self.board is not None:
+            self.board.close()
 
 
 def _lock_out(out: str):
@@ -284,6 +330,24 @@ def _rng_state(sampler: data.WindowSampler, device: torch.device) -> dict:
     return state
 
 
+def _print_header(model: TTTE2EModel, s: dict, corpus: data.Corpus, device: torch.device, step: int) -> None:
+    """What the run is: model size, data, device and threads, where it starts."""
+    c = model.config
+    params = sum(p.numel() for p in model.parameters())
+    kind = {"ttt": "TTT-E2E", "swa": "sliding-window baseline", "full": "full-attention baseline"}[s["baseline"]]
+    where = f"cpu, {torch.get_num_threads()} threads" if device.type == "cpu" else str(device)
+    if device.type == "cuda":
+        where += f" ({torch.cuda.get_device_name(device)})"
+    start = f"resuming at step {step}" if step else "from scratch"
+    print(
+        f"train: {kind}, preset {s['preset'] or 'custom'}, {params / 1e6:.2f}M parameters (L{c.num_layers} "
+        f"d{c.hidden_size} window {c.window} mini-batch {c.mini_batch_size}); corpus {corpus.describe()}; "
+        f"{s['batch']} x {s['context']} "
+        f"tokens per step, {s['steps']} steps, {start}; {where}; checkpointing {s['checkpointing']}",
+        flush=True,
+    )
+
+
 def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
@@ -346,6 +410,7 @@ def train(
     overwrite: bool = False,
     origin: str = "train",
     reserve_steps: float = 0.0,
+    header: bool = True,
 ) -> TrainResult:
     """Trains (or resumes) and writes checkpoints to ``out`` (``resume``'s directory when None). ``stop_after``:
     stop after that many steps of this run; ``seconds``: stop when the next step would exceed this time budget.
@@ -354,7 +419,8 @@ def train(
     never) after the last save or the start. ``overwrite``: ``out`` may hold
     a checkpoint already (replaced when the first save's manifest is written). ``origin``: which command wrote
     the checkpoint (recorded in trainer-N.json). ``reserve_steps``: with ``seconds``, also keep the time of that
-    many average steps free (for work after training whose cost scales like a step)."""
+    many average steps free (for work after training whose cost scales like a step). ``header``: print a line
+    saying what is trained, on what, where (the demo prints its own)."""
     ckpt = None
     if resume is not None:
         ckpt = checkpoint.Checkpoint(resume)
@@ -376,7 +442,7 @@ def train(
         raise CLIError(f"--out: {out} already holds a checkpoint (continue it with --resume {out}, or choose another)")
     if os.path.exists(out) and not os.path.isdir(out):
         raise CLIError(f"--out: {out} exists and is not a directory")
-    if os.path.isdir(out) and set(os.listdir(out)) - {LOCK_FILE} and not checkpoint.is_checkpoint(out):
+    if os.path.isdir(out) and set(os.listdir(out)) - _RUN_FILES and not checkpoint.is_checkpoint(out):
         # Saving writes config.json and removes earlier steps' files by name: never in a directory of someone else's.
         raise CLIError(
             f"--out: {out} is a non-empty directory that is not a ttt-kernels checkpoint; choose a new or "
@@ -428,6 +494,9 @@ def train(
             )
 
         total, tokens_per_step = s["steps"], s["batch"] * s["context"]
+        if header:
+            _print_header(model, s, corpus, device, step)
+        metrics = _Metrics(out, step if ckpt is not None else None)
         bar = _Progress(total, step, progress, log_every)
         previous_sigterm = _sigterm_raises_interrupt()
         last_save = time.perf_counter()
@@ -463,9 +532,20 @@ def train(
                 dt = time.perf_counter() - t0
                 history.append({"step": step, "loss": loss_value, "lr": lr, "inner_lr": eta, "grad_norm": grad_norm})
                 bar.update(step, total, loss_value, tokens_per_step / dt, lr, eta)
+                metrics.log(
+                    step,
+                    loss=loss_value,
+                    lr=lr,
+                    inner_lr=eta,
+                    grad_norm=grad_norm,
+                    tokens_per_s=tokens_per_step / dt,
+                    step_s=dt,
+                    elapsed_s=elapsed + dt,
+                )
                 if s["val_every"] and (step % s["val_every"] == 0 or step == total):
                     val = validation_loss(model, val_windows, s["inner_lr"], s["batch"])
                     validation.append({"step": step, "loss": val})
+                    metrics.log(step, val_loss=val)
                     bar.write(f"step {step}: validation loss {val:.4f} ({len(val_windows)} held-out windows)")
                 if (save_every and step % save_every == 0) or (
                     save_seconds and time.perf_counter() - last_save >= save_seconds
@@ -480,6 +560,7 @@ def train(
             ) from None
         finally:
             bar.close()
+            metrics.close()
             if previous_sigterm is not None:
                 signal.signal(signal.SIGTERM, previous_sigterm)
         train_seconds = time.perf_counter() - start
