@@ -199,6 +199,21 @@ def test_resume_is_bit_identical(tmp_path, corpus_file, threads):
     assert {"loss", "lr", "inner_lr", "grad_norm", "tokens_per_s", "step_s", "elapsed_s"} <= set(mb[0])
 
 
+def test_tensorboard_scalars(tmp_path, corpus_file):
+    """With tensorboard installed (requirements/test.txt), the per-step metrics also go to DIR/tensorboard."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    assert _train(out, corpus_file, "--steps", "3") == 0
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    losses = [(e.step, e.value) for e in events.Scalars("loss")]
+    want = [(m["step"], m["loss"]) for m in _metrics(out) if "loss" in m]
+    assert [step for step, _ in losses] == [1, 2, 3]
+    assert losses == [(step, pytest.approx(loss, rel=1e-6)) for step, loss in want]
+    assert {"grad_norm", "tokens_per_s", "val_loss"} <= set(events.Tags()["scalars"])
+
+
 def test_resume_into_another_directory(tmp_path, corpus_file, capsys):
     first, second = tmp_path / "first", tmp_path / "second"
     cfg = tmp_path / "model.json"
