@@ -21,7 +21,7 @@ import torch
 
 import ttt_kernels
 from ttt_kernels.cli import CLIError, checkpoint, data, main
-from ttt_kernels.cli.train import METRICS_FILE
+from ttt_kernels.cli.train import METRICS_FILE, TENSORBOARD_DIR
 from ttt_kernels.model import TTTE2EModel
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,7 +85,7 @@ def _no_partial(directory) -> None:
     if checkpoint.MANIFEST in names:
         ckpt = checkpoint.Checkpoint(str(directory))
         listed = {e["name"] for e in ckpt.manifest["files"].values()} | {checkpoint.MANIFEST}
-        assert names <= listed | {"loss_by_position.png", METRICS_FILE}, names - listed
+        assert names <= listed | {"loss_by_position.png", METRICS_FILE, TENSORBOARD_DIR}, names - listed
     else:
         assert not names, names
 

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from ttt_kernels.cli import checkpoint
-from ttt_kernels.cli.train import LOCK_FILE, METRICS_FILE
+from ttt_kernels.cli.train import LOCK_FILE, METRICS_FILE, TENSORBOARD_DIR
 
 MODEL = ["--set", "num_layers=2", "--set", "hidden_size=32", "--set", "num_heads=2", "--set", "mlp_size=64"]
 ARGS = [*MODEL, "--context", "64", "--batch", "2", "--val-every", "0", "--no-progress", "--log-every", "1"]
@@ -74,7 +74,9 @@ def _assert_consistent(out) -> int | None:
     if checkpoint.is_checkpoint(str(out)):
         return checkpoint.Checkpoint(str(out)).step
     names = os.listdir(out) if os.path.isdir(out) else []
-    assert all(n in (LOCK_FILE, METRICS_FILE, "config.json") or n.startswith(".tmp-") for n in names), names
+    assert all(
+        n in (LOCK_FILE, METRICS_FILE, TENSORBOARD_DIR, "config.json") or n.startswith(".tmp-") for n in names
+    ), names
     return None
 
 
