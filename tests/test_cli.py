@@ -14,13 +14,14 @@ import signal
 import struct
 import subprocess
 import sys
+import time
 import zlib
 
 import pytest
 import torch
 
 import ttt_kernels
-from ttt_kernels.cli import CLIError, checkpoint, data, main
+from ttt_kernels.cli import CLIError, checkpoint, data, evaluate, main
 from ttt_kernels.cli.train import METRICS_FILE, TENSORBOARD_DIR
 from ttt_kernels.model import TTTE2EModel
 
@@ -268,6 +269,39 @@ def test_demo_small(tmp_path, corpus_file, capsys):
     # a second demo replaces the first one's checkpoint
     assert main([*args, "--windows", "2", "--batch", "2", "--no-progress"]) == 0
     _no_partial(out)
+
+
+def test_demo_keeps_its_time_budget(tmp_path, corpus_file, capsys, monkeypatch):
+    """Training, evaluation and the sample all fit in --minutes (here 15 s) on a machine far slower than calibrated
+    (each evaluation batch made to take 1 s more): the evaluation stops at the budget with the windows read so far."""
+    meta_loss = TTTE2EModel.meta_loss
+
+    def slow_without_grad(self, *args, **kwargs):  # evaluation runs without gradients, training with
+        if not torch.is_grad_enabled():
+            time.sleep(1.0)
+        return meta_loss(self, *args, **kwargs)
+
+    monkeypatch.setattr(TTTE2EModel, "meta_loss", slow_without_grad)
+    out = tmp_path / "demo"
+    start = time.perf_counter()
+    args = ["demo", "--minutes", "0.25", "--out", str(out), "--corpus", corpus_file, "--context", "64", *MODEL]
+    assert main([*args, "--windows", "400", "--batch", "2", "--no-progress"]) == 0  # more windows than time allows
+    elapsed = time.perf_counter() - start
+    text = capsys.readouterr().out
+    assert elapsed < 15 + 3, text  # the budget, plus the table and the plot after it
+    assert "evaluation stopped at" in text
+
+
+def test_evaluation_deadline_reads_the_same_windows_for_every_setting(trained, corpus_file):
+    ckpt = checkpoint.Checkpoint(str(trained))
+    model = TTTE2EModel(ckpt.config)
+    ckpt.load_model(model)
+    windows = data.evaluation_windows(data.load_corpus(corpus_file, None).validation, 64, 6)
+    full = evaluate.evaluate([("a", model), ("b", model)], windows, inner_lr=1.0, batch=2, progress=False)
+    assert [r.windows for r in full] == [6, 6] and full[0].chunk_losses == full[1].chunk_losses
+    cut = evaluate.evaluate([("a", model)], windows, inner_lr=1.0, batch=2, deadline=0.0, progress=False)
+    assert cut[0].windows == 2  # at least one batch, then the passed deadline stops it
+    assert cut[0].chunk_losses != full[0].chunk_losses
 
 
 def test_demo_does_not_replace_a_training_checkpoint(trained, corpus_file, capsys):

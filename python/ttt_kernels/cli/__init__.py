@@ -110,6 +110,7 @@ def _eval_parser(sub) -> None:
     p.add_argument("--inner-lr", type=float, help="test-time eta (default: each checkpoint's final training eta)")
     p.add_argument("--plot", help="write a PNG of loss by position here")
     p.add_argument("--json", help="write the per-chunk losses and the table as JSON here")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, help="progress bar (default: on a terminal)")
     _add_runtime(p)
 
 

@@ -7,11 +7,10 @@ losses are directly comparable. Losses are in nats per byte (divide by ln 2 for 
 
 import dataclasses
 import math
+import sys
 import time
 
 import torch
-
-from ttt_kernels.model import TTTE2EModel
 
 
 @dataclasses.dataclass
@@ -23,6 +22,7 @@ class Run:
     window: int
     chunk_losses: list  # mean loss of chunk i (positions i*b .. (i+1)*b - 1) over the windows
     tokens_per_second: float
+    windows: int  # evaluation windows read (fewer than given when a deadline stopped the evaluation)
 
     def positions(self) -> list:
         """Centre position of every chunk (for plotting)."""
@@ -37,22 +37,68 @@ class Run:
 
 
 @torch.no_grad()
-def evaluate(model: TTTE2EModel, windows: torch.Tensor, *, name: str, inner_lr: float, batch: int) -> Run:
-    """Runs meta_loss (no outer gradient; the inner steps still happen when the config has TTT on) over the windows
-    [N, T+1], ``batch`` at a time, and returns the per-chunk losses averaged over windows."""
-    model.eval()
-    total, count = None, 0
-    start = time.perf_counter()
+def evaluate(
+    models: list,
+    windows: torch.Tensor,
+    *,
+    inner_lr: float,
+    batch: int,
+    deadline: float | None = None,
+    progress: bool | None = None,
+) -> list[Run]:
+    """Runs meta_loss (no outer gradient; the inner steps still happen when the config has TTT on) of every
+    ``(name, model)`` in ``models`` over the windows [N, T+1], ``batch`` windows at a time (each batch through every
+    model in turn), and returns one Run per model: the per-chunk losses averaged over the windows.
+
+    ``deadline`` (a time.perf_counter() value): stop before a batch that would end after it, judged by the slowest
+    batch so far; every model then has read the same windows (at least one batch). ``progress``: a bar over the
+    windows (default: on a terminal).
+    """
+    totals, seconds = [None] * len(models), [0.0] * len(models)
+    count, slowest = 0, 0.0
+    bar = _bar(len(windows), progress)
     for i in range(0, len(windows), batch):
-        _, per_chunk = model.meta_loss(windows[i : i + batch], inner_lr)
-        s = per_chunk.double().sum(0)
-        total = s if total is None else total + s
-        count += per_chunk.shape[0]
-    seconds = time.perf_counter() - start
-    losses = (total / count).tolist()
-    tokens = windows.shape[0] * (windows.shape[1] - 1)
-    c = model.config
-    return Run(name, c.mini_batch_size, c.window, losses, tokens / seconds if seconds > 0 else 0.0)
+        if deadline is not None and count and time.perf_counter() + slowest > deadline:
+            bar.write(f"evaluation stopped at {count} of {len(windows)} windows (time budget)")
+            break
+        batch_start = time.perf_counter()
+        for k, (_, model) in enumerate(models):
+            t0 = time.perf_counter()
+            _, per_chunk = model.eval().meta_loss(windows[i : i + batch], inner_lr)
+            s = per_chunk.double().sum(0)
+            totals[k] = s if totals[k] is None else totals[k] + s
+            seconds[k] += time.perf_counter() - t0
+        count += min(batch, len(windows) - i)
+        slowest = max(slowest, time.perf_counter() - batch_start)
+        bar.update(min(batch, len(windows) - i))
+    bar.close()
+    tokens = count * (windows.shape[1] - 1)
+    return [
+        Run(name, m.config.mini_batch_size, m.config.window, (total / count).tolist(), tokens / t if t else 0.0, count)
+        for (name, m), total, t in zip(models, totals, seconds)
+    ]
+
+
+class _NoBar:
+    def update(self, n):
+        pass
+
+    def write(self, text):
+        print(text, flush=True)
+
+    def close(self):
+        pass
+
+
+def _bar(total: int, enabled: bool | None):
+    """A tqdm bar over ``total`` windows on a terminal (or when asked for), else a stand-in that only writes."""
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="eval", unit="window", dynamic_ncols=True)
 
 
 def buckets(context: int, unit: int, window: int | None) -> list[tuple[int, int]]:
