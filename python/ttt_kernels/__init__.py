@@ -41,6 +41,12 @@ def lib_dir() -> str:
     return _PACKAGE_DIR
 
 
+def cmake_prefix_path() -> str:
+    """The prefix for CMake's ``find_package(ttt_kernels CONFIG)`` (imported target ``ttt_kernels::ttt_kernels``):
+    ``cmake -DCMAKE_PREFIX_PATH=$(python -c "import ttt_kernels; print(ttt_kernels.cmake_prefix_path())")``."""
+    return _PACKAGE_DIR
+
+
 def cuda_resources() -> dict | None:
     """nvcc's per-kernel resource report (registers, shared memory, stack, spills) for every kernel and arch.
 
