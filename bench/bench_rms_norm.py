@@ -1,21 +1,18 @@
-"""CPU benchmark of the fused RMSNorm against the eager reference and torch.nn.functional.rms_norm.
+"""Benchmark of the fused RMSNorm against the eager reference and torch.nn.functional.rms_norm (CPU or GPU).
 
 Times the forward and forward+backward (through autograd, the same way for every implementation) and reports the
-median over repeats and the effective bandwidth: the bytes an ideal fused kernel must move (read x, weight,
-grad_out, rstd; write out, rstd, grad_x, grad_weight) divided by the time.
+median (min-max) over repeats and the effective bandwidth: the bytes an ideal fused kernel must move (read x, weight,
+grad_out, rstd; write out, rstd, grad_x, grad_weight) divided by the time. On a GPU the times are CUDA-event times.
 
-    python bench/bench_rms_norm.py [--quick] [--threads N] [--out results.json]
+    python bench/bench_rms_norm.py [--quick] [--device cuda] [--threads N] [--out results.json]
 """
 
 import argparse
-import json
-import statistics
-import time
 
+import harness
 import torch
 import torch.nn.functional as F
 
-import ttt_kernels
 from ttt_kernels import ops, reference
 
 SHAPES = ((4096, 768), (16384, 1024), (1024, 2048))
@@ -29,17 +26,6 @@ IMPLEMENTATIONS = {
 }
 
 
-def _median_seconds(fn, repeats: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def _ideal_bytes(rows: int, d: int, dtype: torch.dtype) -> tuple[int, int]:
     """(forward, forward+backward) bytes moved by an ideal fused implementation."""
     elt = torch.empty((), dtype=dtype).element_size()
@@ -49,8 +35,8 @@ def _ideal_bytes(rows: int, d: int, dtype: torch.dtype) -> tuple[int, int]:
     return fwd, fwd + bwd
 
 
-def _time_impl(fn, x, w, g, repeats: int) -> tuple[float, float]:
-    """Median seconds of fn's forward (no autograd) and of its forward + backward through autograd."""
+def _time_impl(fn, x, w, g, repeats: int) -> tuple[dict, dict]:
+    """Timings of fn's forward (no autograd) and of its forward + backward through autograd."""
     xg, wg = x.clone().requires_grad_(), w.clone().requires_grad_()
 
     def forward():
@@ -60,30 +46,32 @@ def _time_impl(fn, x, w, g, repeats: int) -> tuple[float, float]:
     def forward_backward():
         torch.autograd.grad(fn(xg, wg), (xg, wg), g)
 
-    return _median_seconds(forward, repeats), _median_seconds(forward_backward, repeats)
+    return harness.time_fn(forward, x.device, repeats, 3), harness.time_fn(forward_backward, x.device, repeats, 3)
 
 
-def bench(shapes, dtypes, repeats: int) -> list[dict]:
+def bench(shapes, dtypes, repeats: int, device: torch.device) -> list[dict]:
     results = []
     for dtype in dtypes:
         for rows, d in shapes:
             gen = torch.Generator().manual_seed(0)
-            x = torch.randn(rows, d, generator=gen).to(dtype)
-            w = (1 + 0.1 * torch.randn(d, generator=gen)).to(dtype)
-            g = torch.randn(rows, d, generator=gen).to(dtype)
+            x = torch.randn(rows, d, generator=gen).to(device, dtype)
+            w = (1 + 0.1 * torch.randn(d, generator=gen)).to(device, dtype)
+            g = torch.randn(rows, d, generator=gen).to(device, dtype)
             fwd_bytes, train_bytes = _ideal_bytes(rows, d, dtype)
             for name, fn in IMPLEMENTATIONS.items():
-                fwd_s, train_s = _time_impl(fn, x, w, g, repeats)
+                fwd, train = _time_impl(fn, x, w, g, repeats)
                 results.append(
                     {
                         "impl": name,
                         "dtype": str(dtype).removeprefix("torch."),
                         "rows": rows,
                         "dim": d,
-                        "fwd_ms": fwd_s * 1e3,
-                        "fwd_bwd_ms": train_s * 1e3,
-                        "fwd_gbps": fwd_bytes / fwd_s / 1e9,
-                        "fwd_bwd_gbps": train_bytes / train_s / 1e9,
+                        "fwd_ms": fwd["median_s"] * 1e3,
+                        "fwd_ms_min_max": [fwd["min_s"] * 1e3, fwd["max_s"] * 1e3],
+                        "fwd_bwd_ms": train["median_s"] * 1e3,
+                        "fwd_bwd_ms_min_max": [train["min_s"] * 1e3, train["max_s"] * 1e3],
+                        "fwd_gbps": fwd_bytes / fwd["median_s"] / 1e9,
+                        "fwd_bwd_gbps": train_bytes / train["median_s"] / 1e9,
                     }
                 )
     return results
@@ -108,21 +96,17 @@ def print_table(results: list[dict]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer shapes and repeats, float32 only")
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads(N) first (default: torch's default)")
-    parser.add_argument("--out", help="write the results as JSON to this path")
+    harness.add_arguments(parser)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    device = harness.setup(args)
     shapes, dtypes, repeats = (
         (QUICK_SHAPES, (torch.float32,), 5) if args.quick else (SHAPES, (torch.float32, torch.bfloat16), 20)
     )
-    results = bench(shapes, dtypes, repeats)
-    print(f"ttt_kernels {ttt_kernels.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    results = bench(shapes, dtypes, repeats, device)
+    env = harness.environment(device)
+    print(harness.describe(env))
     print_table(results)
-    if args.out:
-        meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "repeats": repeats}
-        with open(args.out, "w") as f:
-            json.dump({"meta": meta, "results": results}, f, indent=2)
+    harness.write_json(args.out, env, results, repeats=repeats)
 
 
 if __name__ == "__main__":

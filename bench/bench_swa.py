@@ -1,30 +1,31 @@
-"""CPU benchmark of the fused sliding-window attention against torch SDPA with a boolean mask and FlexAttention.
+"""Benchmark of the fused sliding-window attention against its strongest peers installed (CPU or GPU).
 
-float32, batch 1, 8 heads. Times the forward and forward+backward (through autograd, the same way for every
-implementation) and reports the median over repeats and GFLOP/s over the unmasked score entries N (batch * heads *
-number of visible (query, key) pairs): 4 * head_dim * N for the forward, 14 * head_dim * N for forward+backward
-(FlashAttention's count: the backward is 2.5 forwards). Every implementation is credited the same useful work, so
-GFLOP/s compare like for like. The fp32 GEMM rate of torch.mm on this machine is printed for scale.
+float32 on the CPU (bfloat16 on a GPU), batch 1, 8 heads. Times the forward and forward+backward (through autograd,
+the same way for every implementation) and reports the median (min-max) over repeats and GFLOP/s over the unmasked
+score entries N (batch * heads * number of visible (query, key) pairs): 4 * head_dim * N for the forward,
+14 * head_dim * N for forward+backward (FlashAttention's count: the backward is 2.5 forwards). Every implementation
+is credited the same useful work, so GFLOP/s compare like for like. The GEMM rate of torch.mm on the device is
+printed for scale. On a GPU the times are CUDA-event times.
 
 Peers (same run):
 - sdpa_mask: torch.nn.functional.scaled_dot_product_attention with an explicit [S, S] boolean mask (dense S^2 work,
   skipped above MAX_SDPA_SEQLEN);
-- flex: FlexAttention with a sliding-window block mask, compiled (torch.compile) on CPU; torch has no CPU backward
-  for it, so forward only; skipped above MAX_FLEX_GFLOP of forward work.
+- flex: FlexAttention with a sliding-window block mask, compiled (torch.compile); on the CPU torch has no backward
+  for it (forward only), and it is skipped above MAX_FLEX_GFLOP of forward work there;
+- flash_attn (GPU, when the flash-attn package is installed): flash_attn_func(causal=True, window_size=(W-1, 0)),
+  FlashAttention 2's sliding window; flash_attn_3 likewise when its interface module is installed.
 
-    python bench/bench_swa.py [--quick] [--threads N] [--out results.json]
+    python bench/bench_swa.py [--quick] [--device cuda] [--threads N] [--out results.json]
 """
 
 import argparse
-import json
-import statistics
-import time
+import importlib
 
+import harness
 import torch
 import torch.nn.functional as F
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-import ttt_kernels
 from ttt_kernels import ops
 
 HEADS = 8
@@ -45,37 +46,29 @@ _flex = torch.compile(flex_attention)
 _block_mask = torch.compile(create_block_mask)  # compiled: builds the mask without materializing S^2 entries
 
 
-def _median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up (and compilation)
-    start = time.perf_counter()
-    fn()
-    first = time.perf_counter() - start
-    if first > SLOW_CALL_S:
-        return first
-    times = [first]
-    for _ in range(repeats - 1):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def gemm_gflops(n: int = 4096) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    return 2 * n**3 / _median_seconds(lambda: a @ b, 5) / 1e9
-
-
 def visible_pairs(seqlen: int, window: int) -> int:
     """Unmasked (query, key) entries of causal sliding-window attention over one head."""
     return int(torch.arange(1, seqlen + 1).clamp(max=window).sum())
 
 
-def implementations(seqlen: int, window: int, head_dim: int):
-    """name -> (forward fn(q, k, v) on [b, s, h, d] tensors or a skip reason, whether it has a CPU backward)."""
+def _flash_attention_peers() -> dict:
+    """name -> flash_attn_func of the FlashAttention packages installed (none on most CPU machines)."""
+    peers = {}
+    for name, module in (("flash_attn", "flash_attn"), ("flash_attn_3", "flash_attn_interface")):
+        try:
+            peers[name] = importlib.import_module(module).flash_attn_func
+        except ImportError:
+            continue
+    return peers
+
+
+def implementations(seqlen: int, window: int, head_dim: int, device: torch.device):
+    """name -> (forward fn(q, k, v) on [b, s, h, d] tensors or a skip reason, whether it has a backward here)."""
+    gpu = device.type == "cuda"
     fwd_gflop = 4 * head_dim * HEADS * visible_pairs(seqlen, window) / 1e9
     impls = {"ttt_kernels": (lambda q, k, v: ops.swa_attention(q, k, v, window), True)}
     if seqlen <= MAX_SDPA_SEQLEN:
-        t = torch.arange(seqlen)
+        t = torch.arange(seqlen, device=device)
         mask = (t[None, :] <= t[:, None]) & (t[None, :] > t[:, None] - window)
         impls["sdpa_mask"] = (
             lambda q, k, v: F.scaled_dot_product_attention(
@@ -85,39 +78,45 @@ def implementations(seqlen: int, window: int, head_dim: int):
         )
     else:
         impls["sdpa_mask"] = (f"skipped: dense {seqlen}^2 mask and work", True)
-    if fwd_gflop <= MAX_FLEX_GFLOP:
+    if gpu or fwd_gflop <= MAX_FLEX_GFLOP:
 
         def sliding_window(b, h, q_idx, kv_idx):
             return (kv_idx <= q_idx) & (q_idx - kv_idx < window)
 
-        block_mask = _block_mask(sliding_window, None, None, seqlen, seqlen, device="cpu")
+        block_mask = _block_mask(sliding_window, None, None, seqlen, seqlen, device=str(device))
         impls["flex"] = (
             lambda q, k, v: _flex(
                 q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=block_mask
             ).transpose(1, 2),
-            False,
+            gpu,
         )
     else:
         impls["flex"] = (f"skipped: {fwd_gflop:.0f} GFLOP forward (> {MAX_FLEX_GFLOP:.0f})", False)
+    if gpu:
+        for name, flash in _flash_attention_peers().items():  # [b, s, h, d] in and out, like ttt_kernels
+            impls[name] = (lambda q, k, v, flash=flash: flash(q, k, v, causal=True, window_size=(window - 1, 0)), True)
     return impls
 
 
-def bench(seqlens, windows, head_dims, repeats: int) -> list[dict]:
+def bench(seqlens, windows, head_dims, repeats: int, device: torch.device) -> list[dict]:
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     results = []
     for head_dim in head_dims:
         for seqlen in seqlens:
             for window in sorted({min(w, seqlen) for w in windows}):  # window >= seqlen: plain causal attention
                 gen = torch.Generator().manual_seed(0)
-                q, k, v, dout = (torch.randn(1, seqlen, HEADS, head_dim, generator=gen) for _ in range(4))
+                q, k, v, dout = (
+                    torch.randn(1, seqlen, HEADS, head_dim, generator=gen).to(device, dtype) for _ in range(4)
+                )
                 n = HEADS * visible_pairs(seqlen, window)
-                for name, (fn, has_backward) in implementations(seqlen, window, head_dim).items():
+                for name, (fn, has_backward) in implementations(seqlen, window, head_dim, device).items():
                     row = {"impl": name, "seqlen": seqlen, "window": window, "head_dim": head_dim}
                     results.append(row)
                     if isinstance(fn, str):
                         row["skipped"] = fn
                         continue
-                    # Peers take [b, h, s, d]; give them contiguous tensors in that layout.
-                    if name != "ttt_kernels":
+                    # SDPA and flex take [b, h, s, d]; give them contiguous tensors in that layout.
+                    if name in ("sdpa_mask", "flex"):
                         q_, k_, v_ = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
                     else:
                         q_, k_, v_ = q, k, v
@@ -126,8 +125,12 @@ def bench(seqlens, windows, head_dims, repeats: int) -> list[dict]:
                         with torch.no_grad():
                             fn(q_, k_, v_)
 
-                    fwd_s = _median_seconds(forward, repeats)
-                    row.update(fwd_ms=fwd_s * 1e3, fwd_gflops=4 * head_dim * n / fwd_s / 1e9)
+                    fwd = harness.time_fn(forward, device, repeats, slow_call_s=SLOW_CALL_S)
+                    row.update(
+                        fwd_ms=fwd["median_s"] * 1e3,
+                        fwd_ms_min_max=[fwd["min_s"] * 1e3, fwd["max_s"] * 1e3],
+                        fwd_gflops=4 * head_dim * n / fwd["median_s"] / 1e9,
+                    )
                     if not has_backward:
                         row["fwd_bwd_skipped"] = "no CPU backward"
                         continue
@@ -136,8 +139,12 @@ def bench(seqlens, windows, head_dims, repeats: int) -> list[dict]:
                     def forward_backward(fn=fn, qg=qg, kg=kg, vg=vg, dout=dout):
                         torch.autograd.grad(fn(qg, kg, vg), (qg, kg, vg), dout)
 
-                    train_s = _median_seconds(forward_backward, repeats)
-                    row.update(fwd_bwd_ms=train_s * 1e3, fwd_bwd_gflops=14 * head_dim * n / train_s / 1e9)
+                    train = harness.time_fn(forward_backward, device, repeats, slow_call_s=SLOW_CALL_S)
+                    row.update(
+                        fwd_bwd_ms=train["median_s"] * 1e3,
+                        fwd_bwd_ms_min_max=[train["min_s"] * 1e3, train["max_s"] * 1e3],
+                        fwd_bwd_gflops=14 * head_dim * n / train["median_s"] / 1e9,
+                    )
                     print(".", end="", flush=True)
     print()
     return results
@@ -163,40 +170,27 @@ def print_table(results: list[dict], gemm: float) -> None:
         else:
             train = f"{r['fwd_bwd_skipped']:>18}"
         print(f"{head} {fwd} {train} {speed}")
-    print(f"GF/s over unmasked entries (4*d*N forward, 14*d*N forward+backward); torch.mm fp32: {gemm:.1f} GF/s")
+    print(f"GF/s over unmasked entries (4*d*N forward, 14*d*N forward+backward); torch.mm: {gemm:.1f} GF/s")
     print("speedup: the row's time / ttt_kernels' time (> 1: ttt_kernels is faster)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="S 1K and 4K, W 256 and 1K, head_dim 128, 2 repeats")
-    parser.add_argument("--out", help="write the results as JSON to this path")
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
+    harness.add_arguments(parser)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    device = harness.setup(args)
     if args.quick:
         sizes, repeats = QUICK, 2
     else:
         sizes, repeats = dict(seqlens=SEQLENS, windows=WINDOWS, head_dims=HEAD_DIMS), 3
-    gemm = gemm_gflops()
-    results = bench(**sizes, repeats=repeats)
-    print(
-        f"ttt_kernels {ttt_kernels.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads,"
-        f" float32, batch 1, {HEADS} heads"
-    )
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    gemm = harness.gemm_gflops(device, dtype)
+    results = bench(**sizes, repeats=repeats, device=device)
+    env = harness.environment(device)
+    print(f"{harness.describe(env)}; {str(dtype).removeprefix('torch.')}, batch 1, {HEADS} heads")
     print_table(results, gemm)
-    if args.out:
-        meta = {
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "repeats": repeats,
-            "heads": HEADS,
-            "dtype": "float32",
-            "gemm_gflops": gemm,
-        }
-        with open(args.out, "w") as f:
-            json.dump({"meta": meta, "results": results}, f, indent=2)
+    harness.write_json(args.out, env, results, repeats=repeats, heads=HEADS, dtype=str(dtype), gemm_gflops=gemm)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,129 @@
+"""What every bench script shares: the --device/--threads/--out options, timing (CUDA events on a GPU, the wall clock
+on the CPU; median, min and max), the GEMM rate of the machine for scale, and the description of the machine and
+software written into each JSON result.
+
+The scripts run from a checkout (``python bench/bench_<name>.py``), so this module is imported as ``harness``.
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import time
+
+import torch
+
+import ttt_kernels
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads(N) first (default: torch's default)")
+    parser.add_argument("--out", help="write the results as JSON to this path")
+
+
+def setup(args: argparse.Namespace) -> torch.device:
+    """Applies --threads and checks --device; returns the device."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit(f"--device {args.device}: no CUDA device is visible (torch {torch.__version__})")
+        torch.cuda.set_device(device)
+    elif device.type != "cpu":
+        raise SystemExit(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
+    return device
+
+
+def time_fn(fn, device: torch.device, repeats: int, warmup: int = 1, slow_call_s: float | None = None) -> dict:
+    """Times ``fn()`` after ``warmup`` calls: {"median_s", "min_s", "max_s", "repeats"}. On a GPU each call is timed
+    with CUDA events around it (device time, launches included). A call slower than ``slow_call_s`` is timed once."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        if slow_call_s is not None and times[0] > slow_call_s:
+            break
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeats": len(times)}
+
+
+def gemm_gflops(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 4096) -> float:
+    """The machine's GEMM rate: torch.mm of two n x n matrices (MKL/OpenBLAS on the CPU, cuBLAS on a GPU)."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    return 2 * n**3 / time_fn(lambda: a @ b, device, 5)["median_s"] / 1e9
+
+
+def _gpu_clocks() -> dict:
+    """SM and memory clocks now and at most (MHz), from nvidia-smi when it is installed."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return {}
+    fields = "clocks.sm,clocks.max.sm,clocks.mem,clocks.max.mem,power.limit"
+    try:
+        out = subprocess.run(
+            [smi, f"--query-gpu={fields}", "--format=csv,noheader,nounits", f"--id={torch.cuda.current_device()}"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    values = [v.strip() for v in out.split(",")]
+    return dict(zip(fields.split(","), values)) if len(values) == 5 else {}
+
+
+def environment(device: torch.device) -> dict:
+    """The machine and software a result was measured with."""
+    build = ttt_kernels.build_info()
+    env = {
+        "ttt_kernels": ttt_kernels.__version__,
+        "torch": torch.__version__,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_isa": build["cpu_isa"],
+        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        env.update(
+            gpu=props.name,
+            gpu_capability=f"{props.major}.{props.minor}",
+            gpu_memory_gib=round(props.total_memory / 2**30, 1),
+            gpu_sms=props.multi_processor_count,
+            cuda=torch.version.cuda,
+            cuda_archs_built=build["cuda_archs"],
+            **_gpu_clocks(),
+        )
+    return env
+
+
+def describe(env: dict) -> str:
+    """One line for the top of a table."""
+    where = f"{env['gpu']} (CUDA {env['cuda']})" if "gpu" in env else f"CPU {env['cpu']}, {env['threads']} threads"
+    load = f", load {env['load_average_1min']:.1f}" if env.get("load_average_1min") is not None else ""
+    return f"ttt_kernels {env['ttt_kernels']}, torch {env['torch']}, {where}{load}"
+
+
+def write_json(path: str | None, env: dict, results: list, **meta) -> None:
+    """{"environment": env, "meta": meta, "results": results} to ``path`` (nothing without one)."""
+    if path:
+        with open(path, "w") as f:
+            json.dump({"environment": env, "meta": meta, "results": results}, f, indent=2)
