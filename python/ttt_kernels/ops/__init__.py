@@ -2,7 +2,7 @@
 support."""
 
 from . import swa_double_bwd  # noqa: F401  (registers swa_bwd's derivative)
-from .mlp import clip_sgd_update, clip_sgd_update_, sgd_gemm_update_, swiglu_mlp
+from .swiglu import clip_sgd_update, clip_sgd_update_, sgd_gemm_update_, swiglu_mlp
 from .rms_norm import rms_norm
 from .swa import swa_attention
 

@@ -1,6 +1,6 @@
 """Pure PyTorch references of the package's ops: the model spec's formulas, unfused, differentiable by autograd."""
 
-from .mlp import clip_sgd_update, sgd_gemm_update, swiglu_mlp
+from .swiglu import clip_sgd_update, sgd_gemm_update, swiglu_mlp
 from .rms_norm import rms_norm
 from .swa import swa_attention
 

@@ -26,7 +26,7 @@
 #include <string_view>
 #include <vector>
 
-#include "ttt_kernels/mlp.h"
+#include "ttt_kernels/swiglu.h"
 
 #if defined(__AVX512F__)
 #include <cpuid.h>

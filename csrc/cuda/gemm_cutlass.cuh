@@ -30,8 +30,8 @@
 #include <stdexcept>
 #include <string>
 
-#include "mlp_gemm_kernels.h"
-#include "ttt_kernels/mlp_math.h"
+#include "gemm_kernels.h"
+#include "ttt_kernels/swiglu_math.h"
 
 namespace ttt::cuda::mlp_cutlass {
 

@@ -16,8 +16,8 @@
 // Loops over compile-time trip counts are fully unrolled by nvcc without `#pragma unroll`.
 #include "ttt_kernels/device/runtime.h"
 #include "ttt_kernels/device/launch.h"
-#include "ttt_kernels/mlp.h"
-#include "ttt_kernels/mlp_math.h"
+#include "ttt_kernels/swiglu.h"
+#include "ttt_kernels/swiglu_math.h"
 
 #include <algorithm>
 #include <cmath>

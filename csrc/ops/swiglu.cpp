@@ -40,7 +40,7 @@
 #include <vector>
 
 #include "common.h"
-#include "ttt_kernels/mlp.h"
+#include "ttt_kernels/swiglu.h"
 
 namespace ttt {
 namespace {

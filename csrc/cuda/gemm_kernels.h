@@ -8,7 +8,7 @@
 #error "mlp_gemm_kernels.h declares CUTLASS kernels: nvcc only (the simulator build has a host stand-in)"
 #endif
 
-#include "ttt_kernels/mlp.h"
+#include "ttt_kernels/swiglu.h"
 
 namespace ttt::cuda::mlp_cutlass {
 

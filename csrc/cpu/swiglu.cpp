@@ -6,7 +6,7 @@
 // uses a branch-free float exp (below) so those loops vectorize; float64 uses std::exp (tests only).
 // The clipped update sums squares per fixed chunk of every tensor in float64 and adds the chunk sums in order: the
 // norm does not depend on the thread count.
-#include "ttt_kernels/mlp.h"
+#include "ttt_kernels/swiglu.h"
 
 #include <ATen/Parallel.h>
 
@@ -19,7 +19,7 @@
 #include <vector>
 
 #include "common.h"
-#include "ttt_kernels/mlp_math.h"
+#include "ttt_kernels/swiglu_math.h"
 
 namespace ttt::cpu {
 namespace {

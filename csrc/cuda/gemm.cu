@@ -9,7 +9,7 @@
 //   interleaved h / packed gate layout and the epilogue math; the CUTLASS kernels themselves are verified by
 //   compiling them for every arch with the resource report (no spills) and, on a GPU, by the same tests.
 #include "ttt_kernels/device/runtime.h"
-#include "ttt_kernels/mlp.h"
+#include "ttt_kernels/swiglu.h"
 
 #include <algorithm>
 #include <climits>
@@ -20,11 +20,11 @@
 #include <utility>
 
 #if defined(__CUDACC__)
-#include "mlp_gemm_kernels.h"
+#include "gemm_kernels.h"
 #else
 #include <vector>
 
-#include "ttt_kernels/mlp_math.h"
+#include "ttt_kernels/swiglu_math.h"
 #endif
 
 namespace ttt::TTT_CUDA_NS {
