@@ -1,5 +1,5 @@
-// The bfloat16 CUTLASS GEMMs of the dynamic MLP (csrc/cuda/mlp_gemm_cutlass.cuh). nvcc only: CUTLASS kernels do not
-// run in the CUDA simulator, whose build of this file is empty (its mlp_gemm is a host stand-in, mlp_gemm.cu).
+// The bfloat16 CUTLASS GEMMs of the dynamic MLP (csrc/cuda/gemm_cutlass.cuh). nvcc only: CUTLASS kernels do not
+// run in the CUDA simulator, whose build of this file is empty (its mlp_gemm is a host stand-in, gemm.cu).
 #if defined(__CUDACC__)
 #include "gemm_cutlass.cuh"
 
