@@ -7,15 +7,13 @@ grad_out, rstd; write out, rstd, grad_x, grad_weight) divided by the time.
     python bench/bench_rms_norm.py [--quick] [--threads N] [--out results.json]
 """
 
-import argparse
-import json
 import statistics
 import time
 
+import common
 import torch
 import torch.nn.functional as F
 
-import ttt_kernels
 from ttt_kernels import ops, reference
 
 SHAPES = ((4096, 768), (16384, 1024), (1024, 2048))
@@ -106,23 +104,11 @@ def print_table(results: list[dict]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer shapes and repeats, float32 only")
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads(N) first (default: torch's default)")
-    parser.add_argument("--out", help="write the results as JSON to this path")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = common.parse_args(__doc__, "fewer shapes and repeats, float32 only")
     shapes, dtypes, repeats = (
         (QUICK_SHAPES, (torch.float32,), 5) if args.quick else (SHAPES, (torch.float32, torch.bfloat16), 20)
     )
-    results = bench(shapes, dtypes, repeats)
-    print(f"ttt_kernels {ttt_kernels.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print_table(results)
-    if args.out:
-        meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "repeats": repeats}
-        with open(args.out, "w") as f:
-            json.dump({"meta": meta, "results": results}, f, indent=2)
+    common.report(bench(shapes, dtypes, repeats), print_table, args.out, repeats)
 
 
 if __name__ == "__main__":
