@@ -39,34 +39,74 @@ def setup(args: argparse.Namespace) -> torch.device:
     return device
 
 
+class Laps:
+    """Marks between the phases of some work: ``mark()`` before, between and after them, then ``seconds()`` gives
+    each phase's time: CUDA events on a GPU (device time, launches included), the wall clock on the CPU."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.marks = []
+
+    def mark(self) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append(event)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def seconds(self) -> list[float]:
+        if self.cuda:
+            self.marks[-1].synchronize()
+            return [a.elapsed_time(b) / 1e3 for a, b in zip(self.marks, self.marks[1:])]
+        return [b - a for a, b in zip(self.marks, self.marks[1:])]
+
+
+def stats(samples: list[float]) -> dict:
+    """{"median_s", "min_s", "max_s", "repeats"} of timings in seconds."""
+    return {
+        "median_s": statistics.median(samples),
+        "min_s": min(samples),
+        "max_s": max(samples),
+        "repeats": len(samples),
+    }
+
+
 def time_fn(fn, device: torch.device, repeats: int, warmup: int = 1, slow_call_s: float | None = None) -> dict:
-    """Times ``fn()`` after ``warmup`` calls: {"median_s", "min_s", "max_s", "repeats"}. On a GPU each call is timed
-    with CUDA events around it (device time, launches included). A call slower than ``slow_call_s`` is timed once."""
+    """Times ``fn()`` after ``warmup`` calls (stats()). A call slower than ``slow_call_s`` is timed once."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
+        laps = Laps(device)
+        laps.mark()
+        fn()
+        laps.mark()
+        times += laps.seconds()
         if slow_call_s is not None and times[0] > slow_call_s:
             break
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeats": len(times)}
+    return stats(times)
 
 
-def gemm_gflops(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 4096) -> float:
-    """The machine's GEMM rate: torch.mm of two n x n matrices (MKL/OpenBLAS on the CPU, cuBLAS on a GPU)."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    return 2 * n**3 / time_fn(lambda: a @ b, device, 5)["median_s"] / 1e9
+def interleaved(variants: dict, repeats: int, warmup: int = 3) -> dict:
+    """Runs ``variants`` (name -> fn() returning its phase times, a list of seconds) in turn, ``warmup`` + ``repeats``
+    rounds, so that every variant sees the same machine load; returns name -> the measured rounds' phase times."""
+    samples = {name: [] for name in variants}
+    for i in range(warmup + repeats):
+        for name, fn in variants.items():
+            phases = fn()
+            if i >= warmup:
+                samples[name].append(phases)
+    return samples
+
+
+def gemm_gflops(device: torch.device, dtype: torch.dtype = torch.float32, shape=(4096, 4096, 4096), repeats=5) -> float:
+    """The machine's GEMM rate at [m, k] x [k, n] = ``shape`` (m, k, n): torch.mm (MKL/OpenBLAS on the CPU, cuBLAS on
+    a GPU), median GFLOP/s."""
+    m, k, n = shape
+    a = torch.randn(m, k, device=device, dtype=dtype)
+    b = torch.randn(k, n, device=device, dtype=dtype)
+    return 2 * m * k * n / time_fn(lambda: a @ b, device, repeats, warmup=3)["median_s"] / 1e9
 
 
 def _gpu_clocks() -> dict:

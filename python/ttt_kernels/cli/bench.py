@@ -12,7 +12,7 @@ import sys
 
 from .errors import CLIError
 
-SCRIPTS = ("rms_norm", "swa", "mlp", "model")
+SCRIPTS = ("rms_norm", "swa", "swiglu", "clip_sgd", "model")
 
 
 def find_bench_dir(explicit: str | None) -> str:

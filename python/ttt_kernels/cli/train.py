@@ -7,6 +7,7 @@ clip. The inner learning rate eta warms up linearly from ``inner_lr_start`` (0.1
 train split with a generator seeded by ``seed``.
 """
 
+import contextlib
 import dataclasses
 import fcntl
 import json
@@ -212,16 +213,39 @@ class _Metrics:
         self.board = SummaryWriter(os.path.join(out, TENSORBOARD_DIR), purge_step=resumed_step)
 
     def log(self, step: int, **values) -> None:
-        self.file.write(json.dumps({"step": step, **values}) + "\n")
-        self.file.flush()
-        if self.board is not None:
-            for name, value in values.items():
-                self.board.add_scalar(name, value, step)
+        # TensorBoard's writer hands events to its thread through a queue: a Ctrl-C inside a put would leave the
+        # queue waiting for an event that never comes, and close() would hang. Interrupts wait until the line is out.
+        with _interrupts_deferred():
+            self.file.write(json.dumps({"step": step, **values}) + "\n")
+            self.file.flush()
+            if self.board is not None:
+                for name, value in values.items():
+                    self.board.add_scalar(name, value, step)
 
     def close(self) -> None:
-        self.file.close()
-        if self.board is not None:
-            self.board.close()
+        with _interrupts_deferred():
+            self.file.close()
+            if self.board is not None:
+                self.board.close()
+
+
+@contextlib.contextmanager
+def _interrupts_deferred():
+    """SIGINT and SIGTERM arriving inside the block raise KeyboardInterrupt when it ends (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = {
+        sig: signal.signal(sig, lambda signum, frame: caught.append(signum)) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def _lock_out(out: str):

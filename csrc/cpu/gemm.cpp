@@ -1,4 +1,4 @@
-// float32 GEMM for the CPU MLP (include/ttt_kernels/mlp.h: cpu::sgemm), AVX-512, BLIS-style:
+// float32 GEMM of the CPU path (include/ttt_kernels/gemm.h: cpu::sgemm), AVX-512, BLIS-style:
 //
 //   pack all of B into [kKc][64] panels (tasks: one panel each)
 //   tasks (ib, jg): ib a block of kMc rows of C, jg a group of 64-column panels (all of them when there are enough
@@ -26,7 +26,7 @@
 #include <string_view>
 #include <vector>
 
-#include "ttt_kernels/mlp.h"
+#include "ttt_kernels/gemm.h"
 
 #if defined(__AVX512F__)
 #include <cpuid.h>

@@ -1,15 +1,20 @@
-// ttt::cuda::mlp_gemm: the one entry point of every CUTLASS GEMM of the dynamic MLP (params: ttt_kernels/mlp.h).
+// ttt::cuda::mlp_gemm: the one entry point of every CUTLASS GEMM of the dynamic MLP (params: ttt_kernels/gemm.h),
+// and pack_rows, the hand-written kernel that packs weights into its 16-bit operands.
 //
 // check_mlp_gemm validates a GemmParams (the same code in both builds) and mlp_gemm dispatches it:
-// - under nvcc to the CUTLASS instantiation for its (epilogue, dtype, layouts) (csrc/cuda/mlp_gemm_cutlass.cuh);
+// - under nvcc to the CUTLASS instantiation for its (epilogue, dtype, layouts) (csrc/cuda/gemm_cutlass.cuh);
 // - in the simulator build to a host stand-in that evaluates the same GEMM with the same epilogue math in plain
 //   loops: CUTLASS kernels cannot run in the simulator. The stand-in reads A and B through exactly the (pointer,
 //   leading dimension, layout) triples CUTLASS would get, accumulates in float32 in order of k, and applies the
-//   epilogues' formulas (mlp_math.h), so the simulated MLP tests the operand mapping of the torch glue, the
+//   epilogues' formulas (swiglu_math.h), so the simulated MLP tests the operand mapping of the torch glue, the
 //   interleaved h / packed gate layout and the epilogue math; the CUTLASS kernels themselves are verified by
 //   compiling them for every arch with the resource report (no spills) and, on a GPU, by the same tests.
+// pack_rows copies (and converts) weight rows into the 16-bit GEMM operands: [w1; w3] row-interleaved for the
+// up-projection, stacked for dx, w2 on its own. One block per destination row, threads across its columns; it runs in
+// the simulator too.
 #include "ttt_kernels/device/runtime.h"
-#include "ttt_kernels/mlp.h"
+#include "ttt_kernels/device/launch.h"
+#include "ttt_kernels/gemm.h"
 
 #include <algorithm>
 #include <climits>
@@ -19,16 +24,39 @@
 #include <string>
 #include <utility>
 
+#include "elementwise.cuh"
+
 #if defined(__CUDACC__)
-#include "mlp_gemm_kernels.h"
+#include "gemm_kernels.h"
 #else
 #include <vector>
 
-#include "ttt_kernels/mlp_math.h"
+#include "ttt_kernels/swiglu_math.h"
 #endif
 
 namespace ttt::TTT_CUDA_NS {
 namespace {
+
+// ---- pack_rows ----------------------------------------------------------------------------------------------------
+
+// dst[z, r, :] = convert(src[g][z, i, :]) for the destination rows z * groups * src_rows + r = blockIdx.x (+ k *
+// gridDim.x), with (g, i) = (r % groups, r / groups) when interleaving, (r / src_rows, r % src_rows) when stacking.
+template <typename Src, typename Dst>
+__global__ void __launch_bounds__(kThreads) pack_rows_kernel(const PackRowsParams p) {
+  const int64_t per_batch = p.groups * p.src_rows;
+  for (int64_t row = blockIdx.x; row < p.batch * per_batch; row += gridDim.x) {
+    const int64_t z = row / per_batch;
+    const int64_t r = row % per_batch;
+    const int64_t g = p.interleave ? r % p.groups : r / p.src_rows;
+    const int64_t i = z * p.src_rows + (p.interleave ? r / p.groups : r % p.src_rows);
+    // A select, not p.src[g]: indexing the parameter array with a runtime index would copy it to local memory.
+    const Src* __restrict__ src = static_cast<const Src*>(g == 0 ? p.src[0] : p.src[1]) + i * p.cols;
+    Dst* __restrict__ dst = static_cast<Dst*>(p.dst) + row * p.cols;
+    for (int64_t c = threadIdx.x; c < p.cols; c += blockDim.x) dst[c] = Num<Dst>::store(Num<Src>::load(src[c]));
+  }
+}
+
+// ---- mlp_gemm -----------------------------------------------------------------------------------------------------
 
 const char* epilogue_name(GemmEpilogue e) {
   switch (e) {
@@ -52,34 +80,11 @@ constexpr int64_t kVec32 = 4;
 
 #if !defined(__CUDACC__)
 
-template <typename T>
-float to_float(T v) {
-  return static_cast<float>(v);
-}
-template <>
-float to_float(__nv_bfloat16 v) {
-  return __bfloat162float(v);
-}
-template <>
-float to_float(__half v) {
-  return __half2float(v);
-}
-template <typename T>
-T from_float(float v);
-template <>
-__nv_bfloat16 from_float(float v) {
-  return __float2bfloat16_rn(v);
-}
-template <>
-__half from_float(float v) {
-  return __float2half_rn(v);
-}
-
 // Element (i, j) of an operand as CUTLASS addresses it.
 template <typename T>
 float element(const GemmOperand& op, int64_t i, int64_t j) {
   const T* ptr = static_cast<const T*>(op.ptr);
-  return to_float(op.layout == GemmLayout::kRowMajor ? ptr[i * op.ld + j] : ptr[j * op.ld + i]);
+  return Num<T>::load(op.layout == GemmLayout::kRowMajor ? ptr[i * op.ld + j] : ptr[j * op.ld + i]);
 }
 
 // Problem z of a batched GemmParams, as a single GEMM.
@@ -116,14 +121,14 @@ void reference_gemm(const GemmParams& p) {
     }
     switch (p.epilogue) {
       case GemmEpilogue::kStore:
-        for (int64_t j = 0; j < p.n; ++j) static_cast<T*>(p.d)[i * p.ldd + j] = from_float<T>(acc[j]);
+        for (int64_t j = 0; j < p.n; ++j) static_cast<T*>(p.d)[i * p.ldd + j] = Num<T>::store(acc[j]);
         break;
       case GemmEpilogue::kSwiglu:
-        for (int64_t j = 0; j < p.n; ++j) static_cast<T*>(p.d)[i * p.ldd + j] = from_float<T>(acc[j]);
+        for (int64_t j = 0; j < p.n; ++j) static_cast<T*>(p.d)[i * p.ldd + j] = Num<T>::store(acc[j]);
         for (int64_t g = 0; g < p.n / 2; ++g) {
           const float h1 = acc[2 * g];
           const float s = 1.0f / (1.0f + __expf(-h1));
-          static_cast<T*>(p.t)[i * p.ldt + g] = from_float<T>(mlp_math::silu(h1, s) * acc[2 * g + 1]);
+          static_cast<T*>(p.t)[i * p.ldt + g] = Num<T>::store(swiglu_math::silu(h1, s) * acc[2 * g + 1]);
         }
         break;
       case GemmEpilogue::kAccumulate:
@@ -139,6 +144,26 @@ void reference_gemm(const GemmParams& p) {
 #endif
 
 }  // namespace
+
+void pack_rows(const PackRowsParams& p, void* stream) {
+  if (p.groups != 1 && p.groups != 2) {
+    throw std::invalid_argument("pack_rows: groups must be 1 or 2, got " + std::to_string(p.groups));
+  }
+  const int64_t rows = p.batch * p.groups * p.src_rows;
+  if (rows == 0 || p.cols == 0) return;
+  if (p.dst_dtype != DType::kBFloat16 && p.dst_dtype != DType::kFloat16) {
+    throw std::invalid_argument("pack_rows: the destination must be bfloat16 or float16");
+  }
+  const dim3 grid(static_cast<unsigned>(std::min(rows, kMaxBlocks)));
+  dispatch_dtype<__nv_bfloat16, __half>(p.src_dtype, "pack_rows", [&](auto src_tag) {
+    using Src = decltype(src_tag);
+    if (p.dst_dtype == DType::kBFloat16) {
+      launch(pack_rows_kernel<Src, __nv_bfloat16>, grid, dim3(kThreads), 0, stream, p);
+    } else {
+      launch(pack_rows_kernel<Src, __half>, grid, dim3(kThreads), 0, stream, p);
+    }
+  });
+}
 
 void check_mlp_gemm(const GemmParams& p) {
   const std::string where = std::string("mlp_gemm(") + epilogue_name(p.epilogue) + "): ";

@@ -1,14 +1,14 @@
-// The CUTLASS GEMM instantiations behind ttt::cuda::mlp_gemm (csrc/cuda/mlp_gemm.cu), one function per kernel.
-// Defined in csrc/cuda/mlp_gemm_cutlass.cuh and instantiated for bfloat16 and float16 in mlp_gemm_bf16.cu and
-// mlp_gemm_fp16.cu (one small translation unit per element type keeps each nvcc run short). nvcc only: this header
+// The CUTLASS GEMM instantiations behind ttt::cuda::mlp_gemm (csrc/cuda/gemm.cu), one function per kernel.
+// Defined in csrc/cuda/gemm_cutlass.cuh and instantiated for bfloat16 and float16 in gemm_bf16.cu and
+// gemm_fp16.cu (one small translation unit per element type keeps each nvcc run short). nvcc only: this header
 // names no CUTLASS type, so the wrapper that includes it compiles in seconds.
 #pragma once
 
 #if !defined(__CUDACC__)
-#error "mlp_gemm_kernels.h declares CUTLASS kernels: nvcc only (the simulator build has a host stand-in)"
+#error "gemm_kernels.h declares CUTLASS kernels: nvcc only (the simulator build has a host stand-in)"
 #endif
 
-#include "ttt_kernels/mlp.h"
+#include "ttt_kernels/gemm.h"
 
 namespace ttt::cuda::mlp_cutlass {
 

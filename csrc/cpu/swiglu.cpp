@@ -1,12 +1,10 @@
-// CPU kernels of the dynamic SwiGLU MLP's element-wise parts and of the clipped SGD step (math, params and layouts:
-// include/ttt_kernels/mlp.h, include/ttt_kernels/mlp_math.h). The GEMMs around them are BLAS calls in the torch glue
-// (csrc/ops/mlp.cpp).
+// CPU kernels of the dynamic SwiGLU MLP's element-wise parts (math, params and layouts: include/ttt_kernels/swiglu.h,
+// include/ttt_kernels/swiglu_math.h). The GEMMs around them are the AVX-512 sgemm (csrc/cpu/gemm.cpp) or BLAS,
+// called by the torch glue (csrc/ops/swiglu.cpp).
 //
 // Every kernel is one pass over its rows (at::parallel_for) with an `omp simd` inner loop over the row. The sigmoid
 // uses a branch-free float exp (below) so those loops vectorize; float64 uses std::exp (tests only).
-// The clipped update sums squares per fixed chunk of every tensor in float64 and adds the chunk sums in order: the
-// norm does not depend on the thread count.
-#include "ttt_kernels/mlp.h"
+#include "ttt_kernels/swiglu.h"
 
 #include <ATen/Parallel.h>
 
@@ -14,12 +12,9 @@
 #include <bit>
 #include <cmath>
 #include <cstdint>
-#include <stdexcept>
-#include <string>
-#include <vector>
 
 #include "common.h"
-#include "ttt_kernels/mlp_math.h"
+#include "ttt_kernels/swiglu_math.h"
 
 namespace ttt::cpu {
 namespace {
@@ -27,11 +22,6 @@ namespace {
 // Elements per parallel_for grain of the row kernels (torch's own grain size: smaller tensors run on the calling
 // thread).
 constexpr int64_t kGrainElements = 1 << 15;
-// Elements per chunk of the clipped update (the unit of parallelism and of the norm's partial sums), and the chunks
-// below which it runs on the calling thread (forking a thread team costs more than summing 256K squares, and a team
-// waits for its slowest thread when another process shares the cores).
-constexpr int64_t kClipChunk = 1 << 15;
-constexpr int64_t kClipParallelChunks = 8;
 
 // exp(x) for float, branch-free so that it vectorizes (glibc's expf, std::floor and std::fmin do not, without
 // -ffast-math): x = n ln2 + r with n = round(x / ln2) (adding and subtracting 1.5 * 2^23 rounds to an integer),
@@ -68,7 +58,7 @@ void fwd_row(const A* __restrict__ h1, const A* __restrict__ h3, A* __restrict__
   for (int64_t j = 0; j < width; ++j) {
     const A z = h1[j];
     const A u = h3[j];
-    a[j] = mlp_math::silu(z, sigmoid(z)) * u;
+    a[j] = swiglu_math::silu(z, sigmoid(z)) * u;
     h[2 * j] = z;
     h[2 * j + 1] = u;
   }
@@ -82,8 +72,8 @@ void bwd_row(const A* __restrict__ h, const A* __restrict__ e, const A* __restri
   for (int64_t j = 0; j < width; ++j) {
     const A z = h[2 * j];
     const A u = h[2 * j + 1];
-    const mlp_math::GateGrad<A> r =
-        mlp_math::gate_bwd(z, u, sigmoid(z), da[j], kExtra ? e[2 * j] : A(0), kExtra ? e[2 * j + 1] : A(0));
+    const swiglu_math::GateGrad<A> r =
+        swiglu_math::gate_bwd(z, u, sigmoid(z), da[j], kExtra ? e[2 * j] : A(0), kExtra ? e[2 * j + 1] : A(0));
     dh1[j] = r.dh1;
     dh3[j] = r.dh3;
     a[j] = r.a;
@@ -123,9 +113,9 @@ void bwd_bwd_row(const BwdBwdRow<A> r, int64_t width) {
     const A z = h[2 * j];
     const A u = h[2 * j + 1];
     const A s = sigmoid(z);
-    const mlp_math::GateGrad<A> g =
-        mlp_math::gate_bwd(z, u, s, da[j], kExtra ? e[2 * j] : A(0), kExtra ? e[2 * j + 1] : A(0));
-    const mlp_math::GateGradGrad<A> gg = mlp_math::gate_bwd_bwd(z, u, s, da[j], c1[j], c3[j], ca[j]);
+    const swiglu_math::GateGrad<A> g =
+        swiglu_math::gate_bwd(z, u, s, da[j], kExtra ? e[2 * j] : A(0), kExtra ? e[2 * j + 1] : A(0));
+    const swiglu_math::GateGradGrad<A> gg = swiglu_math::gate_bwd_bwd(z, u, s, da[j], c1[j], c3[j], ca[j]);
     cot_h[2 * j] = gg.cot_h1;
     cot_h[2 * j + 1] = gg.cot_h3;
     cot_da[j] = gg.cot_da;
@@ -199,88 +189,6 @@ void bwd_bwd(const SwigluBwdBwdParams& p) {
   });
 }
 
-// ---- clipped SGD ---------------------------------------------------------------------------------------------------
-
-// Elements of one sequence's slice of one tensor, [begin, end).
-struct Chunk {
-  int64_t tensor;
-  int64_t seq;
-  int64_t begin;
-  int64_t end;
-};
-
-template <typename A>
-double sum_squares(const A* __restrict__ g, int64_t n) {
-  double sum = 0;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t i = 0; i < n; ++i) sum += static_cast<double>(g[i]) * static_cast<double>(g[i]);
-  return sum;
-}
-
-template <typename A>
-void axpy(const A* __restrict__ w, const A* __restrict__ g, A* __restrict__ out, A step, int64_t n) {
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) out[i] = w[i] - step * g[i];
-}
-
-// In-place (out == weight) needs the same element order for reads and writes, which axpy has; restrict would be a
-// lie for aliasing pointers, so that case uses this copy of the loop.
-template <typename A>
-void axpy_inplace(A* __restrict__ w, const A* __restrict__ g, A step, int64_t n) {
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) w[i] -= step * g[i];
-}
-
-template <typename A>
-void clip_sgd(const ClipSgdParams& p) {
-  // Chunks ordered by sequence, then tensor, then position: each sequence's partial sums are added in that order.
-  std::vector<Chunk> chunks;
-  std::vector<int64_t> first_chunk(p.batch + 1, 0);  // chunks of sequence s: [first_chunk[s], first_chunk[s + 1])
-  for (int64_t s = 0; s < p.batch; ++s) {
-    for (int64_t t = 0; t < p.count; ++t) {
-      const int64_t per_seq = p.tensors[t].numel / p.batch;
-      for (int64_t b = 0; b < per_seq; b += kClipChunk) {
-        chunks.push_back({t, s, s * per_seq + b, s * per_seq + std::min(per_seq, b + kClipChunk)});
-      }
-    }
-    first_chunk[s + 1] = static_cast<int64_t>(chunks.size());
-  }
-  const int64_t num_chunks = static_cast<int64_t>(chunks.size());
-  // Below kClipParallelChunks chunks the whole update runs on the calling thread.
-  const int64_t grain = kClipParallelChunks;
-  std::vector<double> partial(chunks.size());
-  at::parallel_for(0, num_chunks, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t c = begin; c < end; ++c) {
-      const Chunk& k = chunks[c];
-      partial[c] = sum_squares(static_cast<const A*>(p.tensors[k.tensor].grad) + k.begin, k.end - k.begin);
-    }
-  });
-  std::vector<A> steps(p.batch);
-  const A max_norm = static_cast<A>(p.max_norm);
-  for (int64_t s = 0; s < p.batch; ++s) {
-    double total = 0;
-    for (int64_t c = first_chunk[s]; c < first_chunk[s + 1]; ++c) total += partial[c];
-    const A norm = static_cast<A>(std::sqrt(total));
-    const A scale = norm < max_norm ? A(1) : max_norm / norm;
-    steps[s] = static_cast<A>(p.lr) * scale;
-    static_cast<A*>(p.norm)[s] = norm;
-  }
-
-  at::parallel_for(0, num_chunks, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t c = begin; c < end; ++c) {
-      const Chunk& k = chunks[c];
-      const ClipTensor& t = p.tensors[k.tensor];
-      const A* g = static_cast<const A*>(t.grad) + k.begin;
-      A* out = static_cast<A*>(t.out) + k.begin;
-      if (t.out == t.weight) {
-        axpy_inplace(out, g, steps[k.seq], k.end - k.begin);
-      } else {
-        axpy(static_cast<const A*>(t.weight) + k.begin, g, out, steps[k.seq], k.end - k.begin);
-      }
-    }
-  });
-}
-
 }  // namespace
 
 void swiglu_fwd(const SwigluFwdParams& params) {
@@ -296,10 +204,6 @@ void swiglu_bwd(const SwigluBwdParams& params) {
 void swiglu_bwd_bwd(const SwigluBwdBwdParams& params) {
   if (params.rows == 0 || params.width == 0) return;
   dispatch_float(params.dtype, "swiglu_bwd_bwd", [&](auto tag) { bwd_bwd<decltype(tag)>(params); });
-}
-
-void clip_sgd_update(const ClipSgdParams& params) {
-  dispatch_float(params.dtype, "clip_sgd_update", [&](auto tag) { clip_sgd<decltype(tag)>(params); });
 }
 
 }  // namespace ttt::cpu

@@ -1,5 +1,5 @@
-// CUTLASS 2.x device-level GEMMs of the dynamic MLP (declared in mlp_gemm_kernels.h) and their epilogue functors.
-// Included only by the per-element-type translation units mlp_gemm_bf16.cu and mlp_gemm_fp16.cu, under nvcc.
+// CUTLASS 2.x device-level GEMMs of the dynamic MLP (declared in gemm_kernels.h) and their epilogue functors.
+// Included only by the per-element-type translation units gemm_bf16.cu and gemm_fp16.cu, under nvcc.
 //
 // All kernels: sm80 tensor-op mainloop (mma.sync m16n8k16, bf16/fp16 in, fp32 accumulate; runs on sm_90a too),
 // threadblock tile 128 x 128 x 32, four 64 x 64 warps, 3 cp.async stages (48 KiB of shared memory), 16-byte
@@ -30,8 +30,8 @@
 #include <stdexcept>
 #include <string>
 
-#include "mlp_gemm_kernels.h"
-#include "ttt_kernels/mlp_math.h"
+#include "gemm_kernels.h"
+#include "ttt_kernels/swiglu_math.h"
 
 namespace ttt::cuda::mlp_cutlass {
 
@@ -83,7 +83,7 @@ struct SwigluEpilogue {
     for (int i = 0; i < kCount / 2; ++i) {
       const float h1 = ab[2 * i];
       const float s = 1.0f / (1.0f + cutlass::fast_exp(-h1));
-      a[i] = Element(mlp_math::silu(h1, s) * ab[2 * i + 1]);
+      a[i] = Element(swiglu_math::silu(h1, s) * ab[2 * i + 1]);
     }
     static_assert(sizeof(a) == sizeof(t), "kCount / 2 16-bit values fill the kCount-byte T fragment");
     std::memcpy(&t, &a, sizeof(t));

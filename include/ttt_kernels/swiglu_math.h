@@ -1,6 +1,7 @@
 // Element-wise math of the SwiGLU gate a = silu(h1) * h3 and of its first and second derivatives, shared by the CPU
-// kernels (csrc/cpu/mlp.cpp), the CUDA kernels and CUTLASS epilogues (csrc/cuda/mlp*.cu) and the simulator's stand-in
-// for the CUTLASS GEMMs, so that every backend evaluates the same formulas. Torch-free, host and device.
+// kernels (csrc/cpu/swiglu.cpp), the CUDA kernels (csrc/cuda/swiglu.cu), the CUTLASS epilogue
+// (csrc/cuda/gemm_cutlass.cuh) and the simulator's stand-in for the CUTLASS GEMMs (csrc/cuda/gemm.cu), so that every
+// backend evaluates the same formulas. Torch-free, host and device.
 //
 // Every function takes the sigmoid s = sigmoid(h1) precomputed: each backend computes it with its own exp (vectorized
 // polynomial on the CPU, __expf on the GPU). With silu(z) = z s:
@@ -10,25 +11,25 @@
 #pragma once
 
 #if defined(__CUDACC__)
-#define TTT_MLP_HD __host__ __device__ __forceinline__
+#define TTT_SWIGLU_HD __host__ __device__ __forceinline__
 #else
-#define TTT_MLP_HD inline
+#define TTT_SWIGLU_HD inline
 #endif
 
-namespace ttt::mlp_math {
+namespace ttt::swiglu_math {
 
 template <typename A>
-TTT_MLP_HD A silu(A z, A s) {
+TTT_SWIGLU_HD A silu(A z, A s) {
   return z * s;
 }
 
 template <typename A>
-TTT_MLP_HD A silu_grad(A z, A s) {
+TTT_SWIGLU_HD A silu_grad(A z, A s) {
   return s * (A(1) + z * (A(1) - s));
 }
 
 template <typename A>
-TTT_MLP_HD A silu_grad2(A z, A s) {
+TTT_SWIGLU_HD A silu_grad2(A z, A s) {
   return s * (A(1) - s) * (A(2) + z * (A(1) - A(2) * s));
 }
 
@@ -41,7 +42,7 @@ struct GateGrad {
 };
 
 template <typename A>
-TTT_MLP_HD GateGrad<A> gate_bwd(A h1, A h3, A s, A da, A e1, A e3) {
+TTT_SWIGLU_HD GateGrad<A> gate_bwd(A h1, A h3, A s, A da, A e1, A e3) {
   const A g = silu(h1, s);
   return {da * h3 * silu_grad(h1, s) + e1, da * g + e3, g * h3};
 }
@@ -57,11 +58,11 @@ struct GateGradGrad {
 };
 
 template <typename A>
-TTT_MLP_HD GateGradGrad<A> gate_bwd_bwd(A h1, A h3, A s, A da, A c1, A c3, A ca) {
+TTT_SWIGLU_HD GateGradGrad<A> gate_bwd_bwd(A h1, A h3, A s, A da, A c1, A c3, A ca) {
   const A g = silu(h1, s);
   const A dg = silu_grad(h1, s);
   const A ddg = silu_grad2(h1, s);
   return {h3 * (c1 * da * ddg + ca * dg) + c3 * da * dg, c1 * da * dg + ca * g, c1 * h3 * dg + c3 * g};
 }
 
-}  // namespace ttt::mlp_math
+}  // namespace ttt::swiglu_math

@@ -1,7 +1,7 @@
-// The float16 CUTLASS GEMMs of the dynamic MLP (csrc/cuda/mlp_gemm_cutlass.cuh). nvcc only: CUTLASS kernels do not
-// run in the CUDA simulator, whose build of this file is empty (its mlp_gemm is a host stand-in, mlp_gemm.cu).
+// The float16 CUTLASS GEMMs of the dynamic MLP (csrc/cuda/gemm_cutlass.cuh). nvcc only: CUTLASS kernels do not
+// run in the CUDA simulator, whose build of this file is empty (its mlp_gemm is a host stand-in, gemm.cu).
 #if defined(__CUDACC__)
-#include "mlp_gemm_cutlass.cuh"
+#include "gemm_cutlass.cuh"
 
 namespace ttt::cuda::mlp_cutlass {
 template void swiglu_rc<__half>(const GemmParams&, void*);

@@ -1,0 +1,195 @@
+// torch glue of the clipped SGD step of the fast weights: schemas, argument checks, CPU / simulator / CUDA dispatch
+// (math and params: include/ttt_kernels/clip_sgd.h, docs/mlp.md).
+//
+//   clip_sgd_update(weights[], grads[], lr, max_norm, batched) -> (new_weights[], norm)
+//   clip_sgd_update_(weights[] (in place), grads[], lr, max_norm, batched) -> norm
+//     batched: every tensor is [B, ...]; sequence b is clipped by the norm of its own slices (norm [B])
+//
+// Weights and grads are float32 or float64. CPU: the kernel of csrc/cpu/clip_sgd.cpp. CUDA (and the simulator, on
+// CPU tensors inside ttt_kernels.sim.enabled()): the kernels of csrc/cuda/clip_sgd.cu, with a device workspace.
+// Autograd, fake tensors and the Python API are in python/ttt_kernels/ops/clip_sgd.py.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <c10/core/ScalarType.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstdint>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#include "common.h"
+#include "ttt_kernels/clip_sgd.h"
+
+namespace ttt {
+namespace {
+
+// The CUDA kernels run on a backend: the GPU (ttt::cuda) or the simulator (ttt::cuda_sim, CPU tensors).
+#if defined(TTT_KERNELS_WITH_SIM)
+struct SimBackend {
+  static int64_t clip_workspace(const ClipSgdParams& p) { return cuda_sim::clip_sgd_workspace_bytes(p); }
+  static void clip_sgd_update(const ClipSgdParams& p) { cuda_sim::clip_sgd_update(p, /*stream=*/nullptr); }
+};
+#endif
+
+#if defined(TTT_KERNELS_WITH_CUDA)
+struct CudaBackend {
+  static int64_t clip_workspace(const ClipSgdParams& p) { return cuda::clip_sgd_workspace_bytes(p); }
+  static void clip_sgd_update(const ClipSgdParams& p) {
+    cuda::clip_sgd_update(p, c10::cuda::getCurrentCUDAStream().stream());
+  }
+};
+#endif
+
+// The sequences of a (batched) clip: the common leading dimension of all weights, 1 when not batched.
+int64_t clip_batch(const char* op, at::TensorList weights, bool batched) {
+  if (!batched) return 1;
+  TORCH_CHECK(!weights.empty(), op, ": batched needs at least one weight (the batch size is their leading dimension)");
+  TORCH_CHECK(weights[0].dim() >= 1 && weights[0].size(0) >= 1, op,
+              ": batched weights must have a leading batch dimension >= 1, got weights[0] of shape ",
+              weights[0].sizes());
+  const int64_t batch = weights[0].size(0);
+  for (size_t i = 0; i < weights.size(); ++i) {
+    TORCH_CHECK(weights[i].dim() >= 1 && weights[i].size(0) == batch, op, ": batched weights must share the leading ",
+                "dimension of weights[0] (", batch, "), got weights[", i, "] of shape ", weights[i].sizes());
+  }
+  return batch;
+}
+
+// Checks the lists (same length, pairwise same shape, one float32 / float64 dtype, one device, contiguous) and
+// max_norm / lr; returns the (weight, grad, out) table with outs[i] as the destination of weights[i].
+std::vector<ClipTensor> clip_table(const char* op, at::TensorList weights, at::TensorList grads,
+                                   const std::vector<at::Tensor>& outs, double lr, double max_norm) {
+  TORCH_CHECK(weights.size() == grads.size(), op, ": weights and grads must have the same length, got ",
+              weights.size(), " and ", grads.size());
+  TORCH_CHECK(std::isfinite(lr), op, ": lr must be finite, got ", lr);
+  TORCH_CHECK(max_norm > 0.0 && !std::isnan(max_norm), op, ": max_norm must be > 0 (inf: no clipping), got ",
+              max_norm);
+  std::vector<ClipTensor> table(weights.size());
+  for (size_t i = 0; i < weights.size(); ++i) {
+    const at::Tensor& w = weights[i];
+    const at::Tensor& g = grads[i];
+    const at::Tensor& ref = weights[0];
+    TORCH_CHECK(w.scalar_type() == at::kFloat || w.scalar_type() == at::kDouble, op, ": weights[", i,
+                "] must be float32 or float64, got ", w.scalar_type());
+    TORCH_CHECK(w.scalar_type() == ref.scalar_type() && g.scalar_type() == ref.scalar_type(), op, ": weights[", i,
+                "] and grads[", i, "] must have the dtype of weights[0] (", ref.scalar_type(), "), got ",
+                w.scalar_type(), " and ", g.scalar_type());
+    TORCH_CHECK(g.sizes() == w.sizes(), op, ": grads[", i, "] must have the shape of weights[", i, "] ", w.sizes(),
+                ", got ", g.sizes());
+    TORCH_CHECK(w.device() == ref.device() && g.device() == ref.device(), op, ": weights[", i, "] and grads[", i,
+                "] must be on the device of weights[0] (", ref.device(), ")");
+    TORCH_CHECK(w.is_contiguous() && g.is_contiguous(), op, ": weights[", i, "] and grads[", i,
+                "] must be contiguous");
+    table[i] = {w.data_ptr(), g.data_ptr(), outs[i].data_ptr(), w.numel()};
+  }
+  return table;
+}
+
+// Runs the update from weights into outs; returns the norm (0-d, the weights' dtype; [B] when batched).
+template <typename Kernel>
+at::Tensor clip_sgd(const char* op, at::TensorList weights, at::TensorList grads, const std::vector<at::Tensor>& outs,
+                    double lr, double max_norm, bool batched, Kernel&& kernel) {
+  const std::vector<ClipTensor> table = clip_table(op, weights, grads, outs, lr, max_norm);
+  const int64_t batch = clip_batch(op, weights, batched);
+  const at::TensorOptions opts =
+      weights.empty() ? at::TensorOptions().dtype(at::kFloat) : weights[0].options();
+  at::Tensor norm = batched ? at::empty({batch}, opts) : at::empty({}, opts);
+  ClipSgdParams p;
+  p.tensors = table.data();
+  p.count = static_cast<int64_t>(table.size());
+  p.batch = batch;
+  p.dtype = ops::to_dtype(op, "weights", opts.dtype().toScalarType());
+  p.lr = lr;
+  p.max_norm = max_norm;
+  p.norm = norm.data_ptr();
+  kernel(p, opts);
+  return norm;
+}
+
+template <typename Backend>
+void clip_on_device(ClipSgdParams& p, const at::TensorOptions& opts) {
+  const at::Tensor workspace = at::empty({Backend::clip_workspace(p)}, opts.dtype(at::kByte));
+  p.workspace = workspace.data_ptr();
+  Backend::clip_sgd_update(p);
+}
+
+void clip_on_cpu(ClipSgdParams& p, const at::TensorOptions& opts) {
+#if defined(TTT_KERNELS_WITH_SIM)
+  if (sim::config().enabled) return clip_on_device<SimBackend>(p, opts);
+#endif
+  (void)opts;
+  cpu::clip_sgd_update(p);
+}
+
+template <typename Run>
+std::tuple<std::vector<at::Tensor>, at::Tensor> clip_sgd_out_of_place(at::TensorList weights, at::TensorList grads,
+                                                                      double lr, double max_norm, bool batched,
+                                                                      Run&& run) {
+  std::vector<at::Tensor> outs;
+  outs.reserve(weights.size());
+  for (const at::Tensor& w : weights) outs.push_back(at::empty_like(w, at::MemoryFormat::Contiguous));
+  at::Tensor norm = clip_sgd("clip_sgd_update", weights, grads, outs, lr, max_norm, batched, run);
+  return {outs, norm};
+}
+
+template <typename Run>
+at::Tensor clip_sgd_in_place(at::TensorList weights, at::TensorList grads, double lr, double max_norm, bool batched,
+                             Run&& run) {
+  const std::vector<at::Tensor> outs(weights.begin(), weights.end());
+  return clip_sgd("clip_sgd_update_", weights, grads, outs, lr, max_norm, batched, run);
+}
+
+std::tuple<std::vector<at::Tensor>, at::Tensor> clip_sgd_update_cpu(at::TensorList weights, at::TensorList grads,
+                                                                    double lr, double max_norm, bool batched) {
+  return clip_sgd_out_of_place(weights, grads, lr, max_norm, batched, clip_on_cpu);
+}
+
+at::Tensor clip_sgd_update_inplace_cpu(at::TensorList weights, at::TensorList grads, double lr, double max_norm,
+                                       bool batched) {
+  return clip_sgd_in_place(weights, grads, lr, max_norm, batched, clip_on_cpu);
+}
+
+// ---- CUDA -----------------------------------------------------------------------------------------------------------
+
+#if defined(TTT_KERNELS_WITH_CUDA)
+void clip_on_cuda(ClipSgdParams& p, const at::TensorOptions& opts) { clip_on_device<CudaBackend>(p, opts); }
+
+std::tuple<std::vector<at::Tensor>, at::Tensor> clip_sgd_update_cuda(at::TensorList weights, at::TensorList grads,
+                                                                     double lr, double max_norm, bool batched) {
+  const c10::cuda::OptionalCUDAGuard guard(weights.empty() ? std::nullopt : std::optional(weights[0].device()));
+  return clip_sgd_out_of_place(weights, grads, lr, max_norm, batched, clip_on_cuda);
+}
+
+at::Tensor clip_sgd_update_inplace_cuda(at::TensorList weights, at::TensorList grads, double lr, double max_norm,
+                                        bool batched) {
+  const c10::cuda::OptionalCUDAGuard guard(weights.empty() ? std::nullopt : std::optional(weights[0].device()));
+  return clip_sgd_in_place(weights, grads, lr, max_norm, batched, clip_on_cuda);
+}
+#endif
+
+}  // namespace
+}  // namespace ttt
+
+TORCH_LIBRARY_FRAGMENT(ttt_kernels, m) {
+  m.def(
+      "clip_sgd_update(Tensor[] weights, Tensor[] grads, float lr, float max_norm, bool batched=False) -> "
+      "(Tensor[] new_weights, Tensor norm)");
+  m.def(
+      "clip_sgd_update_(Tensor(a!)[] weights, Tensor[] grads, float lr, float max_norm, bool batched=False) -> "
+      "Tensor norm");
+}
+
+TORCH_LIBRARY_IMPL(ttt_kernels, CPU, m) {
+  m.impl("clip_sgd_update", &ttt::clip_sgd_update_cpu);
+  m.impl("clip_sgd_update_", &ttt::clip_sgd_update_inplace_cpu);
+}
+
+#if defined(TTT_KERNELS_WITH_CUDA)
+TORCH_LIBRARY_IMPL(ttt_kernels, CUDA, m) {
+  m.impl("clip_sgd_update", &ttt::clip_sgd_update_cuda);
+  m.impl("clip_sgd_update_", &ttt::clip_sgd_update_inplace_cuda);
+}
+#endif
