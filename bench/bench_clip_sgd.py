@@ -9,8 +9,6 @@ and for the update, the weight read and written). On a GPU, CUDA-event times.
     python bench/bench_clip_sgd.py [--quick] [--device cuda] [--threads N] [--out results.json]
 """
 
-import argparse
-
 import harness
 import torch
 
@@ -92,17 +90,9 @@ def print_table(results):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats")
-    harness.add_arguments(parser)
-    args = parser.parse_args()
-    device = harness.setup(args)
+    args, device = harness.command_line(__doc__, "fewer repeats")
     repeats = QUICK_REPEATS if args.quick else REPEATS
-    results = bench(SHAPES, repeats, device)
-    env = harness.environment(device)
-    print(harness.describe(env))
-    print_table(results)
-    harness.write_json(args.out, env, results, repeats=repeats)
+    harness.report(args.out, device, bench(SHAPES, repeats, device), print_table, repeats=repeats)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,6 @@ grad_out, rstd; write out, rstd, grad_x, grad_weight) divided by the time. On a 
     python bench/bench_rms_norm.py [--quick] [--device cuda] [--threads N] [--out results.json]
 """
 
-import argparse
-
 import harness
 import torch
 import torch.nn.functional as F
@@ -94,19 +92,11 @@ def print_table(results: list[dict]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer shapes and repeats, float32 only")
-    harness.add_arguments(parser)
-    args = parser.parse_args()
-    device = harness.setup(args)
+    args, device = harness.command_line(__doc__, "fewer shapes and repeats, float32 only")
     shapes, dtypes, repeats = (
         (QUICK_SHAPES, (torch.float32,), 5) if args.quick else (SHAPES, (torch.float32, torch.bfloat16), 20)
     )
-    results = bench(shapes, dtypes, repeats, device)
-    env = harness.environment(device)
-    print(harness.describe(env))
-    print_table(results)
-    harness.write_json(args.out, env, results, repeats=repeats)
+    harness.report(args.out, device, bench(shapes, dtypes, repeats, device), print_table, repeats=repeats)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ Peers (same run):
     python bench/bench_swa.py [--quick] [--device cuda] [--threads N] [--out results.json]
 """
 
-import argparse
 import importlib
 
 import harness
@@ -175,11 +174,7 @@ def print_table(results: list[dict], gemm: float) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="S 1K and 4K, W 256 and 1K, head_dim 128, 2 repeats")
-    harness.add_arguments(parser)
-    args = parser.parse_args()
-    device = harness.setup(args)
+    args, device = harness.command_line(__doc__, "S 1K and 4K, W 256 and 1K, head_dim 128, 2 repeats")
     if args.quick:
         sizes, repeats = QUICK, 2
     else:
@@ -187,10 +182,18 @@ def main() -> None:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     gemm = harness.gemm_gflops(device, dtype)
     results = bench(**sizes, repeats=repeats, device=device)
-    env = harness.environment(device)
-    print(f"{harness.describe(env)}; {str(dtype).removeprefix('torch.')}, batch 1, {HEADS} heads")
-    print_table(results, gemm)
-    harness.write_json(args.out, env, results, repeats=repeats, heads=HEADS, dtype=str(dtype), gemm_gflops=gemm)
+    headline = f"{str(dtype).removeprefix('torch.')}, batch 1, {HEADS} heads"
+    harness.report(
+        args.out,
+        device,
+        results,
+        lambda rows: print_table(rows, gemm),
+        headline,
+        repeats=repeats,
+        heads=HEADS,
+        dtype=str(dtype),
+        gemm_gflops=gemm,
+    )
 
 
 if __name__ == "__main__":

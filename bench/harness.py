@@ -25,6 +25,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="write the results as JSON to this path")
 
 
+def command_line(doc: str, quick_help: str) -> tuple[argparse.Namespace, torch.device]:
+    """The options of a script whose only own option is --quick (what it shortens: quick_help): (args, device)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    add_arguments(parser)
+    args = parser.parse_args()
+    return args, setup(args)
+
+
+def report(out: str | None, device: torch.device, results: list, print_table, headline: str = "", **meta) -> None:
+    """Prints the machine (and ``headline``) and print_table(results); writes the JSON when ``out`` is given."""
+    env = environment(device)
+    print(describe(env) + (f"; {headline}" if headline else ""))
+    print_table(results)
+    write_json(out, env, results, **meta)
+
+
 def setup(args: argparse.Namespace) -> torch.device:
     """Applies --threads and checks --device; returns the device."""
     if args.threads:
