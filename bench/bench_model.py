@@ -1,4 +1,4 @@
-"""CPU benchmark of the TTT-E2E model: the step against the same model on the reference ops, meta-training
+"""Benchmark (CPU or GPU) of the TTT-E2E model: the step against the same model on the reference ops, meta-training
 throughput, prefill latency against the sliding-window and full-attention baselines (same code path, TTT off /
 window >= context), and peak memory of meta-training vs T.
 
@@ -16,23 +16,25 @@ window >= context), and peak memory of meta-training vs T.
   first-order inner step per mini-batch), SWA (TTT off) and full attention (TTT off, window = context).
 - memory: peak RSS of a meta-training step above the process's baseline, one subprocess per (T, checkpoint mode):
   no checkpointing; per-chunk and two-level (groups of 4 chunks) checkpointing with the prefix blocks over the whole
-  sequence; both with the prefix blocks in recomputed slices (the default).
+  sequence; both with the prefix blocks in recomputed slices (the default). CPU only (peak RSS).
 
-    python bench/bench_model.py [--quick] [--presets tiny small] [--out bench/results/model.json]
+With --device cuda the models run on the GPU in bfloat16 (CUDA-event times), the steps report the peak of torch's
+allocated device memory instead of RSS, and prefill also runs TTT-E2E with the chunk step as a CUDA graph
+(``prefill(..., cuda_graph=True)``).
+
+    python bench/bench_model.py [--quick] [--device cuda] [--presets tiny small] [--out bench/results/model.json]
 """
 
 import argparse
 import json
-import platform
 import resource
-import statistics
 import subprocess
 import sys
 import time
 
+import harness
 import torch
 
-import ttt_kernels
 from ttt_kernels.model import TTTE2EConfig, TTTE2EModel
 from ttt_kernels.op_counter import OpCounter
 
@@ -51,13 +53,17 @@ META_TRAIN_VARIANTS = (  # (name, config overrides, meta_loss arguments)
 )
 
 
+DEVICE = torch.device("cpu")  # --device
+
+
 def _model(preset: str, **overrides) -> TTTE2EModel:
     torch.manual_seed(0)
-    return TTTE2EModel(TTTE2EConfig.preset(preset, **overrides)).eval()
+    model = TTTE2EModel(TTTE2EConfig.preset(preset, **overrides)).eval().to(DEVICE)
+    return model.bfloat16() if DEVICE.type == "cuda" else model
 
 
 def _tokens(length: int, vocab: int, batch: int = 1) -> torch.Tensor:
-    return torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(1))
+    return torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(1)).to(DEVICE)
 
 
 STEP_CONFIGS = (("tiny", 1, 1024), ("tiny", 2, 1024), ("tiny", 8, 1024), ("small", 1, 4096))  # preset, B, T
@@ -114,12 +120,14 @@ def bench_steps(configs, repeats: int, measure_memory: bool = True) -> list[dict
                 counts[ops] = counter.total
             for _ in range(repeats):
                 for ops, model in models.items():
-                    start = time.perf_counter()
+                    laps = harness.Laps(DEVICE)
+                    laps.mark()
                     _step(model, kind, tokens)
-                    times[ops].append(time.perf_counter() - start)
-            for ops in models:
-                peak = _child_json("--step-child", preset, batch, t, ops, kind)["peak_mib"] if measure_memory else None
-                med = statistics.median(times[ops])
+                    laps.mark()
+                    times[ops] += laps.seconds()
+            for ops, model in models.items():
+                peak = _peak_mib(preset, batch, t, ops, kind, model, tokens) if measure_memory else None
+                med = harness.stats(times[ops])["median_s"]
                 row = dict(preset=preset, batch=batch, tokens=t, kind=kind, ops=ops, seconds=med,
                            min_seconds=min(times[ops]), max_seconds=max(times[ops]), tokens_per_s=batch * t / med,
                            op_calls=counts[ops], peak_mib=peak)  # fmt: skip
@@ -133,15 +141,22 @@ def bench_steps(configs, repeats: int, measure_memory: bool = True) -> list[dict
     return rows
 
 
+def _peak_mib(preset, batch, t, ops, kind, model, tokens) -> float:
+    """Peak memory of two steps: RSS above the built model's, in a fresh process (CPU), or torch's allocated device
+    memory above what is allocated before them (GPU)."""
+    if DEVICE.type != "cuda":
+        return _child_json("--step-child", preset, batch, t, ops, kind)["peak_mib"]
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    for _ in range(2):
+        _step(model, kind, tokens)
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
 def _median_seconds(fn, repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return harness.time_fn(fn, DEVICE, repeats, warmup)["median_s"]
 
 
 def bench_meta_train(presets, lengths, repeats: int) -> list[dict]:
@@ -170,15 +185,18 @@ def bench_prefill(presets, contexts, repeats: int) -> list[dict]:
     rows = []
     for preset in presets:
         for ctx in contexts:
-            for variant, overrides in (
-                ("ttt-e2e", {}),
-                ("swa", dict(ttt=False)),
-                ("full attention", dict(ttt=False, window=ctx)),
-            ):
+            variants = [
+                ("ttt-e2e", {}, {}),
+                ("swa", dict(ttt=False), {}),
+                ("full attention", dict(ttt=False, window=ctx), {}),
+            ]
+            if DEVICE.type == "cuda":
+                variants.append(("ttt-e2e cuda graph", {}, dict(cuda_graph=True)))
+            for variant, overrides, kwargs in variants:
                 model = _model(preset, **overrides)
                 tokens = _tokens(ctx, model.config.vocab_size)
                 seconds = _median_seconds(
-                    lambda m=model, t=tokens: m.prefill(t), repeats, warmup=0 if ctx >= 16384 else 1
+                    lambda m=model, t=tokens, kw=kwargs: m.prefill(t, **kw), repeats, warmup=0 if ctx >= 16384 else 1
                 )
                 ms_per_1k = seconds * 1e3 / (ctx / 1024)
                 rows.append(dict(preset=preset, variant=variant, context=ctx, seconds=seconds, ms_per_1k=ms_per_1k))
@@ -289,16 +307,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats, contexts up to 8K, memory up to 8K")
     parser.add_argument("--presets", nargs="+", default=["tiny", "small"])
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    harness.add_arguments(parser)
     parser.add_argument("--skip", nargs="*", default=[], choices=["steps", "meta-train", "prefill", "memory"])
     parser.add_argument("--memory-modes", nargs="+", default=list(MEMORY_MODES), choices=list(MEMORY_MODES))
     parser.add_argument("--memory-lengths", nargs="+", type=int, default=None, help="T values of the memory runs")
-    parser.add_argument("--out", default=None, help="write the results as JSON here")
     parser.add_argument("--memory-child", nargs=3, metavar=("PRESET", "T", "MODE"), help=argparse.SUPPRESS)
     parser.add_argument("--step-child", nargs=5, metavar=("PRESET", "B", "T", "OPS", "KIND"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    global DEVICE
+    DEVICE = harness.setup(args)
     if args.memory_child:
         preset, t, mode = args.memory_child
         _memory_child(preset, int(t), mode)
@@ -311,13 +328,9 @@ def main() -> None:
     repeats = 1 if args.quick else 3
     contexts = (2048, 4096, 8192) if args.quick else (2048, 4096, 8192, 16384, 32768, 65536)
     mem_lengths = args.memory_lengths or ((1024, 4096, 8192) if args.quick else (1024, 4096, 8192, 16384, 32768))
-    print(
-        f"ttt_kernels {ttt_kernels.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"{platform.processor() or platform.machine()}"
-    )
-    results = dict(
-        torch=torch.__version__, threads=torch.get_num_threads(), machine=platform.machine(), quick=args.quick
-    )
+    env = harness.environment(DEVICE)
+    print(harness.describe(env))
+    results = dict(environment=env, quick=args.quick)
     if "steps" not in args.skip:
         configs = [c for c in STEP_CONFIGS if c[0] in args.presets and not (args.quick and c[0] == "small")]
         results["steps"] = bench_steps(configs, 3 if args.quick else 7)
@@ -325,7 +338,7 @@ def main() -> None:
         results["meta_train"] = bench_meta_train(args.presets, (1024, 4096), repeats)
     if "prefill" not in args.skip:
         results["prefill"] = bench_prefill(args.presets, contexts, repeats)
-    if "memory" not in args.skip:
+    if "memory" not in args.skip and DEVICE.type == "cpu":  # peak RSS: a measure of the CPU
         results["memory"] = bench_memory(args.presets[0], mem_lengths, args.memory_modes)
     if "steps" in results:
         _print_step_table(results["steps"])
