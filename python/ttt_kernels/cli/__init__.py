@@ -155,14 +155,17 @@ def _demo_parser(sub) -> None:
 
 
 def _bench_parser(sub) -> None:
-    from .bench import SCRIPTS
-
     p = sub.add_parser(
         "bench",
         help="run the quick versions of the bench/ scripts of the source tree",
         description="Runs bench/bench_<name>.py --quick for each script and prints their tables.",
     )
-    p.add_argument("--only", nargs="+", choices=SCRIPTS, default=list(SCRIPTS), help="scripts to run (default: all)")
+    p.add_argument(
+        "--only",
+        nargs="+",
+        metavar="NAME",
+        help="scripts to run, e.g. rms_norm swa (default: every op's, then model: ttt_kernels.registry.BENCH_SCRIPTS)",
+    )
     p.add_argument("--bench-dir", help="the source tree's bench/ directory (default: ./bench or above the package)")
     p.add_argument("--threads", type=int, help="torch threads of the scripts (default: theirs)")
 

@@ -10,9 +10,9 @@ import os
 import subprocess
 import sys
 
-from .errors import CLIError
+from ttt_kernels.registry import BENCH_SCRIPTS
 
-SCRIPTS = ("rms_norm", "swa", "swiglu", "clip_sgd", "model")
+from .errors import CLIError
 
 
 def find_bench_dir(explicit: str | None) -> str:
@@ -34,10 +34,14 @@ def find_bench_dir(explicit: str | None) -> str:
     )
 
 
-def run(names: list, bench_dir: str | None, threads: int | None, extra: list | None = None) -> int:
+def run(names: list | None, bench_dir: str | None, threads: int | None, extra: list | None = None) -> int:
+    """Runs bench/bench_<name>.py --quick for each name (default: all of BENCH_SCRIPTS); 1 if one failed."""
+    unknown = sorted(set(names or ()) - set(BENCH_SCRIPTS))
+    if unknown:
+        raise CLIError(f"--only: unknown script {', '.join(unknown)}; choose from {', '.join(BENCH_SCRIPTS)}")
     directory = find_bench_dir(bench_dir)
     failed = []
-    for name in names:
+    for name in names or BENCH_SCRIPTS:
         script = os.path.join(directory, f"bench_{name}.py")
         if not os.path.isfile(script):
             raise CLIError(f"--only: {script} does not exist")
