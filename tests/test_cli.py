@@ -316,6 +316,53 @@ def test_info_and_selfcheck(capsys):
     assert main(["selfcheck"]) == 0
 
 
+def test_gpucheck_without_a_gpu_says_what_it_skipped(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # also on a GPU machine: the no-GPU path
+    out = tmp_path / "report"
+    assert main(["gpucheck", "--out", str(out), "--bench-dir", os.path.join(REPO, "bench")]) == 0
+    text = capsys.readouterr().out
+    assert "gpucheck: nothing checked: no CUDA device is visible" in text
+    report = json.loads((out / "gpucheck.json").read_text())
+    assert report["status"] == "nothing checked: no CUDA device is visible" and not report["phases"]
+    skipped = "\n".join(report["skipped"])
+    assert re.search(r"\b[1-9]\d* gpu-marked tests", skipped) and "bench_swa_double_bwd.py" in skipped
+    assert "Skipped (no GPU)" in (out / "gpucheck.md").read_text()
+    # A second run replaces its own report; a directory of someone else's is refused.
+    assert main(["gpucheck", "--out", str(out), "--bench-dir", os.path.join(REPO, "bench")]) == 0
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "notes.txt").write_text("mine")
+    _fails(["gpucheck", "--out", str(tmp_path / "theirs")], capsys, "--out", "without an earlier gpucheck report")
+
+
+def test_gpucheck_test_phase_counts_and_report(tmp_path):
+    """The pytest phase reads its JUnit report; the Markdown report shows each phase."""
+    from ttt_kernels.cli import gpucheck
+
+    tests = tmp_path / "tests"
+    tests.mkdir()
+    (tests / "conftest.py").write_text(
+        "def pytest_configure(config):\n    config.addinivalue_line('markers', 'gpu: x')\n"
+    )
+    (tests / "test_x.py").write_text(
+        "import pytest\n"
+        "@pytest.mark.gpu\ndef test_ok():\n    pass\n"
+        "@pytest.mark.gpu\ndef test_bad():\n    assert 1 == 2\n"
+        "@pytest.mark.gpu\ndef test_skip():\n    pytest.skip('no')\n"
+        "def test_not_gpu():\n    pass\n"
+    )
+    phase = gpucheck._pytest(str(tests), ["test_x.py"], str(tmp_path), "x", 120)
+    assert (phase["status"], phase["passed"], phase["failed"], phase["skipped"]) == ("failed", 1, 1, 1)
+    assert phase["failures"] == ["test_x::test_bad"]
+    report = {
+        "date": "d",
+        "status": "not passed: gpu_tests",
+        "machine": {"gpu": "H100"},
+        "phases": {"gpu_tests": phase},
+    }
+    text = gpucheck.markdown(report)
+    assert "## gpu_tests: failed" in text and "- FAILED test_x::test_bad" in text and "1 passed, 1 failed" in text
+
+
 @pytest.mark.slow
 def test_bench_runs_the_quick_scripts(capsys):
     assert main(["bench", "--only", "rms_norm", "--bench-dir", os.path.join(REPO, "bench"), "--threads", "1"]) == 0

@@ -194,6 +194,17 @@ def build_parser() -> argparse.ArgumentParser:
     _bench_parser(sub)
     sub.add_parser("info", help="print the build: version, torch, CPU ISA, CUDA kernels, simulator")
     sub.add_parser("selfcheck", help="run every op through every available backend against its reference")
+    p = sub.add_parser(
+        "gpucheck",
+        help="on a GPU machine, the first thing to run: selfcheck, arch primitives, gpu tests, benches; one report",
+        description="Runs, within --minutes, selfcheck on the GPU, the arch primitives on the device, the gpu-marked "
+        "tests and every bench script (--quick --device cuda) from a source checkout, and writes DIR/gpucheck.json and "
+        "DIR/gpucheck.md. Without a GPU it says so and lists what it skipped.",
+    )
+    p.add_argument("--out", default="gpucheck-report", help="report directory (default gpucheck-report)")
+    p.add_argument("--minutes", type=float, default=8.0, help="time budget (default 8)")
+    p.add_argument("--bench-dir", help="the source tree's bench/ directory (default: ./bench or above the package)")
+    p.add_argument("--tests-dir", help="the source tree's tests/ directory (default: beside bench/)")
     return parser
 
 

@@ -37,6 +37,12 @@ def run_selfcheck(args) -> int:
     return 0 if selfcheck() else 1
 
 
+def run_gpucheck(args) -> int:
+    from . import gpucheck
+
+    return gpucheck.run(args.out, args.minutes, args.bench_dir, args.tests_dir)
+
+
 def run_bench(args) -> int:
     from . import bench
 
