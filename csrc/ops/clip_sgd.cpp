@@ -160,12 +160,14 @@ void clip_on_cuda(ClipSgdParams& p, const at::TensorOptions& opts) { clip_on_dev
 std::tuple<std::vector<at::Tensor>, at::Tensor> clip_sgd_update_cuda(at::TensorList weights, at::TensorList grads,
                                                                      double lr, double max_norm, bool batched) {
   const c10::cuda::OptionalCUDAGuard guard(weights.empty() ? std::nullopt : std::optional(weights[0].device()));
+  const ops::NvtxRange range("clip_sgd_update", " tensors", weights.size(), batched ? " batched" : "");
   return clip_sgd_out_of_place(weights, grads, lr, max_norm, batched, clip_on_cuda);
 }
 
 at::Tensor clip_sgd_update_inplace_cuda(at::TensorList weights, at::TensorList grads, double lr, double max_norm,
                                         bool batched) {
   const c10::cuda::OptionalCUDAGuard guard(weights.empty() ? std::nullopt : std::optional(weights[0].device()));
+  const ops::NvtxRange range("clip_sgd_update", " tensors", weights.size(), batched ? " batched" : "");
   return clip_sgd_in_place(weights, grads, lr, max_norm, batched, clip_on_cuda);
 }
 #endif

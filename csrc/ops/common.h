@@ -14,6 +14,11 @@
 #if defined(TTT_KERNELS_WITH_CUDA)
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+
+#include <sstream>
+#if defined(TTT_KERNELS_WITH_NVTX)
+#include <nvtx3/nvToolsExt.h>
+#endif
 #endif
 
 namespace ttt::ops {
@@ -37,5 +42,31 @@ inline DType to_dtype(const char* op, const char* arg, at::ScalarType t) {
 
 // Per-row statistics (RMSNorm's rstd, attention's lse) are float64 for float64 inputs and float32 otherwise.
 inline at::ScalarType stats_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+#if defined(TTT_KERNELS_WITH_CUDA)
+// An NVTX range around a CUDA op's launches, named after the op and its shape class: the parts are streamed after
+// the op's name, e.g. NvtxRange("swa_fwd", ' ', q.scalar_type(), " hd", 64, " w", 256) -> "swa_fwd BFloat16 hd64
+// w256". In an Nsight Systems timeline each op's kernels sit under their range and `nsys stats --report nvtx_sum`
+// totals them per shape class (docs/profiling.md). Nothing is done in a build without the nvtx3 headers.
+class NvtxRange {
+ public:
+  template <typename... Parts>
+  explicit NvtxRange([[maybe_unused]] const char* op, [[maybe_unused]] const Parts&... parts) {
+#if defined(TTT_KERNELS_WITH_NVTX)
+    std::ostringstream name;
+    name << op;
+    (name << ... << parts);
+    nvtxRangePushA(name.str().c_str());
+#endif
+  }
+  ~NvtxRange() {
+#if defined(TTT_KERNELS_WITH_NVTX)
+    nvtxRangePop();
+#endif
+  }
+  NvtxRange(const NvtxRange&) = delete;
+  NvtxRange& operator=(const NvtxRange&) = delete;
+};
+#endif
 
 }  // namespace ttt::ops

@@ -109,12 +109,14 @@ void sgd_gemm_update_cuda(const at::Tensor& weight, const at::Tensor& a, const a
                           const at::Tensor& step) {
   check_gemm_update(weight, a, b, step);
   const c10::cuda::CUDAGuard guard(weight.device());
+  const ops::NvtxRange range("sgd_gemm_update_", ' ', a.scalar_type());
   gemm_update_device<CudaGemm>(weight, a, b, step);
 }
 
 void mlp_gemm_cuda(const at::Tensor& a, const at::Tensor& b, const at::Tensor& d, const OptTensor& c,
                    const OptTensor& t, c10::string_view epilogue, double alpha, double beta, const OptTensor& scale) {
   const c10::cuda::CUDAGuard guard(a.device());
+  const ops::NvtxRange range("_mlp_gemm ", std::string_view(epilogue.data(), epilogue.size()), ' ', a.scalar_type());
   mlp_gemm_op<CudaGemm>(a, b, d, c, t, std::string_view(epilogue.data(), epilogue.size()), alpha, beta, scale);
 }
 #endif

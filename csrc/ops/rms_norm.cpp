@@ -189,6 +189,7 @@ BwdBwdResult rms_norm_bwd_bwd_cpu(const at::Tensor& grad_out, const at::Tensor& 
 std::tuple<at::Tensor, at::Tensor> rms_norm_fwd_cuda(const at::Tensor& x, const at::Tensor& weight, double eps,
                                                      const OptTensor& residual) {
   const c10::cuda::CUDAGuard guard(x.device());
+  const ops::NvtxRange range("rms_norm_fwd", ' ', x.scalar_type(), " d", x.size(-1), residual ? " residual" : "");
   return forward(x, weight, eps, residual, [](const RmsNormParams& params) {
     cuda::rms_norm_fwd(params, c10::cuda::getCurrentCUDAStream().stream());
   });
@@ -197,6 +198,7 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_fwd_cuda(const at::Tensor& x, const 
 std::tuple<at::Tensor, at::Tensor> rms_norm_bwd_cuda(const at::Tensor& grad_out, const at::Tensor& x,
                                                      const at::Tensor& weight, const at::Tensor& rstd) {
   const c10::cuda::CUDAGuard guard(x.device());
+  const ops::NvtxRange range("rms_norm_bwd", ' ', x.scalar_type(), " d", x.size(-1));
   return backward(grad_out, x, weight, rstd, [&rstd](RmsNormParams& params) {
     // Per-block partial sums of grad_weight: [workspace_rows, dim], rstd's dtype. Freed on return while the
     // kernels may still run: safe, the caching allocator reuses it only for work queued later on this stream.
@@ -210,6 +212,7 @@ BwdBwdResult rms_norm_bwd_bwd_cuda(const at::Tensor& grad_out, const at::Tensor&
                                    const at::Tensor& rstd, const OptTensor& grad_grad_x,
                                    const OptTensor& grad_grad_weight) {
   const c10::cuda::CUDAGuard guard(x.device());
+  const ops::NvtxRange range("rms_norm_bwd_bwd", ' ', x.scalar_type(), " d", x.size(-1));
   return double_backward(grad_out, x, weight, rstd, grad_grad_x, grad_grad_weight, [&rstd](RmsNormParams& params) {
     const at::Tensor workspace = at::empty({cuda::rms_norm_bwd_workspace_rows(params), params.dim}, rstd.options());
     params.workspace = workspace.data_ptr();

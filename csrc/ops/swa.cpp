@@ -142,6 +142,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> swa_bwd_cpu(const at::Tensor& dou
 std::tuple<at::Tensor, at::Tensor> swa_fwd_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                 int64_t window, double scale) {
   const c10::cuda::CUDAGuard guard(q.device());
+  const ops::NvtxRange range("swa_fwd", ' ', q.scalar_type(), " hd", q.size(3), " w", window);
   return swa_fwd_device(q, k, v, window, scale, [](const SwaParams& params) {
     cuda::swa_fwd(params, c10::cuda::getCurrentCUDAStream().stream());
   });
@@ -152,6 +153,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> swa_bwd_cuda(const at::Tensor& do
                                                             const at::Tensor& out, const at::Tensor& lse,
                                                             int64_t window, double scale) {
   const c10::cuda::CUDAGuard guard(q.device());
+  const ops::NvtxRange range("swa_bwd", ' ', q.scalar_type(), " hd", q.size(3), " w", window);
   // softmax_d is freed on return while the kernels may still run: safe, the caching allocator reuses it only for
   // work queued later on this stream.
   return swa_bwd_device(dout, q, k, v, out, lse, window, scale, [](const SwaParams& params) {

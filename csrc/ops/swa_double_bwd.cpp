@@ -137,6 +137,7 @@ Grads swa_bwd_bwd_cuda(const Cotangent& gdq, const Cotangent& gdk, const Cotange
                        const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& dout,
                        const at::Tensor& lse, int64_t window, double scale) {
   const c10::cuda::CUDAGuard guard(q.device());
+  const ops::NvtxRange range("swa_bwd_bwd", ' ', q.scalar_type(), " hd", q.size(3), " w", window);
   // The row statistics are freed on return while the kernels may still run: safe, the caching allocator reuses
   // them only for work queued later on this stream.
   return double_bwd_device(gdq, gdk, gdv, q, k, v, out, dout, lse, window, scale,

@@ -382,6 +382,8 @@ std::tuple<at::Tensor, at::Tensor> mlp_fwd_cuda(const at::Tensor& x, const at::T
                                                 const at::Tensor& w2) {
   const MlpShape s = check_mlp("swiglu_mlp_fwd", x, w1, w3, w2);
   const c10::cuda::CUDAGuard guard(x.device());
+  const ops::NvtxRange range("swiglu_mlp_fwd", ' ', x.scalar_type(), " d", s.d, " m", s.m,
+                             w1.dim() == 3 ? " batched" : "");
   return mlp_fwd_device<CudaBackend>(x, w1, w3, w2, s);
 }
 
@@ -390,12 +392,15 @@ BwdResult mlp_bwd_cuda(const at::Tensor& grad_y, const at::Tensor& x, const at::
   const MlpShape s = check_mlp("swiglu_mlp_bwd", x, w1, w3, w2);
   check_bwd(grad_y, x, h, grad_h, s);
   const c10::cuda::CUDAGuard guard(x.device());
+  const ops::NvtxRange range("swiglu_mlp_bwd", ' ', x.scalar_type(), " d", s.d, " m", s.m,
+                             w1.dim() == 3 ? " batched" : "");
   return mlp_bwd_device<CudaBackend>(grad_y, x, w1, w3, w2, h, grad_h, s);
 }
 
 GateBwdBwdResult gate_bwd_bwd_cuda(const at::Tensor& h, const at::Tensor& da, const OptTensor& grad_h,
                                    const at::Tensor& cot_dh, const at::Tensor& cot_a) {
   const c10::cuda::CUDAGuard guard(h.device());
+  const ops::NvtxRange range("swiglu_gate_bwd_bwd", ' ', h.scalar_type(), " m", h.size(-1));
   return gate_bwd_bwd(h, da, grad_h, cot_dh, cot_a, h.scalar_type(),
                       [](const SwigluBwdBwdParams& p) { CudaBackend::swiglu_bwd_bwd(p); });
 }
