@@ -325,7 +325,7 @@ def test_gpucheck_without_a_gpu_says_what_it_skipped(tmp_path, capsys, monkeypat
     report = json.loads((out / "gpucheck.json").read_text())
     assert report["status"] == "nothing checked: no CUDA device is visible" and not report["phases"]
     skipped = "\n".join(report["skipped"])
-    assert re.search(r"\b[1-9]\d* gpu-marked tests", skipped) and "bench_swa_double_bwd.py" in skipped
+    assert re.search(r"\b[1-9]\d* gpu-marked tests", skipped) and "bench_swa_bwd_bwd.py" in skipped
     assert "Skipped (no GPU)" in (out / "gpucheck.md").read_text()
     # A second run replaces its own report; a directory of someone else's is refused.
     assert main(["gpucheck", "--out", str(out), "--bench-dir", os.path.join(REPO, "bench")]) == 0

@@ -1,4 +1,4 @@
-// Shared pieces of the sliding-window attention CPU kernels (csrc/cpu/swa.cpp, csrc/cpu/swa_double_bwd.cpp).
+// Shared pieces of the sliding-window attention CPU kernels (csrc/cpu/swa.cpp, csrc/cpu/swa_bwd_bwd.cpp).
 //
 // Tiling. Queries and keys share one grid of kTile-position tiles aligned to the end of the key sequence: tile n
 // holds the absolute positions [n * kTile - shift, (n + 1) * kTile - shift), shift = ntiles * kTile - seqlen_k, so

@@ -1,5 +1,5 @@
 // Tile machinery shared by the sliding-window attention kernels (csrc/cuda/swa.cu: forward and backward;
-// csrc/cuda/swa_double_bwd.cu: double backward): CTA shape, smem pitch, window geometry, the tiles a query block or
+// csrc/cuda/swa_bwd_bwd.cu: double backward): CTA shape, smem pitch, window geometry, the tiles a query block or
 // a key block visits and the double-buffered pipeline over them, cp.async tile loads, the warp-level mma products on
 // ldmatrix fragments, the vectorized epilogue, D = rowsum(dout * out), and the host-side argument checks and dtype /
 // head_dim dispatch. Included by .cu files only (the .cuh suffix keeps it out of CMake's csrc/cuda/*.cu glob); like

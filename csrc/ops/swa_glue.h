@@ -1,5 +1,5 @@
 // Argument checks and params filling shared by the sliding-window attention ops (csrc/ops/swa.cpp,
-// csrc/ops/swa_double_bwd.cpp), for every backend.
+// csrc/ops/swa_bwd_bwd.cpp), for every backend.
 #pragma once
 
 #include <ATen/core/Tensor.h>

@@ -1,7 +1,7 @@
 """The package's ops: fused native kernels with autograd (including gradients of gradients) and torch.compile
 support."""
 
-from . import swa_double_bwd  # noqa: F401  (registers swa_bwd's derivative)
+from . import swa_bwd_bwd  # noqa: F401  (registers swa_bwd's derivative)
 from .clip_sgd import clip_sgd_update, clip_sgd_update_
 from .gemm import sgd_gemm_update_
 from .rms_norm import rms_norm

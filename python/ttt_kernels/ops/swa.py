@@ -4,7 +4,7 @@ The native ops (csrc/ops/swa.cpp) are ``torch.ops.ttt_kernels.swa_fwd(q, k, v, w
 ``swa_bwd(dout, q, k, v, out, lse, window, scale) -> (dq, dk, dv)``, lse being the logsumexp of each row of scores
 ([batch, heads_q, seqlen_q], float32, float64 for float64 inputs). This module registers their fake tensor
 implementations (for torch.compile) and swa_fwd's autograd formula (its backward is swa_bwd); swa_bwd's own
-derivative, the double backward, is in :mod:`ttt_kernels.ops.swa_double_bwd`.
+derivative, the double backward, is in :mod:`ttt_kernels.ops.swa_bwd_bwd`.
 """
 
 import math

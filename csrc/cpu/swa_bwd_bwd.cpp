@@ -1,5 +1,5 @@
-// Double backward of fused sliding-window attention, CPU kernel (math: include/ttt_kernels/swa_double_bwd.h;
-// derivation and algorithm: docs/swa_double_backward.md; tiles and micro-kernels: swa_tiles.h).
+// Double backward of fused sliding-window attention, CPU kernel (math: include/ttt_kernels/swa_bwd_bwd.h;
+// derivation and algorithm: docs/swa_bwd_bwd.md; tiles and micro-kernels: swa_tiles.h).
 //
 // Pass 1, tasks (batch, query head, query tile) over the key tiles of the tile's windows: recompute the key-major
 // tiles s, dP, A and B (5 tile products with every cotangent present) and sum E_i and F_i per query.
@@ -7,7 +7,7 @@
 // turn them into P, scale * dS, scale * GS and GdP, and accumulate grad_q and grad_dout (query side), grad_k and
 // grad_v (key side): 7 tile products more. Absent cotangents skip their products. Nothing is stored between the
 // passes but D, E and F ([batch, heads_q, seqlen_q] each).
-#include "ttt_kernels/swa_double_bwd.h"
+#include "ttt_kernels/swa_bwd_bwd.h"
 
 #include "swa_tiles.h"
 
@@ -17,9 +17,9 @@ namespace {
 using namespace swa_tiles;
 
 template <typename T>
-class DoubleBwd {
+class BwdBwd {
  public:
-  explicit DoubleBwd(const SwaDoubleBwdParams& p)
+  explicit BwdBwd(const SwaBwdBwdParams& p)
       : p_(p),
         g_(p),
         dim_(p.head_dim),
@@ -194,7 +194,7 @@ class DoubleBwd {
     }
   }
 
-  const SwaDoubleBwdParams& p_;
+  const SwaBwdBwdParams& p_;
   const Geometry g_;
   const int64_t dim_;
   const T scale_;
@@ -205,11 +205,11 @@ class DoubleBwd {
 
 }  // namespace
 
-int64_t swa_bwd_bwd_accum_elems(const SwaDoubleBwdParams& params) { return key_chunk_accum_elems(params, 2); }
+int64_t swa_bwd_bwd_accum_elems(const SwaBwdBwdParams& params) { return key_chunk_accum_elems(params, 2); }
 
-void swa_bwd_bwd(const SwaDoubleBwdParams& params) {
+void swa_bwd_bwd(const SwaBwdBwdParams& params) {
   if (is_empty(params)) return;
-  dispatch_float(params.dtype, "swa_bwd_bwd", [&](auto tag) { DoubleBwd<decltype(tag)>(params).run(); });
+  dispatch_float(params.dtype, "swa_bwd_bwd", [&](auto tag) { BwdBwd<decltype(tag)>(params).run(); });
 }
 
 }  // namespace ttt::cpu

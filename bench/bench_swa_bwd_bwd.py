@@ -18,7 +18,7 @@ repeats (CUDA-event times on a GPU). GFLOP/s credit every implementation the sam
 (query, key) pairs: 2 products in the forward, 4 in the backward, 10 in the double backward (without recomputation),
 2 * d * N flops each. The GEMM rate of torch.mm on the device is printed for scale.
 
-    python bench/bench_swa_double_bwd.py [--quick] [--device cuda] [--threads N] [--out results.json]
+    python bench/bench_swa_bwd_bwd.py [--quick] [--device cuda] [--threads N] [--out results.json]
 """
 
 import argparse

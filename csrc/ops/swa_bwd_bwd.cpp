@@ -1,10 +1,10 @@
-// torch glue of the double backward of sliding-window attention (math and params: include/ttt_kernels/swa_double_bwd.h):
+// torch glue of the double backward of sliding-window attention (math and params: include/ttt_kernels/swa_bwd_bwd.h):
 //
 //   swa_bwd_bwd(gdq?, gdk?, gdv?, q, k, v, out, dout, lse, window, scale) -> (grad_q, grad_k, grad_v, grad_dout)
 // The cotangents of swa_bwd's (dq, dk, dv), each optional (None = zero), in; the derivatives of
 // <gdq, dq> + <gdk, dk> + <gdv, dv> w.r.t. q, k, v (through out and lse too, which must be swa_fwd's outputs for
 // q, k, v) and dout out. Shapes, dtypes and strides as swa_bwd's (csrc/ops/swa.cpp); outputs contiguous. The
-// autograd formula of swa_bwd that calls it is in python/ttt_kernels/ops/swa_double_bwd.py.
+// autograd formula of swa_bwd that calls it is in python/ttt_kernels/ops/swa_bwd_bwd.py.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
@@ -14,7 +14,7 @@
 #include <tuple>
 
 #include "swa_glue.h"
-#include "ttt_kernels/swa_double_bwd.h"
+#include "ttt_kernels/swa_bwd_bwd.h"
 
 namespace ttt {
 namespace {
@@ -31,7 +31,7 @@ void check_cotangent(const char* name, const Cotangent& t, const at::Tensor& lik
   TORCH_CHECK(t->sizes() == like.sizes(), kOp, ": ", name, " must have shape ", like.sizes(), ", got ", t->sizes());
 }
 
-void check_double_bwd_inputs(const Cotangent& gdq, const Cotangent& gdk, const Cotangent& gdv, const at::Tensor& q,
+void check_bwd_bwd_inputs(const Cotangent& gdq, const Cotangent& gdk, const Cotangent& gdv, const at::Tensor& q,
                              const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& dout,
                              const at::Tensor& lse, int64_t window, double scale) {
   check_bwd_inputs(kOp, dout, q, k, v, out, lse, window, scale);
@@ -53,7 +53,7 @@ Grads new_grads(const at::Tensor& q, const at::Tensor& k, bool zeroed) {
 }
 
 // Everything but the workspaces: inputs, present cotangents (absent ones stay nullptr) and outputs.
-void set_double_bwd_params(SwaDoubleBwdParams& p, const Cotangent& gdq, const Cotangent& gdk, const Cotangent& gdv,
+void set_bwd_bwd_params(SwaBwdBwdParams& p, const Cotangent& gdq, const Cotangent& gdk, const Cotangent& gdv,
                            const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
                            const at::Tensor& dout, const at::Tensor& lse, int64_t window, double scale,
                            const Grads& grads) {
@@ -72,12 +72,12 @@ void set_double_bwd_params(SwaDoubleBwdParams& p, const Cotangent& gdq, const Co
 // Allocates the outputs and the row statistics D, E, F (lse's shape and dtype), fills the params and runs
 // launch(params, grads); the inputs are checked and in the layout the backend needs.
 template <typename Launch>
-Grads run_double_bwd(const Cotangent& gdq, const Cotangent& gdk, const Cotangent& gdv, const at::Tensor& q,
+Grads run_bwd_bwd(const Cotangent& gdq, const Cotangent& gdk, const Cotangent& gdv, const at::Tensor& q,
                      const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& dout,
                      const at::Tensor& lse, int64_t window, double scale, Launch&& launch) {
   Grads grads = new_grads(q, k, /*zeroed=*/false);
-  SwaDoubleBwdParams params;
-  set_double_bwd_params(params, gdq, gdk, gdv, q, k, v, out, dout, lse, window, scale, grads);
+  SwaBwdBwdParams params;
+  set_bwd_bwd_params(params, gdq, gdk, gdv, q, k, v, out, dout, lse, window, scale, grads);
   const at::Tensor row_stats = at::empty({3, lse.size(0), lse.size(1), lse.size(2)}, lse.options());
   params.softmax_d = row_stats[0].data_ptr();
   params.row_e = row_stats[1].data_ptr();
@@ -91,12 +91,12 @@ Cotangent aligned(const Cotangent& t) { return t ? Cotangent(with_aligned_rows(*
 
 // The CUDA kernels (on a GPU, or simulated on CPU tensors): rows re-laid out to 16-byte alignment where needed.
 template <typename Launch>
-Grads double_bwd_device(const Cotangent& gdq, const Cotangent& gdk, const Cotangent& gdv, const at::Tensor& q,
+Grads bwd_bwd_device(const Cotangent& gdq, const Cotangent& gdk, const Cotangent& gdv, const at::Tensor& q,
                         const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& dout,
                         const at::Tensor& lse, int64_t window, double scale, Launch&& launch) {
-  check_double_bwd_inputs(gdq, gdk, gdv, q, k, v, out, dout, lse, window, scale);
+  check_bwd_bwd_inputs(gdq, gdk, gdv, q, k, v, out, dout, lse, window, scale);
   if (!any_cotangent(gdq, gdk, gdv)) return new_grads(q, k, /*zeroed=*/true);
-  return run_double_bwd(aligned(gdq), aligned(gdk), aligned(gdv), with_aligned_rows(q), with_aligned_rows(k),
+  return run_bwd_bwd(aligned(gdq), aligned(gdk), aligned(gdv), with_aligned_rows(q), with_aligned_rows(k),
                         with_aligned_rows(v), with_aligned_rows(out), with_aligned_rows(dout), lse, window, scale,
                         std::forward<Launch>(launch));
 }
@@ -107,11 +107,11 @@ Grads swa_bwd_bwd_cpu(const Cotangent& gdq, const Cotangent& gdk, const Cotangen
                       const at::Tensor& lse, int64_t window, double scale) {
 #if defined(TTT_KERNELS_WITH_SIM)
   if (sim::config().enabled) {
-    return double_bwd_device(gdq, gdk, gdv, q, k, v, out, dout, lse, window, scale,
-                             [](const SwaDoubleBwdParams& params) { cuda_sim::swa_bwd_bwd(params, nullptr); });
+    return bwd_bwd_device(gdq, gdk, gdv, q, k, v, out, dout, lse, window, scale,
+                             [](const SwaBwdBwdParams& params) { cuda_sim::swa_bwd_bwd(params, nullptr); });
   }
 #endif
-  check_double_bwd_inputs(gdq, gdk, gdv, q, k, v, out, dout, lse, window, scale);
+  check_bwd_bwd_inputs(gdq, gdk, gdv, q, k, v, out, dout, lse, window, scale);
   if (!any_cotangent(gdq, gdk, gdv)) return new_grads(q, k, /*zeroed=*/true);
   if (is_16bit(q)) {
     const auto widen = [](const at::Tensor& t) { return t.to(at::kFloat); };
@@ -122,8 +122,8 @@ Grads swa_bwd_bwd_cpu(const Cotangent& gdq, const Cotangent& gdk, const Cotangen
     const auto narrow = [&](const at::Tensor& t) { return t.to(q.scalar_type()); };
     return {narrow(grad_q), narrow(grad_k), narrow(grad_v), narrow(grad_dout)};
   }
-  return run_double_bwd(gdq, gdk, gdv, q, k, v, out, dout, lse, window, scale,
-                        [&](SwaDoubleBwdParams& params) {
+  return run_bwd_bwd(gdq, gdk, gdv, q, k, v, out, dout, lse, window, scale,
+                        [&](SwaBwdBwdParams& params) {
                           // The partial grad_q and grad_dout of later query tiles, lse's dtype.
                           const at::Tensor accum =
                               at::empty({cpu::swa_bwd_bwd_accum_elems(params)}, lse.options());
@@ -140,8 +140,8 @@ Grads swa_bwd_bwd_cuda(const Cotangent& gdq, const Cotangent& gdk, const Cotange
   const ops::NvtxRange range("swa_bwd_bwd", ' ', q.scalar_type(), " hd", q.size(3), " w", window);
   // The row statistics are freed on return while the kernels may still run: safe, the caching allocator reuses
   // them only for work queued later on this stream.
-  return double_bwd_device(gdq, gdk, gdv, q, k, v, out, dout, lse, window, scale,
-                           [](const SwaDoubleBwdParams& params) {
+  return bwd_bwd_device(gdq, gdk, gdv, q, k, v, out, dout, lse, window, scale,
+                           [](const SwaBwdBwdParams& params) {
                              cuda::swa_bwd_bwd(params, c10::cuda::getCurrentCUDAStream().stream());
                            });
 }

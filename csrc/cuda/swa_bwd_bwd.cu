@@ -1,5 +1,5 @@
 // Double backward of fused causal sliding-window attention, CUDA kernels for sm_80+ (math and params:
-// include/ttt_kernels/swa_double_bwd.h; derivation, design and resource usage: docs/swa_double_backward.md).
+// include/ttt_kernels/swa_bwd_bwd.h; derivation, design and resource usage: docs/swa_bwd_bwd.md).
 //
 // Built on the backward's tile machinery (swa_tiles.cuh): 4 warps per CTA, a warp owns 16 rows of every tile, fp32
 // accumulators in mma C fragments, smem rows of head_dim + 8 elements filled by double-buffered cp.async. Per (batch,
@@ -22,7 +22,7 @@
 // so that nothing spills. An absent cotangent (nullptr) is neither loaded nor multiplied: its products are skipped by
 // warp-uniform branches.
 #include "swa_tiles.cuh"
-#include "ttt_kernels/swa_double_bwd.h"
+#include "ttt_kernels/swa_bwd_bwd.h"
 
 namespace ttt::TTT_CUDA_NS {
 namespace {
@@ -90,7 +90,7 @@ __device__ __forceinline__ void entry_cotangents(float p, float& dp, float& a, f
 // windows right to left. kGradients = false: row statistics E, F -> row_e, row_f; true: grad_q and grad_dout.
 // Dynamic smem: query_smem_bytes<kD>().
 template <typename Elem, int kD, bool kGradients>
-__global__ void __launch_bounds__(kThreads, 1) swa_bwd_bwd_query_kernel(const SwaDoubleBwdParams p) {
+__global__ void __launch_bounds__(kThreads, 1) swa_bwd_bwd_query_kernel(const SwaBwdBwdParams p) {
   constexpr int kP = kPitch<kD>;
   constexpr int kN = kTile<kD>;
   const Geometry geo(p);
@@ -230,7 +230,7 @@ __global__ void __launch_bounds__(kThreads, 1) swa_bwd_bwd_query_kernel(const Sw
 // query heads of the kv head: the dk/dv kernel's walk over (query head, query block of kTile) steps, everything
 // transposed (warp w owns keys 16w .. 16w + 15). Dynamic smem: key_smem_bytes<kD>().
 template <typename Elem, int kD>
-__global__ void __launch_bounds__(kThreads, 1) swa_bwd_bwd_key_kernel(const SwaDoubleBwdParams p) {
+__global__ void __launch_bounds__(kThreads, 1) swa_bwd_bwd_key_kernel(const SwaBwdBwdParams p) {
   constexpr int kP = kPitch<kD>;
   constexpr int kM = kTile<kD>;
   const Geometry geo(p);
@@ -353,7 +353,7 @@ __global__ void __launch_bounds__(kThreads, 1) swa_bwd_bwd_key_kernel(const SwaD
 
 }  // namespace
 
-void swa_bwd_bwd(const SwaDoubleBwdParams& p, void* stream) {
+void swa_bwd_bwd(const SwaBwdBwdParams& p, void* stream) {
   const char* op = "swa_bwd_bwd";
   check_supported(op, p);
   check_rows_aligned(op, "dout", p.dout, p.do_batch_stride, p.do_row_stride, p.do_head_stride);

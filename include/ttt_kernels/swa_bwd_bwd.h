@@ -1,4 +1,4 @@
-// Double backward of fused causal sliding-window attention (derivation: docs/swa_double_backward.md).
+// Double backward of fused causal sliding-window attention (derivation: docs/swa_bwd_bwd.md).
 //
 // The backward (include/ttt_kernels/swa.h) maps (q, k, v, dout) to (dq, dk, dv). Its backward takes cotangents
 // (gdq like q, gdk and gdv like k; any of them may be absent = zero) and returns the total derivatives of
@@ -25,7 +25,7 @@ namespace ttt {
 
 // SwaParams' q, k, v, out, softmax_lse, dout (and their strides), sizes, window, scale and dtype are the inputs;
 // its dq, dk, dv fields are unused.
-struct SwaDoubleBwdParams : SwaParams {
+struct SwaBwdBwdParams : SwaParams {
   // Cotangents of the backward's outputs, nullptr when absent (zero): gdq like q, gdk and gdv like k.
   const void* gdq = nullptr;
   int64_t gdq_batch_stride = 0, gdq_row_stride = 0, gdq_head_stride = 0;
@@ -54,18 +54,18 @@ struct SwaDoubleBwdParams : SwaParams {
 // partial grad_q and grad_dout of later query tiles left in dq_accum and added in chunk order, so results are
 // bitwise reproducible for any number of threads.
 namespace cpu {
-int64_t swa_bwd_bwd_accum_elems(const SwaDoubleBwdParams& params);
-void swa_bwd_bwd(const SwaDoubleBwdParams& params);
+int64_t swa_bwd_bwd_accum_elems(const SwaBwdBwdParams& params);
+void swa_bwd_bwd(const SwaBwdBwdParams& params);
 }  // namespace cpu
 
-// CUDA kernels (csrc/cuda/swa_double_bwd.cu): the same dtypes, head dims and alignment as cuda::swa_bwd, and the
+// CUDA kernels (csrc/cuda/swa_bwd_bwd.cu): the same dtypes, head dims and alignment as cuda::swa_bwd, and the
 // same errors. Absent cotangents are skipped, not read.
 namespace cuda {
-void swa_bwd_bwd(const SwaDoubleBwdParams& params, void* stream);
+void swa_bwd_bwd(const SwaBwdBwdParams& params, void* stream);
 }  // namespace cuda
 
 namespace cuda_sim {
-void swa_bwd_bwd(const SwaDoubleBwdParams& params, void* stream);
+void swa_bwd_bwd(const SwaBwdBwdParams& params, void* stream);
 }  // namespace cuda_sim
 
 }  // namespace ttt

@@ -1,4 +1,4 @@
-"""Double backward of sliding-window attention, CUDA kernels (csrc/cuda/swa_double_bwd.cu): in the simulator, on a
+"""Double backward of sliding-window attention, CUDA kernels (csrc/cuda/swa_bwd_bwd.cu): in the simulator, on a
 GPU when there is one, and their SASS.
 
 The reference is float64 autograd-of-autograd of the dense ttt_kernels.reference.swa_attention. Tolerances follow

@@ -1,7 +1,7 @@
 """Gradients of gradients through sliding-window attention: the autograd formula of ``swa_bwd``.
 
 ``torch.ops.ttt_kernels.swa_bwd_bwd(gdq, gdk, gdv, q, k, v, out, dout, lse, window, scale) -> (grad_q, grad_k,
-grad_v, grad_dout)`` (csrc/ops/swa_double_bwd.cpp; math in docs/swa_double_backward.md) takes the cotangents of
+grad_v, grad_dout)`` (csrc/ops/swa_bwd_bwd.cpp; math in docs/swa_bwd_bwd.md) takes the cotangents of
 swa_bwd's (dq, dk, dv) — any of them None — and returns the derivatives of ``<gdq, dq> + <gdk, dk> + <gdv, dv>``
 w.r.t. q, k, v and dout. It counts out and lse as the functions of q, k, v that swa_fwd computes, so swa_bwd's
 derivative w.r.t. them is None: exact whenever they are swa_fwd's outputs, as in swa_attention's backward (the only
