@@ -189,7 +189,7 @@ void swa_fwd(const SwaParams& params) {
   dispatch_float(params.dtype, "swa_fwd", [&](auto tag) { fwd<decltype(tag)>(params); });
 }
 
-int64_t swa_bwd_dq_accum_elems(const SwaParams& params) { return key_chunk_accum_elems(params, 1); }
+int64_t swa_bwd_workspace_bytes(const SwaParams& params) { return key_chunk_accum_bytes(params, 1); }
 
 void swa_bwd(const SwaParams& params) {
   if (is_empty(params)) return;

@@ -205,7 +205,7 @@ class BwdBwd {
 
 }  // namespace
 
-int64_t swa_bwd_bwd_accum_elems(const SwaBwdBwdParams& params) { return key_chunk_accum_elems(params, 2); }
+int64_t swa_bwd_bwd_workspace_bytes(const SwaBwdBwdParams& params) { return key_chunk_accum_bytes(params, 2); }
 
 void swa_bwd_bwd(const SwaBwdBwdParams& params) {
   if (is_empty(params)) return;

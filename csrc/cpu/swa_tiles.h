@@ -412,10 +412,10 @@ struct ChunkOutputs {
 };
 
 // Elements of the spill workspace `accum` of a key_chunk_pass with query_outs query-side outputs.
-inline int64_t key_chunk_accum_elems(const SwaParams& p, int query_outs) {
+inline int64_t key_chunk_accum_bytes(const SwaParams& p, int query_outs) {
   if (is_empty(p)) return 0;
   const Geometry g(p);
-  return query_outs * p.batch * p.heads_q * BwdChunks(p, g).spills() * kTile * p.head_dim;
+  return query_outs * p.batch * p.heads_q * BwdChunks(p, g).spills() * kTile * p.head_dim * accum_bytes(p.dtype);
 }
 
 // A pass over (batch, kv head, chunk of key tiles) tasks producing kQueryOuts outputs like q (summed over key tiles)
@@ -423,7 +423,7 @@ inline int64_t key_chunk_accum_elems(const SwaParams& p, int query_outs) {
 // query head h of the kv head and each query tile n that sees the chunk, it calls begin(scratch, b, h, n), then
 // pair(scratch, b, kvh, h, n, kt, outputs) for each key tile kt of the chunk in n's windows. The key outputs
 // accumulate in zeroed chunk scratch, copied out at the end of the task; the query outputs of the chunk's own tiles
-// accumulate in place (zeroed first), those of later tiles in spill tiles of accum (key_chunk_accum_elems), added in
+// accumulate in place (zeroed first), those of later tiles in spill tiles of accum (key_chunk_accum_bytes), added in
 // chunk order by a last pass. scratch = make() per thread.
 template <typename T, int kQueryOuts, int kKeyOuts, typename Make, typename Begin, typename Pair>
 void key_chunk_pass(const SwaParams& p, const std::array<Rows<T>, kQueryOuts>& query_out,

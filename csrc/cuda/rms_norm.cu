@@ -436,11 +436,11 @@ void rms_norm_fwd(const RmsNormParams& p, void* stream) {
   });
 }
 
-int64_t rms_norm_bwd_workspace_rows(const RmsNormParams& p) {
-  int64_t rows = 1;
+int64_t rms_norm_bwd_workspace_bytes(const RmsNormParams& p) {
+  int64_t rows = 1;  // one partial sum of grad_weight per block
   dispatch_dtype<__nv_bfloat16, __half>(p.dtype, "rms_norm_bwd",
                                         [&](auto tag) { rows = bwd_blocks<decltype(tag)>(p); });
-  return rows;
+  return rows * p.dim * accum_bytes(p.dtype);
 }
 
 void rms_norm_bwd(const RmsNormParams& p, void* stream) {

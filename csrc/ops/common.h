@@ -1,6 +1,8 @@
 // Helpers shared by the torch glue of every op (csrc/ops/*.cpp).
 #pragma once
 
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/core/ScalarType.h>
 #include <c10/util/Exception.h>
 
@@ -42,6 +44,11 @@ inline DType to_dtype(const char* op, const char* arg, at::ScalarType t) {
 
 // Per-row statistics (RMSNorm's rstd, attention's lse) are float64 for float64 inputs and float32 otherwise.
 inline at::ScalarType stats_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+// A kernel's workspace: `bytes` bytes (what its *_workspace_bytes query returned) on `like`'s device.
+inline at::Tensor workspace(int64_t bytes, const at::Tensor& like) {
+  return at::empty({bytes}, like.options().dtype(at::kByte));
+}
 
 #if defined(TTT_KERNELS_WITH_CUDA)
 // An NVTX range around a CUDA op's launches, named after the op and its shape class: the parts are streamed after

@@ -156,9 +156,8 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_bwd_cpu(const at::Tensor& grad_out, 
   return backward(grad_out, x, weight, rstd, [&rstd](RmsNormParams& params) {
 #if defined(TTT_KERNELS_WITH_SIM)
     if (sim::config().enabled) {
-      // The CUDA kernels reduce grad_weight through per-block partial sums: [workspace_rows, dim], rstd's dtype.
-      const at::Tensor workspace =
-          at::empty({cuda_sim::rms_norm_bwd_workspace_rows(params), params.dim}, rstd.options());
+      // The CUDA kernels reduce grad_weight through per-block partial sums.
+      const at::Tensor workspace = ops::workspace(cuda_sim::rms_norm_bwd_workspace_bytes(params), rstd);
       params.workspace = workspace.data_ptr();
       cuda_sim::rms_norm_bwd(params, /*stream=*/nullptr);
       return;
@@ -174,8 +173,7 @@ BwdBwdResult rms_norm_bwd_bwd_cpu(const at::Tensor& grad_out, const at::Tensor& 
   return double_backward(grad_out, x, weight, rstd, grad_grad_x, grad_grad_weight, [&rstd](RmsNormParams& params) {
 #if defined(TTT_KERNELS_WITH_SIM)
     if (sim::config().enabled) {
-      const at::Tensor workspace =
-          at::empty({cuda_sim::rms_norm_bwd_workspace_rows(params), params.dim}, rstd.options());
+      const at::Tensor workspace = ops::workspace(cuda_sim::rms_norm_bwd_workspace_bytes(params), rstd);
       params.workspace = workspace.data_ptr();
       cuda_sim::rms_norm_bwd_bwd(params, /*stream=*/nullptr);
       return;
@@ -200,9 +198,9 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_bwd_cuda(const at::Tensor& grad_out,
   const c10::cuda::CUDAGuard guard(x.device());
   const ops::NvtxRange range("rms_norm_bwd", ' ', x.scalar_type(), " d", x.size(-1));
   return backward(grad_out, x, weight, rstd, [&rstd](RmsNormParams& params) {
-    // Per-block partial sums of grad_weight: [workspace_rows, dim], rstd's dtype. Freed on return while the
-    // kernels may still run: safe, the caching allocator reuses it only for work queued later on this stream.
-    const at::Tensor workspace = at::empty({cuda::rms_norm_bwd_workspace_rows(params), params.dim}, rstd.options());
+    // Per-block partial sums of grad_weight. Freed on return while the kernels may still run: safe, the caching
+    // allocator reuses it only for work queued later on this stream.
+    const at::Tensor workspace = ops::workspace(cuda::rms_norm_bwd_workspace_bytes(params), rstd);
     params.workspace = workspace.data_ptr();
     cuda::rms_norm_bwd(params, c10::cuda::getCurrentCUDAStream().stream());
   });
@@ -214,7 +212,7 @@ BwdBwdResult rms_norm_bwd_bwd_cuda(const at::Tensor& grad_out, const at::Tensor&
   const c10::cuda::CUDAGuard guard(x.device());
   const ops::NvtxRange range("rms_norm_bwd_bwd", ' ', x.scalar_type(), " d", x.size(-1));
   return double_backward(grad_out, x, weight, rstd, grad_grad_x, grad_grad_weight, [&rstd](RmsNormParams& params) {
-    const at::Tensor workspace = at::empty({cuda::rms_norm_bwd_workspace_rows(params), params.dim}, rstd.options());
+    const at::Tensor workspace = ops::workspace(cuda::rms_norm_bwd_workspace_bytes(params), rstd);
     params.workspace = workspace.data_ptr();
     cuda::rms_norm_bwd_bwd(params, c10::cuda::getCurrentCUDAStream().stream());
   });

@@ -131,7 +131,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> swa_bwd_cpu(const at::Tensor& dou
   set_bwd_params(params, dout, dq, dk, dv);
   // Workspaces in the lse dtype: D = rowsum(dout * out) [batch, heads_q, seqlen_q] and the dq partial sums.
   const at::Tensor softmax_d = at::empty(lse.sizes(), lse.options());
-  const at::Tensor dq_accum = at::empty({cpu::swa_bwd_dq_accum_elems(params)}, lse.options());
+  const at::Tensor dq_accum = ops::workspace(cpu::swa_bwd_workspace_bytes(params), lse);
   params.softmax_d = softmax_d.data_ptr();
   params.dq_accum = dq_accum.data_ptr();
   cpu::swa_bwd(params);

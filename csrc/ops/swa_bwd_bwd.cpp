@@ -125,8 +125,7 @@ Grads swa_bwd_bwd_cpu(const Cotangent& gdq, const Cotangent& gdk, const Cotangen
   return run_bwd_bwd(gdq, gdk, gdv, q, k, v, out, dout, lse, window, scale,
                         [&](SwaBwdBwdParams& params) {
                           // The partial grad_q and grad_dout of later query tiles, lse's dtype.
-                          const at::Tensor accum =
-                              at::empty({cpu::swa_bwd_bwd_accum_elems(params)}, lse.options());
+                          const at::Tensor accum = ops::workspace(cpu::swa_bwd_bwd_workspace_bytes(params), lse);
                           params.dq_accum = accum.data_ptr();
                           cpu::swa_bwd_bwd(params);
                         });

@@ -10,6 +10,10 @@ namespace ttt {
 
 enum class DType : int32_t { kFloat32, kFloat64, kBFloat16, kFloat16 };
 
+// Bytes of one element of the statistics and accumulators of tensors of `dtype`: float64 for float64, float32
+// otherwise. Workspace queries (`*_workspace_bytes`) count in bytes.
+inline int64_t accum_bytes(DType dtype) { return dtype == DType::kFloat64 ? 8 : 4; }
+
 // Calls fn(T{}) with the element type of `dtype`: float, double, or the backend's 16-bit types BFloat16 / Float16
 // (c10's on the CPU, cuda_bf16.h's / cuda_fp16.h's in CUDA code). A value outside the enum throws, naming `kernel`.
 template <typename BFloat16, typename Float16, typename Fn>

@@ -40,9 +40,9 @@ struct RmsNormParams {
   const void* grad_grad_x = nullptr;
   const void* grad_grad_weight = nullptr;
   void* grad_grad_out = nullptr;
-  // CUDA backward and double backward: [rms_norm_bwd_workspace_rows(params), dim] float32 (float64 for kFloat64)
-  // scratch holding
-  // one partial sum of grad_weight per thread block, reduced in a fixed order (deterministic, no atomics).
+  // CUDA backward and double backward: rms_norm_bwd_workspace_bytes(params) bytes of scratch holding one float32
+  // (float64 for kFloat64) partial sum [dim] of grad_weight per thread block, reduced in a fixed order
+  // (deterministic, no atomics).
   void* workspace = nullptr;
   int64_t rows = 0;
   int64_t dim = 0;
@@ -61,18 +61,18 @@ void rms_norm_bwd_bwd(const RmsNormParams& params);
 // CUDA kernels and their launchers, compiled by nvcc (ttt::cuda: `stream` is a cudaStream_t) and for the CUDA
 // simulator (ttt::cuda_sim: `stream` is ignored). They throw std::runtime_error on a launch failure, and
 // rms_norm_bwd and rms_norm_bwd_bwd on a dim above 40960 (20480 for float64), whose grad_weight accumulators would
-// not fit in a block's shared memory. rms_norm_bwd_workspace_rows gives the rows of the float32 (float64) workspace
-// that rms_norm_bwd and rms_norm_bwd_bwd need (>= 1); it depends on rows, dim and dtype only.
+// not fit in a block's shared memory. rms_norm_bwd_workspace_bytes gives the bytes of the workspace that
+// rms_norm_bwd and rms_norm_bwd_bwd need (> 0); it depends on rows, dim and dtype only.
 namespace cuda {
 void rms_norm_fwd(const RmsNormParams& params, void* stream);
-int64_t rms_norm_bwd_workspace_rows(const RmsNormParams& params);
+int64_t rms_norm_bwd_workspace_bytes(const RmsNormParams& params);
 void rms_norm_bwd(const RmsNormParams& params, void* stream);
 void rms_norm_bwd_bwd(const RmsNormParams& params, void* stream);
 }  // namespace cuda
 
 namespace cuda_sim {
 void rms_norm_fwd(const RmsNormParams& params, void* stream);
-int64_t rms_norm_bwd_workspace_rows(const RmsNormParams& params);
+int64_t rms_norm_bwd_workspace_bytes(const RmsNormParams& params);
 void rms_norm_bwd(const RmsNormParams& params, void* stream);
 void rms_norm_bwd_bwd(const RmsNormParams& params, void* stream);
 }  // namespace cuda_sim

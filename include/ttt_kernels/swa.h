@@ -46,7 +46,7 @@ struct SwaParams {
   void* dv = nullptr;
   int64_t dv_batch_stride = 0, dv_row_stride = 0, dv_head_stride = 0;
   // Scratch of the lse type, provided by the caller: softmax_d [batch, heads_q, seqlen_q] receives D; dq_accum
-  // holds dq partial sums (its size in elements is the backend's swa_bwd_dq_accum_elems(params)).
+  // holds dq partial sums (cpu::swa_bwd_workspace_bytes(params) bytes).
   void* softmax_d = nullptr;
   void* dq_accum = nullptr;
 
@@ -69,7 +69,7 @@ struct SwaParams {
 // sizes, so results are bitwise reproducible for any number of threads.
 namespace cpu {
 void swa_fwd(const SwaParams& params);
-int64_t swa_bwd_dq_accum_elems(const SwaParams& params);
+int64_t swa_bwd_workspace_bytes(const SwaParams& params);
 void swa_bwd(const SwaParams& params);
 }  // namespace cpu
 

@@ -44,7 +44,7 @@ struct SwaBwdBwdParams : SwaParams {
   int64_t gdo_batch_stride = 0, gdo_row_stride = 0, gdo_head_stride = 0;
   // Scratch of the lse type [batch, heads_q, seqlen_q] each, provided by the caller: SwaParams::softmax_d receives
   // D, row_e and row_f the statistics E and F. The CPU kernel also needs SwaParams::dq_accum
-  // (cpu::swa_bwd_bwd_accum_elems(params) elements).
+  // (cpu::swa_bwd_bwd_workspace_bytes(params) bytes).
   void* row_e = nullptr;
   void* row_f = nullptr;
 };
@@ -54,7 +54,7 @@ struct SwaBwdBwdParams : SwaParams {
 // partial grad_q and grad_dout of later query tiles left in dq_accum and added in chunk order, so results are
 // bitwise reproducible for any number of threads.
 namespace cpu {
-int64_t swa_bwd_bwd_accum_elems(const SwaBwdBwdParams& params);
+int64_t swa_bwd_bwd_workspace_bytes(const SwaBwdBwdParams& params);
 void swa_bwd_bwd(const SwaBwdBwdParams& params);
 }  // namespace cpu
 
