@@ -52,6 +52,8 @@ reqs=(-r requirements/runtime.txt scikit-build-core pybind11 cmake ninja)
 
 start=$SECONDS
 echo "install.sh: building (CPU only: about 2 minutes on 2 cores; with the CUDA kernels about 7 more)"
-TTT_KERNELS_CUDA=$cuda "$py" -m pip install -q --no-build-isolation --no-deps . -Cbuild-dir="build/install-$want"
+# --test also builds the tests' own kernels (libttt_kernels_testing.so); the library users run has none.
+TTT_KERNELS_CUDA=$cuda TTT_KERNELS_TESTING=$([ "$test" = 1 ] && echo ON || echo OFF) \
+  "$py" -m pip install -q --no-build-isolation --no-deps . -Cbuild-dir="build/install-$want"
 echo "install.sh: built in $((SECONDS - start)) s"
 "$venv/bin/ttt-kernels" --version

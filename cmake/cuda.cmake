@@ -1,7 +1,8 @@
 # CUDA support. Sets TTT_KERNELS_WITH_CUDA_KERNELS (compile the .cu kernels with nvcc) and
 # TTT_KERNELS_WITH_CUDA_GLUE (register CUDA dispatch: needs a CUDA build of torch), and defines
-# ttt_add_cuda_kernels(target sources), which compiles kernels for every arch of TTT_KERNELS_CUDA_ARCHS and
-# records nvcc's per-kernel resource report in cuda_resources.json.
+# ttt_add_cuda_kernels(target sources [include dirs...]), which compiles kernels for every arch of
+# TTT_KERNELS_CUDA_ARCHS and records nvcc's per-kernel resource report in <build>/<target>/cuda_resources.json
+# (its path in <target>_CUDA_RESOURCES_JSON).
 set(TTT_KERNELS_WITH_CUDA_KERNELS OFF)
 set(TTT_KERNELS_WITH_CUDA_GLUE OFF)
 set(TTT_KERNELS_CUDA_STATUS "disabled (TTT_KERNELS_CUDA=OFF)")
@@ -56,7 +57,7 @@ function(ttt_add_cuda_kernels target sources)
     list(APPEND gencode "-gencode=arch=compute_${arch},code=sm_${arch}")
   endforeach()
   add_library(${target}_cuda OBJECT ${sources})
-  target_include_directories(${target}_cuda PRIVATE ${PROJECT_SOURCE_DIR}/include)
+  target_include_directories(${target}_cuda PRIVATE ${PROJECT_SOURCE_DIR}/include ${ARGN})
   target_include_directories(${target}_cuda SYSTEM PRIVATE
     ${TTT_CUTLASS_ROOT}/include ${TTT_CUTLASS_ROOT}/tools/util/include)
   target_compile_options(${target}_cuda PRIVATE
@@ -68,7 +69,7 @@ function(ttt_add_cuda_kernels target sources)
   target_sources(${target} PRIVATE $<TARGET_OBJECTS:${target}_cuda>)
   target_link_libraries(${target} PRIVATE CUDA::cudart_static)
 
-  set(json ${CMAKE_CURRENT_BINARY_DIR}/cuda_resources.json)
+  set(json ${CMAKE_CURRENT_BINARY_DIR}/${target}/cuda_resources.json)
   string(REPLACE ";" "," archs "${TTT_KERNELS_CUDA_ARCHS}")
   add_custom_command(OUTPUT ${json}
     COMMAND ${Python_EXECUTABLE} ${PROJECT_SOURCE_DIR}/cmake/resource_report.py
@@ -77,7 +78,7 @@ function(ttt_add_cuda_kernels target sources)
     COMMAND_EXPAND_LISTS
     COMMENT "Collecting the CUDA resource report into cuda_resources.json")
   add_custom_target(${target}_cuda_resources ALL DEPENDS ${json})
-  set(TTT_CUDA_RESOURCES_JSON ${json} PARENT_SCOPE)
+  set(${target}_CUDA_RESOURCES_JSON ${json} PARENT_SCOPE)
 
   if(TTT_KERNELS_WITH_CUDA_GLUE)
     target_compile_definitions(${target} PRIVATE TTT_KERNELS_WITH_CUDA=1)

@@ -1,5 +1,7 @@
 """Helpers shared by the tests."""
 
+import os
+
 import pytest
 import torch
 
@@ -69,3 +71,12 @@ def run_in_simulator(fn, *args, schedules=SCHEDULES, seed=0, num_workers=0):
     for schedule, out in zip(schedules[1:], outputs[1:], strict=True):
         assert_bit_identical(outputs[0], out, f"schedule {schedule!r} vs {schedules[0]!r}")
     return outputs[0]
+
+
+def load_testing_library() -> None:
+    """Loads libttt_kernels_testing.so (tests/native: the ops _sim_selftest and _arch_selftest), which the package
+    installs in ttt_kernels/testing/ when built with TTT_KERNELS_TESTING=ON (install.sh --test and CI do)."""
+    path = os.path.join(ttt_kernels.lib_dir(), "testing", "libttt_kernels_testing.so")
+    if not os.path.exists(path):
+        pytest.fail(f"{path} is missing: build with TTT_KERNELS_TESTING=ON (bash install.sh --test does)")
+    torch.ops.load_library(path)

@@ -2,9 +2,10 @@
 
 1. The fragment layouts (include/ttt_kernels/device/fragment_layout.h) against CuTe's MMA/copy traits, by a host C++
    program (tests/arch/cute_layout_check.cpp) compiled here with g++.
-2. The self-test kernels (csrc/cuda/arch_selftest.cu) through torch.ops.ttt_kernels._arch_selftest: in the simulator
-   (CPU tensors) under several schedules, and on a GPU when there is one. Expected values come from torch.matmul and
-   from the PTX ISA's fragment formulas written out below, independently of fragment_layout.h.
+2. The self-test kernels (tests/native/arch_selftest.cu) through torch.ops.ttt_kernels._arch_selftest of
+   libttt_kernels_testing.so: in the simulator (CPU tensors) under several schedules, and on a GPU when there is
+   one. Expected values come from torch.matmul and from the PTX ISA's fragment formulas written out below,
+   independently of fragment_layout.h.
 """
 
 import glob
@@ -84,8 +85,9 @@ def test_fragment_layouts_match_cute(tmp_path):
 
 @pytest.fixture(scope="module")
 def selftest():
-    import ttt_kernels  # noqa: F401  (registers the ops)
+    from helpers import load_testing_library
 
+    load_testing_library()
     return torch.ops.ttt_kernels._arch_selftest
 
 

@@ -1,5 +1,10 @@
 """The build itself: what info() reports, the CUDA resource report, and the CUDA dispatch of every op."""
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -22,9 +27,6 @@ def test_info_prints_every_field(capsys):
 
 def test_import_exposes_the_submodules():
     """``import ttt_kernels`` alone gives ttt_kernels.ops / .model / .reference (imported on first use)."""
-    import subprocess
-    import sys
-
     code = (
         "import sys, ttt_kernels\n"
         "assert 'ttt_kernels.model' not in sys.modules\n"
@@ -38,15 +40,21 @@ def test_import_exposes_the_submodules():
 
 
 def test_headers_and_library_are_installed():
-    import os
-
     assert os.path.exists(os.path.join(ttt_kernels.include_dir(), "ttt_kernels", "build_info.h"))
     assert any(name.startswith("libttt_kernels") for name in os.listdir(ttt_kernels.lib_dir()))
 
 
+def _testing_report() -> dict | None:
+    """The resource report of libttt_kernels_testing.so's kernels (tests/native)."""
+    path = os.path.join(ttt_kernels.lib_dir(), "testing", "cuda_resources.json")
+    with open(path) as f:
+        return json.load(f)
+
+
 @needs_cuda_kernels
-def test_resource_report_covers_every_kernel_on_every_arch_without_spills():
-    report = ttt_kernels.cuda_resources()
+@pytest.mark.parametrize("library", ["ttt_kernels", "ttt_kernels_testing"])
+def test_resource_report_covers_every_kernel_on_every_arch_without_spills(library):
+    report = ttt_kernels.cuda_resources() if library == "ttt_kernels" else _testing_report()
     assert report is not None, "cuda_resources.json is missing from the installed package"
     assert REQUIRED_ARCHS <= set(report["archs"]), f"archs built: {report['archs']}"
     kernels = report["kernels"]
@@ -71,6 +79,16 @@ def ttt_ops():
     """Every public op of the package's torch library (private ones start with an underscore)."""
     names = {n.split("::", 1)[1] for n in torch._C._dispatch_get_all_op_names() if n.startswith("ttt_kernels::")}
     return sorted(n for n in names if not n.startswith("_"))
+
+
+def test_test_kernels_are_not_in_the_library():
+    """The self-test kernels and ops (tests/native) live in libttt_kernels_testing.so, which the tests load."""
+    code = "import torch, ttt_kernels\nprint(hasattr(torch.ops.ttt_kernels, '_sim_selftest'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+    library = os.path.join(ttt_kernels.lib_dir(), "libttt_kernels.so")
+    symbols = subprocess.run(["nm", "-D", "-C", library], capture_output=True, text=True).stdout
+    assert symbols and "selftest" not in symbols
 
 
 def test_every_op_has_a_cpu_kernel():

@@ -1,9 +1,10 @@
 """Tests of the CUDA simulator (csrc/sim/, include/ttt_kernels/sim/) through its self-test kernels
-(csrc/cuda/sim_selftest.cu, launched by torch.ops.ttt_kernels._sim_selftest; include/ttt_kernels/sim_selftest.h lists
-them): correct kernels give the right answer under every schedule, and each kind of kernel bug the simulator is meant
-to expose (races, divergent barriers, warp collectives with missing lanes, shared memory out of bounds, cp.async
-without a wait) is exposed. Expected values come from torch / numpy and, for the warp shuffles, from a scalar model
-written from the CUDA Programming Guide's description (the simulator implements the PTX ISA's formulas).
+(tests/native/sim_selftest.cu, launched by torch.ops.ttt_kernels._sim_selftest of libttt_kernels_testing.so;
+tests/native/sim_selftest.h lists them): correct kernels give the right answer under every schedule, and each kind of
+kernel bug the simulator is meant to expose (races, divergent barriers, warp collectives with missing lanes, shared
+memory out of bounds, cp.async without a wait) is exposed. Expected values come from torch / numpy and, for the warp
+shuffles, from a scalar model written from the CUDA Programming Guide's description (the simulator implements the PTX
+ISA's formulas).
 """
 
 import math
@@ -13,12 +14,18 @@ import time
 import numpy as np
 import pytest
 import torch
-from helpers import SCHEDULES, assert_bit_identical, run_in_simulator
+from helpers import SCHEDULES, assert_bit_identical, load_testing_library, run_in_simulator
 
 import ttt_kernels
 import ttt_kernels.sim
 
 pytestmark = pytest.mark.skipif(not ttt_kernels.sim.is_built(), reason="built without the CUDA simulator")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _testing_library():
+    load_testing_library()
+
 
 FULL = 0xFFFFFFFF
 WARP_OPS_CASES = 28  # kWarpOpsCases in sim_selftest.h

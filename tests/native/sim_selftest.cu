@@ -5,7 +5,7 @@
 #include "ttt_kernels/device/runtime.h"
 #include "ttt_kernels/device/arch.h"
 #include "ttt_kernels/device/launch.h"
-#include "ttt_kernels/sim_selftest.h"
+#include "sim_selftest.h"
 
 #include <cstdint>
 #include <cstring>

@@ -15,7 +15,7 @@
 #include <string_view>
 #include <vector>
 
-#include "ttt_kernels/sim_selftest.h"
+#include "sim_selftest.h"
 
 #if defined(TTT_KERNELS_WITH_CUDA)
 #include <c10/cuda/CUDAGuard.h>

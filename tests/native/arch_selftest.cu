@@ -5,7 +5,7 @@
 #include "ttt_kernels/device/runtime.h"
 #include "ttt_kernels/device/arch.h"
 #include "ttt_kernels/device/launch.h"
-#include "ttt_kernels/arch_selftest.h"
+#include "arch_selftest.h"
 
 #include <stdexcept>
 #include <string>

@@ -16,7 +16,7 @@
 #include <string>
 #include <string_view>
 
-#include "ttt_kernels/arch_selftest.h"
+#include "arch_selftest.h"
 
 #ifdef TTT_KERNELS_WITH_CUDA
 #include <c10/cuda/CUDAGuard.h>
