@@ -67,8 +67,8 @@ BuildInfo build_info() {
   info.cuda_kernels = true;
   info.cuda_archs = TTT_KERNELS_CUDA_ARCHS;
 #endif
-#if defined(TTT_KERNELS_WITH_CUDA)
-  info.cuda_dispatch = true;
+#if defined(TTT_KERNELS_WITH_CUDA_DISPATCH)
+  info.cuda_dispatch = true;  // registered by libttt_kernels_cuda.so
 #endif
 #if defined(TTT_KERNELS_WITH_SIM)
   info.simulator = true;

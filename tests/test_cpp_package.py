@@ -22,8 +22,8 @@ def _tool(name: str) -> str:
     return path
 
 
-def _run(argv, **kwargs):
-    r = subprocess.run(argv, capture_output=True, text=True, env=ENV, **kwargs)
+def _run(argv, env=None, **kwargs):
+    r = subprocess.run(argv, capture_output=True, text=True, env=env or ENV, **kwargs)
     assert r.returncode == 0, f"{' '.join(map(str, argv))}\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
     return r.stdout
 
@@ -44,24 +44,35 @@ def test_cmake_package_example(tmp_path):
 
 
 def test_plain_compiler_recipe(tmp_path):
-    """g++ prog.cpp -I$(include_dir) -L$(lib_dir) -lttt_kernels -Wl,-rpath,$(lib_dir): a torch-free program calling
-    a CPU kernel through its params struct links and starts."""
+    """g++ prog.cpp -I$(include_dir) -L$(lib_dir) -lttt_kernels_cpu -Wl,-rpath,$(lib_dir): a program calling a CPU
+    kernel through its params struct links and starts without torch: neither torch's libraries nor the CUDA runtime
+    are loaded (a CUDA build of torch's libtorch_cpu.so needs libcudart), and the kernel runs on its OpenMP threads
+    (4096 rows: several threads' share) with the right result."""
     source = tmp_path / "prog.cpp"
     source.write_text(
-        "#include <vector>\n"
-        '#include "ttt_kernels/rms_norm.h"\n'
+        "#include <fstream>\n#include <iostream>\n#include <string>\n#include <vector>\n"
+        '#include "ttt_kernels/cpu_parallel.h"\n#include "ttt_kernels/rms_norm.h"\n'
         "int main() {\n"
-        "  std::vector<float> x(64, 1.5f), w(64, 2.0f), out(64), rstd(1);\n"
+        "  const int rows = 4096, dim = 64;\n"
+        "  std::vector<float> x(rows * dim), w(dim, 2.0f), out(rows * dim), rstd(rows);\n"
+        "  for (int r = 0; r < rows; ++r) for (int i = 0; i < dim; ++i) x[r * dim + i] = (r % 7 + 1) * 0.5f;\n"
         "  ttt::RmsNormParams p;\n"
         "  p.x = x.data(); p.weight = w.data(); p.out = out.data(); p.rstd = rstd.data();\n"
-        "  p.rows = 1; p.dim = 64; p.eps = 1e-6; p.dtype = ttt::DType::kFloat32;\n"
+        "  p.rows = rows; p.dim = dim; p.eps = 1e-6; p.dtype = ttt::DType::kFloat32;\n"
         "  ttt::cpu::rms_norm_fwd(p);\n"
-        "  return out[0] > 1.999f && out[0] < 2.001f ? 0 : 1;\n"
+        '  for (float v : out) if (v < 1.999f || v > 2.001f) { std::cout << "wrong: " << v << "\\n"; return 1; }\n'
+        '  std::ifstream maps("/proc/self/maps");\n'
+        "  for (std::string line; std::getline(maps, line);)\n"
+        '    if (line.find("cuda") != std::string::npos || line.find("libtorch") != std::string::npos ||\n'
+        '        line.find("libc10") != std::string::npos) { std::cout << "loaded: " << line << "\\n"; return 2; }\n'
+        '  std::cout << ttt::cpu::num_threads() << " threads\\n";\n'
+        "  return 0;\n"
         "}\n"
     )
     lib = ttt_kernels.lib_dir()
     exe = tmp_path / "prog"
     cxx = shutil.which("g++") or shutil.which("c++")
-    _run([cxx, "-std=c++17", str(source), f"-I{ttt_kernels.include_dir()}", f"-L{lib}", "-lttt_kernels",
+    _run([cxx, "-std=c++17", str(source), f"-I{ttt_kernels.include_dir()}", f"-L{lib}", "-lttt_kernels_cpu",
           f"-Wl,-rpath,{lib}", "-o", str(exe)])  # fmt: skip
-    _run([str(exe)])
+    out = _run([str(exe)], env={**ENV, "OMP_NUM_THREADS": "2"})
+    assert out.strip() == "2 threads", out

@@ -1,10 +1,9 @@
 // CPU kernel of the clipped SGD step (math and params: include/ttt_kernels/clip_sgd.h).
 //
 // The update sums squares per fixed chunk of every tensor in float64 and adds the chunk sums in order: the norm does
-// not depend on the thread count. Each chunk is one `omp simd` loop (at::parallel_for over chunks).
+// not depend on the thread count. Each chunk is one `omp simd` loop (parallel_for over chunks).
 #include "ttt_kernels/clip_sgd.h"
 
-#include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cmath>
@@ -12,6 +11,7 @@
 #include <vector>
 
 #include "common.h"
+#include "ttt_kernels/cpu_parallel.h"
 
 namespace ttt::cpu {
 namespace {
@@ -70,7 +70,7 @@ void clip_sgd(const ClipSgdParams& p) {
   // Below kClipParallelChunks chunks the whole update runs on the calling thread.
   const int64_t grain = kClipParallelChunks;
   std::vector<double> partial(chunks.size());
-  at::parallel_for(0, num_chunks, grain, [&](int64_t begin, int64_t end) {
+  parallel_for(0, num_chunks, grain, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       const Chunk& k = chunks[c];
       partial[c] = sum_squares(static_cast<const A*>(p.tensors[k.tensor].grad) + k.begin, k.end - k.begin);
@@ -87,7 +87,7 @@ void clip_sgd(const ClipSgdParams& p) {
     static_cast<A*>(p.norm)[s] = norm;
   }
 
-  at::parallel_for(0, num_chunks, grain, [&](int64_t begin, int64_t end) {
+  parallel_for(0, num_chunks, grain, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       const Chunk& k = chunks[c];
       const ClipTensor& t = p.tensors[k.tensor];

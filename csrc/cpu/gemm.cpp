@@ -15,7 +15,6 @@
 // Why not BLAS: MKL (torch's BLAS on x86) chooses its code paths by CPU vendor and leaves AVX-512 unused on
 // non-Intel CPUs: on an AMD EPYC whose AVX-512 FMA peak is 334 GFLOP/s per core, torch.mm reaches ~95 GFLOP/s per
 // core and this kernel ~170 (docs/mlp.md). On Intel CPUs MKL's own AVX-512 sgemm is used (cpu::use_sgemm()).
-#include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <atomic>
@@ -26,6 +25,7 @@
 #include <string_view>
 #include <vector>
 
+#include "ttt_kernels/cpu_parallel.h"
 #include "ttt_kernels/gemm.h"
 
 #if defined(__AVX512F__)
@@ -141,8 +141,8 @@ float* a_buffer(int64_t floats) {
 template <typename Task>
 void run_tasks(int64_t tasks, bool parallel, const Task& task) {
   std::atomic<int64_t> next{0};
-  const int64_t workers = parallel ? std::min<int64_t>(at::get_num_threads(), tasks) : 1;
-  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+  const int64_t workers = parallel ? std::min<int64_t>(num_threads(), tasks) : 1;
+  parallel_for(0, workers, 1, [&](int64_t, int64_t) {
     for (int64_t t = next.fetch_add(1); t < tasks; t = next.fetch_add(1)) task(t);
   });
 }
@@ -165,7 +165,7 @@ void sgemm_avx512(const SgemmParams& g) {
   // Tasks: row blocks x groups of panels (groups only when the row blocks alone cannot keep the threads busy).
   // A task owns its C tile for the whole k loop, so every C element is computed in one fixed order.
   const int64_t row_blocks = (g.m + kMc - 1) / kMc;
-  const int64_t group = row_blocks >= 2 * at::get_num_threads() ? panels : std::min(panels, kGroupPanels);
+  const int64_t group = row_blocks >= 2 * num_threads() ? panels : std::min(panels, kGroupPanels);
   const int64_t groups = (panels + group - 1) / group;
   run_tasks(row_blocks * groups, parallel, [&](int64_t t) {
     const int64_t i0 = (t / groups) * kMc;

@@ -1,13 +1,12 @@
 // Fused RMSNorm CPU kernels (math and params: include/ttt_kernels/rms_norm.h).
 //
-// Rows are split over threads with at::parallel_for. Each row is handled in two vectorized passes (`omp simd`):
+// Rows are split over threads with parallel_for (include/ttt_kernels/cpu_parallel.h). Each row is handled in two vectorized passes (`omp simd`):
 // a reduction, then the element-wise output; the row is still in L1/L2 for the second pass. 16-bit inputs are
 // widened to float32 inside the loops. The backward accumulates grad_weight per chunk of rows into a private
 // [dim] partial and sums the partials in chunk order: no atomics, and the chunking does not depend on the thread
 // count, so the result is bitwise reproducible.
 #include "ttt_kernels/rms_norm.h"
 
-#include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 #include <fp16/fp16.h>
@@ -22,6 +21,7 @@
 #include <type_traits>
 
 #include "common.h"
+#include "ttt_kernels/cpu_parallel.h"
 
 namespace ttt::cpu {
 namespace {
@@ -160,7 +160,7 @@ void rows_with_weight_grad(const RmsNormParams& p, const RowFn& row_fn) {
   const int64_t chunk_rows = ceil_div(p.rows, chunks);
   // [chunks, dim] grad_weight partials, one per chunk of rows.
   const std::unique_ptr<A[]> partials(new A[chunks * dim]);
-  at::parallel_for(0, chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
+  parallel_for(0, chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
     for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
       A* dw = partials.get() + chunk * dim;
       std::fill_n(dw, dim, A(0));
@@ -189,7 +189,7 @@ void fwd(const RmsNormParams& p) {
   T* out = static_cast<T*>(p.out);
   A* rstd = static_cast<A*>(p.rstd);
   const A eps = static_cast<A>(p.eps);
-  at::parallel_for(0, p.rows, std::max<int64_t>(1, kGrainElements / dim), [&](int64_t begin, int64_t end) {
+  parallel_for(0, p.rows, std::max<int64_t>(1, kGrainElements / dim), [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       rstd[row] = fwd_row(x + row * dim, w, res ? res + row * dim : nullptr, out + row * dim, dim, eps);
     }

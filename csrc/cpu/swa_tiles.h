@@ -18,7 +18,6 @@
 // query-side outputs.
 #pragma once
 
-#include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <array>
@@ -33,6 +32,7 @@
 #include <vector>
 
 #include "common.h"
+#include "ttt_kernels/cpu_parallel.h"
 #include "ttt_kernels/swa.h"
 
 namespace ttt::cpu::swa_tiles {
@@ -326,8 +326,8 @@ inline double window_flops(const SwaParams& p) {
 template <typename Make, typename Body>
 void for_each_task(const SwaParams& p, int64_t tasks, const Make& make, const Body& body) {
   std::atomic<int64_t> next{0};
-  const int64_t workers = window_flops(p) < kParallelFlops ? 1 : std::min<int64_t>(tasks, at::get_num_threads());
-  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+  const int64_t workers = window_flops(p) < kParallelFlops ? 1 : std::min<int64_t>(tasks, num_threads());
+  parallel_for(0, workers, 1, [&](int64_t, int64_t) {
     auto scratch = make();
     for (int64_t task = next++; task < tasks; task = next++) body(task, scratch);
   });
@@ -388,7 +388,7 @@ void dout_dot_out(const SwaParams& p, T* d) {
   const Rows<const T> dout = rows_of<const T>(p.dout, p.do_batch_stride, p.do_row_stride, p.do_head_stride);
   const int64_t dim = p.head_dim;
   const int64_t grain = std::max<int64_t>(1, (1 << 15) / dim);  // rows of 32K elements per thread at least
-  at::parallel_for(0, p.batch * p.heads_q * p.seqlen_q, grain, [&](int64_t lo, int64_t hi) {
+  parallel_for(0, p.batch * p.heads_q * p.seqlen_q, grain, [&](int64_t lo, int64_t hi) {
     for (int64_t r = lo; r < hi; ++r) {
       const int64_t i = r % p.seqlen_q, h = r / p.seqlen_q % p.heads_q, b = r / p.seqlen_q / p.heads_q;
       const T* o_row = out.at(b, h, i);
@@ -482,7 +482,7 @@ void key_chunk_pass(const SwaParams& p, const std::array<Rows<T>, kQueryOuts>& q
   // The query outputs += the spill partials of the earlier chunks that see each query tile, in chunk order.
   const int64_t qtiles = g.ntiles - g.first_query_tile;
   const int64_t tasks = p.batch * p.heads_q * qtiles;
-  at::parallel_for(0, tasks, window_flops(p) < kParallelFlops ? tasks : 1, [&](int64_t lo, int64_t hi) {
+  parallel_for(0, tasks, window_flops(p) < kParallelFlops ? tasks : 1, [&](int64_t lo, int64_t hi) {
     for (int64_t task = lo; task < hi; ++task) {
       const int64_t n = g.first_query_tile + task % qtiles;
       const int64_t b = task / qtiles / p.heads_q, h = task / qtiles % p.heads_q;

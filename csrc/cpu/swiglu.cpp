@@ -2,11 +2,10 @@
 // include/ttt_kernels/swiglu_math.h). The GEMMs around them are the AVX-512 sgemm (csrc/cpu/gemm.cpp) or BLAS,
 // called by the torch glue (csrc/ops/swiglu.cpp).
 //
-// Every kernel is one pass over its rows (at::parallel_for) with an `omp simd` inner loop over the row. The sigmoid
+// Every kernel is one pass over its rows (parallel_for) with an `omp simd` inner loop over the row. The sigmoid
 // uses a branch-free float exp (below) so those loops vectorize; float64 uses std::exp (tests only).
 #include "ttt_kernels/swiglu.h"
 
-#include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <bit>
@@ -14,6 +13,7 @@
 #include <cstdint>
 
 #include "common.h"
+#include "ttt_kernels/cpu_parallel.h"
 #include "ttt_kernels/swiglu_math.h"
 
 namespace ttt::cpu {
@@ -134,7 +134,7 @@ void fwd(const SwigluFwdParams& p) {
   const A* h3 = static_cast<const A*>(p.h3);
   A* h = static_cast<A*>(p.h);
   A* a = static_cast<A*>(p.a);
-  at::parallel_for(0, p.rows, row_grain(m), [&](int64_t begin, int64_t end) {
+  parallel_for(0, p.rows, row_grain(m), [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) fwd_row(h1 + n * m, h3 + n * m, h + 2 * n * m, a + n * m, m);
   });
 }
@@ -147,7 +147,7 @@ void bwd(const SwigluBwdParams& p) {
   const A* da = static_cast<const A*>(p.da);
   A* dh = static_cast<A*>(p.dh);
   A* a = static_cast<A*>(p.a);
-  at::parallel_for(0, p.rows, row_grain(m), [&](int64_t begin, int64_t end) {
+  parallel_for(0, p.rows, row_grain(m), [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) {
       const int64_t pair = 2 * n * m;  // offset of row n in h, grad_h and dh
       if (e != nullptr) {
@@ -162,7 +162,7 @@ void bwd(const SwigluBwdParams& p) {
 template <typename A>
 void bwd_bwd(const SwigluBwdBwdParams& p) {
   const int64_t m = p.width;
-  at::parallel_for(0, p.rows, row_grain(m), [&](int64_t begin, int64_t end) {
+  parallel_for(0, p.rows, row_grain(m), [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) {
       const int64_t pair = 2 * n * m;
       const int64_t row = n * m;

@@ -175,6 +175,8 @@ at::Tensor clip_sgd_update_inplace_cuda(at::TensorList weights, at::TensorList g
 }  // namespace
 }  // namespace ttt
 
+// The schemas and the CPU implementations; libttt_kernels_cuda.so compiles this file again for the CUDA ones.
+#if !defined(TTT_KERNELS_CUDA_GLUE_ONLY)
 TORCH_LIBRARY_FRAGMENT(ttt_kernels, m) {
   m.def(
       "clip_sgd_update(Tensor[] weights, Tensor[] grads, float lr, float max_norm, bool batched=False) -> "
@@ -188,6 +190,7 @@ TORCH_LIBRARY_IMPL(ttt_kernels, CPU, m) {
   m.impl("clip_sgd_update", &ttt::clip_sgd_update_cpu);
   m.impl("clip_sgd_update_", &ttt::clip_sgd_update_inplace_cpu);
 }
+#endif
 
 #if defined(TTT_KERNELS_WITH_CUDA)
 TORCH_LIBRARY_IMPL(ttt_kernels, CUDA, m) {

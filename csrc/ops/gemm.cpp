@@ -124,6 +124,8 @@ void mlp_gemm_cuda(const at::Tensor& a, const at::Tensor& b, const at::Tensor& d
 }  // namespace
 }  // namespace ttt
 
+// The schemas and the CPU implementations; libttt_kernels_cuda.so compiles this file again for the CUDA ones.
+#if !defined(TTT_KERNELS_CUDA_GLUE_ONLY)
 TORCH_LIBRARY_FRAGMENT(ttt_kernels, m) {
   m.def("sgd_gemm_update_(Tensor(a!) weight, Tensor a, Tensor b, Tensor step) -> ()");
   m.def(
@@ -135,6 +137,7 @@ TORCH_LIBRARY_IMPL(ttt_kernels, CPU, m) {
   m.impl("sgd_gemm_update_", &ttt::sgd_gemm_update_cpu);
   m.impl("_mlp_gemm", &ttt::mlp_gemm_cpu);
 }
+#endif
 
 #if defined(TTT_KERNELS_WITH_CUDA)
 TORCH_LIBRARY_IMPL(ttt_kernels, CUDA, m) {

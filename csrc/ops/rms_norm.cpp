@@ -222,6 +222,8 @@ BwdBwdResult rms_norm_bwd_bwd_cuda(const at::Tensor& grad_out, const at::Tensor&
 }  // namespace
 }  // namespace ttt
 
+// The schemas and the CPU implementations; libttt_kernels_cuda.so compiles this file again for the CUDA ones.
+#if !defined(TTT_KERNELS_CUDA_GLUE_ONLY)
 TORCH_LIBRARY_FRAGMENT(ttt_kernels, m) {
   m.def("rms_norm_fwd(Tensor x, Tensor weight, float eps, Tensor? residual=None) -> (Tensor out, Tensor rstd)");
   m.def("rms_norm_bwd(Tensor grad_out, Tensor x, Tensor weight, Tensor rstd) -> (Tensor grad_x, Tensor grad_weight)");
@@ -235,6 +237,7 @@ TORCH_LIBRARY_IMPL(ttt_kernels, CPU, m) {
   m.impl("rms_norm_bwd", &ttt::rms_norm_bwd_cpu);
   m.impl("rms_norm_bwd_bwd", &ttt::rms_norm_bwd_bwd_cpu);
 }
+#endif
 
 #if defined(TTT_KERNELS_WITH_CUDA)
 TORCH_LIBRARY_IMPL(ttt_kernels, CUDA, m) {

@@ -165,6 +165,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> swa_bwd_cuda(const at::Tensor& do
 }  // namespace
 }  // namespace ttt
 
+// The schemas and the CPU implementations; libttt_kernels_cuda.so compiles this file again for the CUDA ones.
+#if !defined(TTT_KERNELS_CUDA_GLUE_ONLY)
 TORCH_LIBRARY_FRAGMENT(ttt_kernels, m) {
   m.def("swa_fwd(Tensor q, Tensor k, Tensor v, int window, float scale) -> (Tensor out, Tensor lse)");
   m.def(
@@ -176,6 +178,7 @@ TORCH_LIBRARY_IMPL(ttt_kernels, CPU, m) {
   m.impl("swa_fwd", &ttt::swa_fwd_cpu);
   m.impl("swa_bwd", &ttt::swa_bwd_cpu);
 }
+#endif
 
 #if defined(TTT_KERNELS_WITH_CUDA)
 TORCH_LIBRARY_IMPL(ttt_kernels, CUDA, m) {

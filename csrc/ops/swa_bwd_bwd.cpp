@@ -149,6 +149,8 @@ Grads swa_bwd_bwd_cuda(const Cotangent& gdq, const Cotangent& gdk, const Cotange
 }  // namespace
 }  // namespace ttt
 
+// The schemas and the CPU implementations; libttt_kernels_cuda.so compiles this file again for the CUDA ones.
+#if !defined(TTT_KERNELS_CUDA_GLUE_ONLY)
 TORCH_LIBRARY_FRAGMENT(ttt_kernels, m) {
   m.def(
       "swa_bwd_bwd(Tensor? gdq, Tensor? gdk, Tensor? gdv, Tensor q, Tensor k, Tensor v, Tensor out, Tensor dout, "
@@ -156,6 +158,7 @@ TORCH_LIBRARY_FRAGMENT(ttt_kernels, m) {
 }
 
 TORCH_LIBRARY_IMPL(ttt_kernels, CPU, m) { m.impl("swa_bwd_bwd", &ttt::swa_bwd_bwd_cpu); }
+#endif
 
 #if defined(TTT_KERNELS_WITH_CUDA)
 TORCH_LIBRARY_IMPL(ttt_kernels, CUDA, m) { m.impl("swa_bwd_bwd", &ttt::swa_bwd_bwd_cuda); }

@@ -409,6 +409,8 @@ GateBwdBwdResult gate_bwd_bwd_cuda(const at::Tensor& h, const at::Tensor& da, co
 }  // namespace
 }  // namespace ttt
 
+// The schemas and the CPU implementations; libttt_kernels_cuda.so compiles this file again for the CUDA ones.
+#if !defined(TTT_KERNELS_CUDA_GLUE_ONLY)
 TORCH_LIBRARY_FRAGMENT(ttt_kernels, m) {
   m.def("swiglu_mlp_fwd(Tensor x, Tensor w1, Tensor w3, Tensor w2) -> (Tensor y, Tensor h)");
   m.def(
@@ -424,6 +426,7 @@ TORCH_LIBRARY_IMPL(ttt_kernels, CPU, m) {
   m.impl("swiglu_mlp_bwd", &ttt::mlp_bwd_cpu);
   m.impl("swiglu_gate_bwd_bwd", &ttt::gate_bwd_bwd_cpu);
 }
+#endif
 
 #if defined(TTT_KERNELS_WITH_CUDA)
 TORCH_LIBRARY_IMPL(ttt_kernels, CUDA, m) {

@@ -10,13 +10,17 @@ import importlib
 import json
 import os
 
-import torch  # noqa: F401  (loads libtorch before the native library that links it)
+import torch  # loads libtorch before the native library that links it
 
 from . import _C
 
 __version__ = _C.build_info()["version"]
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(_C.__file__))
+if _C.build_info()["cuda_dispatch"]:
+    # The CUDA kernels and their op registrations live in a library of their own (libttt_kernels.so needs no CUDA
+    # library): loading it registers the CUDA implementations of the ops.
+    torch.ops.load_library(os.path.join(_PACKAGE_DIR, "libttt_kernels_cuda.so"))
 _SUBMODULES = ("ops", "reference", "model", "sim", "op_counter", "cli")
 
 
