@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -79,6 +80,20 @@ def ttt_ops():
     """Every public op of the package's torch library (private ones start with an underscore)."""
     names = {n.split("::", 1)[1] for n in torch._C._dispatch_get_all_op_names() if n.startswith("ttt_kernels::")}
     return sorted(n for n in names if not n.startswith("_"))
+
+
+def test_cuda_kernels_and_libraries_are_apart():
+    """libttt_kernels_cpu.so needs no torch library and libttt_kernels.so no CUDA library; the CUDA kernels and their
+    registrations are in libttt_kernels_cuda.so (present in a build with CUDA kernels)."""
+    needed = {}
+    for name in ("libttt_kernels_cpu.so", "libttt_kernels.so", "libttt_kernels_cuda.so"):
+        path = os.path.join(ttt_kernels.lib_dir(), name)
+        if os.path.exists(path):
+            out = subprocess.run(["readelf", "-d", path], capture_output=True, text=True, check=True).stdout
+            needed[name] = re.findall(r"\(NEEDED\)\s+Shared library: \[(.+?)\]", out)
+    assert not [n for n in needed["libttt_kernels_cpu.so"] if "torch" in n or "c10" in n or "cuda" in n]
+    assert not [n for n in needed["libttt_kernels.so"] if "cuda" in n], needed["libttt_kernels.so"]
+    assert ("libttt_kernels_cuda.so" in needed) == BUILD["cuda_kernels"]
 
 
 def test_test_kernels_are_not_in_the_library():

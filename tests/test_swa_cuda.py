@@ -304,13 +304,13 @@ def sass_by_kernel(library):
 
 
 def swa_sass_or_skip():
-    """{(arch, kernel): opcodes} of the swa kernels in libttt_kernels.so; skips without cuobjdump and nvdisasm."""
+    """{(arch, kernel): opcodes} of the swa kernels in libttt_kernels_cuda.so; skips without cuobjdump and nvdisasm."""
     if find_cuda_tool("cuobjdump") is None or find_cuda_tool("nvdisasm") is None:
         pytest.skip(
             "cuobjdump -sass needs cuobjdump and nvdisasm: pip install nvidia-cuda-cuobjdump "
             "nvidia-cuda-nvdisasm, or put the CUDA toolkit's bin directory on PATH"
         )
-    return sass_by_kernel(os.path.join(ttt_kernels.lib_dir(), "libttt_kernels.so"))
+    return sass_by_kernel(os.path.join(ttt_kernels.lib_dir(), "libttt_kernels_cuda.so"))
 
 
 def assert_tensor_core_kernels(kernels, instantiations):
