@@ -1,6 +1,11 @@
 """Helpers shared by the tests."""
 
+import glob
+import importlib.util
 import os
+import re
+import shutil
+import subprocess
 
 import pytest
 import torch
@@ -80,3 +85,52 @@ def load_testing_library() -> None:
     if not os.path.exists(path):
         pytest.fail(f"{path} is missing: build with TTT_KERNELS_TESTING=ON (bash install.sh --test does)")
     torch.ops.load_library(path)
+
+
+# ---- SASS (cuobjdump) ------------------------------------------------------------------------------------------------
+
+SASS_ARCHS = ("sm_80", "sm_90a")
+_SASS_ARCH = re.compile(r"\s*arch = (sm_\w+)")
+_SASS_FUNCTION = re.compile(r"\s*Function : (\S+)")
+# "/*0120*/   @!P0 HMMA.16816.F32.BF16 R4, R4, R8, R12 ;" -> ("HMMA.16816.F32.BF16", "R4, R4, R8, R12")
+_SASS_INSTRUCTION = re.compile(r"\s*/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)\s*([^;]*);")
+
+
+def find_cuda_tool(name):
+    """A CUDA binary utility from PATH or from NVIDIA's wheels (site-packages/nvidia/*/bin), or None."""
+    path = shutil.which(name)
+    if path:
+        return path
+    spec = importlib.util.find_spec("nvidia")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        found = sorted(glob.glob(os.path.join(root, "*", "bin", name)))
+        if found:
+            return found[0]
+    return None
+
+
+def sass_or_skip(library: str, contains: str) -> dict:
+    """{(arch, demangled kernel name): [(opcode with modifiers, operands)]} of the kernels of ``library`` whose
+    mangled name contains ``contains``, in program order; skips without cuobjdump and nvdisasm."""
+    if find_cuda_tool("cuobjdump") is None or find_cuda_tool("nvdisasm") is None:
+        pytest.skip(
+            "cuobjdump -sass needs cuobjdump and nvdisasm: pip install nvidia-cuda-cuobjdump "
+            "nvidia-cuda-nvdisasm, or put the CUDA toolkit's bin directory on PATH"
+        )
+    # cuobjdump -sass runs nvdisasm, which it looks for on PATH.
+    env = dict(os.environ, PATH=os.pathsep.join([os.path.dirname(find_cuda_tool("nvdisasm")), os.environ["PATH"]]))
+    sass = subprocess.run(
+        [find_cuda_tool("cuobjdump"), "-sass", library], capture_output=True, text=True, check=True, env=env
+    ).stdout
+    mangled = sorted({m for m in re.findall(r"Function : (\S+)", sass) if contains in m})
+    names = subprocess.run(["c++filt"], input="\n".join(mangled), capture_output=True, text=True, check=True)
+    demangled = dict(zip(mangled, names.stdout.splitlines(), strict=True))
+    kernels, arch, instructions = {}, None, None
+    for line in sass.splitlines():
+        if m := _SASS_ARCH.match(line):
+            arch, instructions = m.group(1), None
+        elif m := _SASS_FUNCTION.match(line):
+            instructions = kernels.setdefault((arch, demangled[m.group(1)]), []) if m.group(1) in demangled else None
+        elif instructions is not None and (m := _SASS_INSTRUCTION.match(line)):
+            instructions.append((m.group(1), m.group(2).strip()))
+    return kernels

@@ -11,12 +11,16 @@
 import glob
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import SASS_ARCHS, sass_or_skip
+
+import ttt_kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 SENTINEL = 0xA5  # kArchSelftestSentinel: the cp.async kernel's shared buffer before any copy lands
@@ -207,3 +211,53 @@ def test_bad_argument_is_rejected(selftest):
     a = torch.zeros(16, 16, dtype=torch.float32)
     with pytest.raises(RuntimeError, match=r"a must be bfloat16 or float16"):
         selftest("mma", [a, a, torch.zeros(16, 8), torch.zeros(16, 8), torch.zeros(16, 8)])
+
+
+# ---- the instructions nvcc emitted -----------------------------------------------------------------------------------
+
+
+def _variants(instructions, prefix: str) -> set:
+    return {op for op, _ in instructions if op.startswith(prefix)}
+
+
+def _selftest_sass():
+    library = os.path.join(ttt_kernels.lib_dir(), "testing", "libttt_kernels_testing.so")
+    return sass_or_skip(library, "arch_")
+
+
+@pytest.mark.skipif(not ttt_kernels.build_info()["cuda_kernels"], reason="built without CUDA kernels (no nvcc)")
+def test_sass_has_the_exact_instruction_variant_of_every_primitive():
+    """Per self-test kernel and arch, the exact SASS variants of the primitive it wraps: the simulator checks
+    fragment_layout.h's model, this checks that the PTX strings of arch.h say the same (a dropped .trans, a wrong
+    element type or cache hint shows up here), and that the bf16x2/f16x2 pack puts acc[2j + 1] in the high half."""
+    kernels = _selftest_sass()
+    for arch in SASS_ARCHS:
+        by_name = {name: instrs for (a, name), instrs in kernels.items() if a == arch}
+        seen = set()
+        for name, instrs in by_name.items():
+            args = re.search(r"<(.*)>\(", name).group(1).replace(" ", "").split(",")
+            if "arch_ldmatrix_kernel" in name:
+                num, trans = int(args[0]), args[1] == "true"
+                want = {f"LDSM.16.{'MT88' if trans else 'M88'}{'' if num == 1 else f'.{num}'}"}
+                assert _variants(instrs, "LDSM") == want, (arch, name)
+            elif "arch_mma_kernel" in name:
+                bf16, trans = args[0] == "__nv_bfloat16", args[1] == "true"
+                m88 = "MT88" if trans else "M88"
+                assert _variants(instrs, "LDSM") == {f"LDSM.16.{m88}.4", f"LDSM.16.{m88}.2"}, (arch, name)
+                assert _variants(instrs, "HMMA") == {"HMMA.16816.F32" + (".BF16" if bf16 else "")}, (arch, name)
+                packs = [(op, ops) for op, ops in instrs if op.startswith("F2FP")]
+                assert len(packs) == 2 and all(("BF16" in op) == bf16 and "PACK_AB" in op for op, _ in packs), packs
+                # HMMA d, a, b, c writes acc[0..3] to d, d+1, d+2, d+3; PACK_AB's first source is the high half.
+                ((_, hmma),) = [(op, ops) for op, ops in instrs if op.startswith("HMMA")]
+                d = int(hmma.split(",")[0].strip().lstrip("R"))
+                sources = sorted(tuple(int(r.strip().lstrip("R")) for r in ops.split(",")[1:3]) for _, ops in packs)
+                assert sources == [(d + 1, d), (d + 3, d + 2)], (arch, name, hmma, packs)
+            elif "arch_cp_async_kernel" in name:
+                size, bypass = int(args[0]), args[1] == "true"
+                base = "LDGSTS.E" + (".BYPASS" if bypass else "") + {4: "", 8: ".64", 16: ".128"}[size]
+                assert _variants(instrs, "LDGSTS") == {base, base + ".ZFILL"}, (arch, name)
+                assert {"LDGDEPBAR", "DEPBAR.LE"} <= {op for op, _ in instrs}, (arch, name)
+            else:
+                continue
+            seen.add(name.split("<")[0])
+        assert len(seen) == 3, (arch, sorted(by_name))

@@ -8,16 +8,11 @@ memory), so an element a kernel does not write fails the comparison.
 """
 
 import contextlib
-import glob
-import importlib.util
 import os
-import re
-import shutil
-import subprocess
 
 import pytest
 import torch
-from helpers import assert_bit_identical, requires_simulator, run_in_simulator
+from helpers import SASS_ARCHS, assert_bit_identical, requires_simulator, run_in_simulator, sass_or_skip
 
 import ttt_kernels
 from ttt_kernels import reference
@@ -258,59 +253,14 @@ def test_gpu_rejects_float32():
 
 # ---- SASS ------------------------------------------------------------------------------------------------------------
 
-SASS_ARCHS = ("sm_80", "sm_90a")
 # The tensor-core kernels; swa_bwd_dot_do_o_kernel is checked for local memory only.
 MMA_KERNELS = ("swa_fwd_kernel", "swa_bwd_dkdv_kernel", "swa_bwd_dq_kernel")
 
 
-def find_cuda_tool(name):
-    """A CUDA binary utility from PATH or from NVIDIA's wheels (site-packages/nvidia/*/bin), or None."""
-    path = shutil.which(name)
-    if path:
-        return path
-    spec = importlib.util.find_spec("nvidia")
-    for root in (spec.submodule_search_locations or []) if spec else []:
-        found = sorted(glob.glob(os.path.join(root, "*", "bin", name)))
-        if found:
-            return found[0]
-    return None
-
-
-SASS_ARCH = re.compile(r"\s*arch = (sm_\w+)")
-SASS_FUNCTION = re.compile(r"\s*Function : (\S+)")
-# "/*0120*/   @!P0 HMMA.16816.F32.BF16 R4, ..." -> HMMA
-SASS_INSTRUCTION = re.compile(r"\s*/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)")
-
-
-def sass_by_kernel(library):
-    """{(arch, demangled name): set of SASS opcodes} of every swa kernel in the library."""
-    # cuobjdump -sass runs nvdisasm, which it looks for on PATH.
-    env = dict(os.environ, PATH=os.pathsep.join([os.path.dirname(find_cuda_tool("nvdisasm")), os.environ["PATH"]]))
-    command = [find_cuda_tool("cuobjdump"), "-sass", library]
-    sass = subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout
-    mangled = sorted(set(re.findall(r"Function : (\S*swa\S*)", sass)))
-    names = subprocess.run(["c++filt"], input="\n".join(mangled), capture_output=True, text=True, check=True)
-    demangled = dict(zip(mangled, names.stdout.splitlines(), strict=True))
-    kernels = {}
-    arch, opcodes = None, None
-    for line in sass.splitlines():
-        if m := SASS_ARCH.match(line):
-            arch, opcodes = m.group(1), None
-        elif m := SASS_FUNCTION.match(line):
-            opcodes = kernels.setdefault((arch, demangled.get(m.group(1), m.group(1))), set())
-        elif opcodes is not None and (m := SASS_INSTRUCTION.match(line)):
-            opcodes.add(m.group(1))
-    return {key: ops for key, ops in kernels.items() if "swa_" in key[1]}
-
-
 def swa_sass_or_skip():
-    """{(arch, kernel): opcodes} of the swa kernels in libttt_kernels_cuda.so; skips without cuobjdump and nvdisasm."""
-    if find_cuda_tool("cuobjdump") is None or find_cuda_tool("nvdisasm") is None:
-        pytest.skip(
-            "cuobjdump -sass needs cuobjdump and nvdisasm: pip install nvidia-cuda-cuobjdump "
-            "nvidia-cuda-nvdisasm, or put the CUDA toolkit's bin directory on PATH"
-        )
-    return sass_by_kernel(os.path.join(ttt_kernels.lib_dir(), "libttt_kernels_cuda.so"))
+    """{(arch, kernel): opcodes without modifiers} of the swa kernels in libttt_kernels_cuda.so."""
+    listing = sass_or_skip(os.path.join(ttt_kernels.lib_dir(), "libttt_kernels_cuda.so"), "swa_")
+    return {key: {opcode.split(".")[0] for opcode, _ in instructions} for key, instructions in listing.items()}
 
 
 def assert_tensor_core_kernels(kernels, instantiations):
