@@ -182,18 +182,21 @@ def test_batched_clip_gradcheck_and_gradgradcheck():
 
 
 @requires_simulator
-def test_simulated_batched_clip():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_simulated_batched_clip(dtype):
     """The CUDA clip kernels with one norm per sequence (grid z), more tensors than one launch takes."""
     gen = torch.Generator().manual_seed(13)
     shapes = [(3, 40000), (3, 0)] + [(3, i + 1, 3) for i in range(17)]
-    weights = [torch.randn(s, generator=gen) for s in shapes]
-    grads = [torch.randn(s, generator=gen) * (0.001 if i % 2 else 1) for i, s in enumerate(shapes)]
+    weights = [torch.randn(s, generator=gen, dtype=dtype) for s in shapes]
+    grads = [torch.randn(s, generator=gen, dtype=dtype) * (0.001 if i % 2 else 1) for i, s in enumerate(shapes)]
     grads[0][1] *= 0
     new, norm = run_in_simulator(lambda: clip_op(weights, grads, 0.3, 2.0, True))
     want, want_norm = clip_op([w.double() for w in weights], [g.double() for g in grads], 0.3, 2.0, True)
-    torch.testing.assert_close(norm.double(), want_norm, rtol=1e-6, atol=0)
+    tol = 1e-12 if dtype == torch.float64 else 1e-6
+    assert norm.dtype == dtype and all(g.dtype == dtype for g in new)
+    torch.testing.assert_close(norm.double(), want_norm, rtol=tol, atol=0)
     for g, w in zip(new, want):
-        torch.testing.assert_close(g.double(), w, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(g.double(), w, rtol=tol, atol=tol)
 
 
 def test_batched_clip_arguments_are_checked():
@@ -250,19 +253,22 @@ def test_ops_reject_bad_arguments():
 
 
 @requires_simulator
-def test_simulated_clip_sgd_update():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_simulated_clip_sgd_update(dtype):
     """Two launches' worth of tensors (16 per launch), grid-stride loops (> 64 * 256 elements), empty tensors."""
     gen = torch.Generator().manual_seed(6)
     shapes = [(40000,), (0,)] + [(i + 1, 3) for i in range(17)]
-    weights = [torch.randn(s, generator=gen) for s in shapes]
-    grads = [torch.randn(s, generator=gen) for s in shapes]
+    weights = [torch.randn(s, generator=gen, dtype=dtype) for s in shapes]
+    grads = [torch.randn(s, generator=gen, dtype=dtype) for s in shapes]
     norm_all = math.sqrt(sum(float((g.double() ** 2).sum()) for g in grads))
     for max_norm in (2 * norm_all, norm_all / 2):
         new, norm = run_in_simulator(lambda max_norm=max_norm: clip_op(weights, grads, 0.3, max_norm))
         want, want_norm = _clip_by_hand(weights, grads, 0.3, max_norm)
-        torch.testing.assert_close(norm.double(), torch.tensor(want_norm, dtype=torch.float64), rtol=1e-6, atol=0)
+        tol = 1e-12 if dtype == torch.float64 else 1e-6
+        torch.testing.assert_close(norm.double(), torch.tensor(want_norm, dtype=torch.float64), rtol=tol, atol=0)
         for g, w in zip(new, want):
-            torch.testing.assert_close(g.double(), w, rtol=1e-6, atol=1e-6)
+            assert g.dtype == dtype
+            torch.testing.assert_close(g.double(), w, rtol=tol, atol=tol)
         inplace = [w.clone() for w in weights]
         with ttt_kernels.sim.enabled():
             clip_inplace_op(inplace, grads, 0.3, max_norm)

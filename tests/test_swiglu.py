@@ -344,9 +344,11 @@ def test_simulated_cuda_mlp_matches_reference(dtype):
         _assert_close_to_reference(inputs, got)
 
 
-def test_simulated_cuda_mlp_second_order():
-    """The double backward through the simulated CUDA forward/backward and the simulated gate kernel."""
-    inputs = _mlp_inputs((5,), 16, 8, torch.bfloat16, torch.float32, seed=5)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_simulated_cuda_mlp_second_order(dtype):
+    """The double backward through the simulated CUDA forward/backward (the backward with grad_h) and the simulated
+    gate kernel."""
+    inputs = _mlp_inputs((5,), 16, 8, dtype, torch.float32, seed=5)
 
     def outer():
         leaves = [t.clone().requires_grad_() for t in inputs[:4]]
