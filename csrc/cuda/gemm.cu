@@ -154,15 +154,19 @@ void pack_rows(const PackRowsParams& p, void* stream) {
   if (p.dst_dtype != DType::kBFloat16 && p.dst_dtype != DType::kFloat16) {
     throw std::invalid_argument("pack_rows: the destination must be bfloat16 or float16");
   }
+  // The operands the MLP packs: 16-bit activations and weights (same dtype) or float32 (fast) weights.
+  if (p.src_dtype != p.dst_dtype && p.src_dtype != DType::kFloat32) {
+    throw std::invalid_argument("pack_rows: the source must have the destination's dtype or be float32");
+  }
   const dim3 grid(static_cast<unsigned>(std::min(rows, kMaxBlocks)));
-  dispatch_dtype<__nv_bfloat16, __half>(p.src_dtype, "pack_rows", [&](auto src_tag) {
-    using Src = decltype(src_tag);
-    if (p.dst_dtype == DType::kBFloat16) {
-      launch(pack_rows_kernel<Src, __nv_bfloat16>, grid, dim3(kThreads), 0, stream, p);
-    } else {
-      launch(pack_rows_kernel<Src, __half>, grid, dim3(kThreads), 0, stream, p);
-    }
-  });
+  const bool from_float = p.src_dtype == DType::kFloat32;
+  if (p.dst_dtype == DType::kBFloat16) {
+    launch(from_float ? pack_rows_kernel<float, __nv_bfloat16> : pack_rows_kernel<__nv_bfloat16, __nv_bfloat16>, grid,
+           dim3(kThreads), 0, stream, p);
+  } else {
+    launch(from_float ? pack_rows_kernel<float, __half> : pack_rows_kernel<__half, __half>, grid, dim3(kThreads), 0,
+           stream, p);
+  }
 }
 
 void check_mlp_gemm(const GemmParams& p) {

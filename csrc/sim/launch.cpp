@@ -18,6 +18,7 @@
 #include <string>
 #include <system_error>
 #include <thread>
+#include <unordered_set>
 #include <vector>
 
 #include "ttt_kernels/device/launch.h"
@@ -96,6 +97,9 @@ std::string kernel_name(const void* kernel) {
   return status == 0 && demangled ? demangled.get() : name;
 }
 
+std::mutex g_launched_mutex;
+std::unordered_set<const void*> g_launched;  // the kernels launched so far
+
 // What CUDA would reject about the launch's shape, or "".
 std::string invalid_launch(const KernelLaunch& k) {
   const unsigned block[3] = {k.block.x, k.block.y, k.block.z};
@@ -135,6 +139,10 @@ void launch(const KernelLaunch& k) {
   }
   if (const std::string problem = invalid_launch(k); !problem.empty()) {
     throw std::runtime_error(prefix() + "invalid launch: " + problem);
+  }
+  {
+    const std::lock_guard<std::mutex> lock(g_launched_mutex);
+    g_launched.insert(k.kernel);
   }
 
   const Config cfg = config();
@@ -186,3 +194,18 @@ void launch(const KernelLaunch& k) {
 }
 
 }  // namespace ttt::sim::detail
+
+namespace ttt::sim {
+
+std::vector<std::string> launched_kernels() {
+  std::vector<const void*> kernels;
+  {
+    const std::lock_guard<std::mutex> lock(detail::g_launched_mutex);
+    kernels.assign(detail::g_launched.begin(), detail::g_launched.end());
+  }
+  std::vector<std::string> names;
+  for (const void* kernel : kernels) names.push_back(detail::kernel_name(kernel));
+  return names;
+}
+
+}  // namespace ttt::sim

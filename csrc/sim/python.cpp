@@ -1,6 +1,7 @@
 // Python bindings of the simulator's configuration, added to ttt_kernels._C by csrc/python_module.cpp and wrapped by
 // ttt_kernels.sim (python/ttt_kernels/sim.py).
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <stdexcept>
 #include <string>
@@ -12,6 +13,7 @@ namespace py = pybind11;
 namespace ttt::sim {
 
 void bind_python(py::module_& m) {
+  m.def("sim_launched_kernels", &launched_kernels, "The demangled names of the kernels the simulator has launched.");
   m.def(
       "sim_config",
       [] {

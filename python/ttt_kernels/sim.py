@@ -41,3 +41,11 @@ def enabled(schedule: str = "in_order", seed: int = 0, num_workers: int = 0):
         yield
     finally:
         _C.sim_set_config(**previous)
+
+
+def launched_kernels() -> list[str]:
+    """The demangled names of the kernels the simulator has launched in this process (each once, any order): the
+    kernel coverage of a test run (tests/conftest.py compares it with every kernel nvcc compiled)."""
+    if not is_built():
+        raise RuntimeError("ttt_kernels was built without the simulator (TTT_KERNELS_SIM=OFF)")
+    return list(_C.sim_launched_kernels())

@@ -3,6 +3,8 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
+#include <vector>
 
 namespace ttt::sim {
 
@@ -27,5 +29,9 @@ Config config();
 void set_config(const Config& config);
 
 const char* schedule_name(Schedule schedule);  // "in_order", "reverse", "shuffle"
+
+// The demangled names of the kernels launched in this process so far (each once), for the coverage report of the
+// tests (tests/conftest.py: every kernel nvcc compiled must have run in the simulator).
+std::vector<std::string> launched_kernels();
 
 }  // namespace ttt::sim
