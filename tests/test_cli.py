@@ -172,6 +172,10 @@ def test_train_eval_generate(tmp_path, corpus_file, capsys):
         outputs.append(capsys.readouterr().out)
     assert outputs[0] == outputs[1] and outputs[0].startswith("def f")
     assert main(["generate", str(out), "--prompt", "def f", "--max-new-tokens", "5", "--no-ttt"]) == 0
+    capsys.readouterr()
+    assert main(["generate", str(out), "--prompt", "def f" * 20, "--max-new-tokens", "7", "--progress"]) == 0
+    err = capsys.readouterr().err  # tqdm's bars: the prompt's 100 tokens, then the 7 sampled ones
+    assert re.search(r"prefill: 100%.*100/100", err) and re.search(r"decode: 100%.*7/7", err), err
 
 
 @pytest.mark.parametrize("threads", [1, 2])

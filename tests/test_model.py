@@ -659,6 +659,9 @@ def test_generate():
     assert greedy.shape == (45,) and torch.equal(greedy[40:], torch.cat(expected))
     with pytest.raises(ValueError, match="top_p"):
         model.generate(prompt, 1, top_p=0)
+    calls = []
+    model.generate(prompt, 3, seed=3, progress=lambda *call: calls.append(call))
+    assert calls == [("prefill", 40, 40), ("decode", 1, 3), ("decode", 2, 3), ("decode", 3, 3)]
     with pytest.raises(ValueError, match="one token per sequence"):
         model.decode(model.new_state(2), prompt[:, :2])
     for bad in (0, 2.0, True):

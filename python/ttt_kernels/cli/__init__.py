@@ -130,6 +130,9 @@ def _generate_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--no-ttt", action="store_true", help="same weights, test-time training off")
     p.add_argument("--inner-lr", type=float, help="test-time eta (default: the checkpoint's final training eta)")
+    p.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, help="prefill and decode progress (default: on a terminal)"
+    )
     _add_runtime(p)
 
 

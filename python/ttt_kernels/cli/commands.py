@@ -168,6 +168,29 @@ def run_eval(args) -> int:
     return 0
 
 
+class _GenerateProgress:
+    """tqdm bars (tokens, tokens/s) for generate's prefill and decode, on a terminal or with --progress."""
+
+    def __init__(self, enabled: bool | None):
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.bars = {}
+
+    def update(self, phase: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if phase not in self.bars:
+            from tqdm import tqdm
+
+            self.close()  # the previous phase is over
+            self.bars[phase] = tqdm(total=total, desc=phase, unit="tok", dynamic_ncols=True)
+        bar = self.bars[phase]
+        bar.update(done - bar.n)
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+
 def run_generate(args) -> int:
     device = runtime.setup(args.device, args.threads)
     _positive(args.max_new_tokens + 1, "--max-new-tokens + 1")
@@ -189,8 +212,14 @@ def run_generate(args) -> int:
     model = _load(ckpt, device, ttt=not args.no_ttt, tokens=len(prompt))
     eta = args.inner_lr if args.inner_lr is not None else _final_inner_lr(ckpt)
     tokens = torch.tensor(prompt, dtype=torch.int64, device=device)
+    bars = _GenerateProgress(args.progress)
     start = time.perf_counter()
-    out = model.generate(tokens, args.max_new_tokens, args.temperature, args.top_p, args.seed, inner_lr=eta)
+    try:
+        out = model.generate(
+            tokens, args.max_new_tokens, args.temperature, args.top_p, args.seed, inner_lr=eta, progress=bars.update
+        )
+    finally:
+        bars.close()
     seconds = time.perf_counter() - start
     sys.stdout.write(data.decode(out.tolist(), printable=sys.stdout.isatty()) + "\n")
     sys.stdout.flush()

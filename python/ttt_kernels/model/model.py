@@ -769,10 +769,12 @@ class TTTE2EModel(nn.Module):
         *,
         inner_lr: float = 1.0,
         cuda_graph: bool = False,
+        progress=None,
     ) -> torch.Tensor:
         """Prefills ``prompt`` ([n] or [B, n]) and samples ``max_new_tokens`` tokens (temperature 0: greedy; top_p:
         nucleus sampling), decoding (and test-time training) as it goes. Returns prompt + new tokens, [B, n + new]
-        ([n + new] for a 1-d prompt). Deterministic for a given seed."""
+        ([n + new] for a 1-d prompt). Deterministic for a given seed. ``progress``: called as progress(phase, done,
+        total) after each prefill slice (phase "prefill", in tokens) and each sampled token ("decode")."""
         check_int(max_new_tokens, "TTTE2EModel.generate: max_new_tokens", minimum=0)
         if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
             raise ValueError(f"TTTE2EModel.generate: temperature must be a finite number >= 0, got {temperature!r}")
@@ -785,13 +787,21 @@ class TTTE2EModel(nn.Module):
             gen.seed()
         else:
             gen.manual_seed(seed)
-        state = self.prefill(tokens, inner_lr=inner_lr, cuda_graph=cuda_graph)
+        self._check_tokens(tokens, "generate", 1)
+        state = self.new_state(tokens.shape[0], inner_lr=inner_lr, cuda_graph=cuda_graph)
+        n, size = tokens.shape[1], 4096  # prefill's default slices, one at a time for the progress calls
+        for lo in range(0, n, size):
+            self.prefill(tokens[:, lo : lo + size], state)
+            if progress is not None:
+                progress("prefill", min(lo + size, n), n)
         out, logits = [tokens], state.logits
         for i in range(max_new_tokens):
             tok = _sample(logits, temperature, top_p, gen)
             out.append(tok[:, None])
             if i + 1 < max_new_tokens:
                 logits = self.decode(state, tok)
+            if progress is not None:
+                progress("decode", i + 1, max_new_tokens)
         result = torch.cat(out, 1)
         return result[0] if squeeze else result
 
