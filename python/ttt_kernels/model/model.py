@@ -325,6 +325,9 @@ class TTTE2EModel(nn.Module):
     def _block(self, blk: _Block, x: torch.Tensor, pos0: int, past: list, fast=None) -> tuple:
         """One block over x [B, n, d]; ``fast``: this suffix block's (w1, w3, w2), batched (fast weights) or not
         (W_0 itself, TTT off). Returns (x, (k, v))."""
+        # A chunk of a batch is a strided slice: one copy here, not one per op that needs contiguous rows (the norm,
+        # its fused residual add).
+        x = x.contiguous()
         a, kv = self._attention(blk, self._norm(x, blk.seq_norm), pos0, past)
         x = self._norm(a, blk.seq_post_norm, residual=x)
         if fast is not None:
