@@ -35,6 +35,8 @@ SHAPES = [
     (1, 33, 40, 2, 1, 128, 1000),  # window > seqlen_k: plain causal, MQA
     (1, 97, 97, 1, 1, 64, 1),  # every query sees only itself
     (1, 7, 90, 2, 1, 80, 16),  # keys 0..67 are seen by no query: grad_k = grad_v = 0 there
+    (2, 80, 80, 6, 2, 64, 65),  # 3 query heads per kv head, the window's edge one key after a tile boundary
+    (1, 80, 80, 8, 2, 64, 63),  # 4 per kv head, one key before
 ]
 SLOW_SHAPES = [
     (1, 97, 150, 4, 2, 128, 64),

@@ -143,6 +143,21 @@ def test_simulated_windows_around_tile_boundaries(seqlen_q):
         assert_matches_reference(inputs, simulate(inputs, 0.125, schedules=("in_order", "reverse")), 0.125)
 
 
+@pytest.mark.parametrize(
+    "heads_q, heads_kv, window, dtype",
+    [
+        (4, 1, 63, torch.bfloat16),  # MQA, the window's edge one key before a tile boundary
+        (6, 3, 65, torch.float16),  # 2 query heads per kv head, one key after
+        (8, 2, 129, torch.bfloat16),  # 4 per kv head, across two tiles
+        (6, 2, 64, torch.float16),  # 3 per kv head (a ratio that is not a power of two), on the boundary
+    ],
+)
+def test_simulated_gqa_ratios_at_tile_edges(heads_q, heads_kv, window, dtype):
+    """GQA/MQA with several query heads per kv head (dk and dv sum over the group) and windows at tile edges."""
+    inputs = make_inputs((2, 140, 140, heads_q, heads_kv, 64, window), dtype, seed=heads_q * 31 + window)
+    assert_matches_reference(inputs, simulate(inputs, 0.125, schedules=("in_order", "reverse")), 0.125)
+
+
 @pytest.mark.parametrize("scale", [-0.37, 0.0, 0.9])
 def test_simulated_kernels_any_finite_scale(scale):
     """The softmax max is taken after scaling, so negative and zero scales work too."""
