@@ -724,9 +724,11 @@ class TTTE2EModel(nn.Module):
         return_logits: bool = False,
         slice_tokens: int = 4096,
         cuda_graph: bool = False,
+        progress=None,
     ):
         """Reads a prompt [B, n] (continuing ``state`` if given, else from a new state with ``inner_lr`` and
-        ``cuda_graph``, see :meth:`new_state`).
+        ``cuda_graph``, see :meth:`new_state`). ``progress``: called as progress("prefill", tokens read, n) after each
+        slice.
 
         The prompt is read in slices of ``slice_tokens`` tokens, each continuing the state of the previous one (the
         same logits and fast weights as one pass, up to rounding): prefix blocks run over a slice at a time, suffix
@@ -740,10 +742,12 @@ class TTTE2EModel(nn.Module):
         if state is None:
             state = self.new_state(tokens.shape[0], inner_lr=inner_lr, cuda_graph=cuda_graph)
         n = tokens.shape[1]
+        logits = []
         with phase("ttt.prefill"):
-            logits = [
-                self._feed(state, tokens[:, i : i + slice_tokens], return_logits) for i in range(0, n, slice_tokens)
-            ]
+            for i in range(0, n, slice_tokens):
+                logits.append(self._feed(state, tokens[:, i : i + slice_tokens], return_logits))
+                if progress is not None:
+                    progress("prefill", min(i + slice_tokens, n), n)
         return (state, torch.cat(logits, 1)) if return_logits else state
 
     @torch.no_grad()
@@ -790,13 +794,7 @@ class TTTE2EModel(nn.Module):
             gen.seed()
         else:
             gen.manual_seed(seed)
-        self._check_tokens(tokens, "generate", 1)
-        state = self.new_state(tokens.shape[0], inner_lr=inner_lr, cuda_graph=cuda_graph)
-        n, size = tokens.shape[1], 4096  # prefill's default slices, one at a time for the progress calls
-        for lo in range(0, n, size):
-            self.prefill(tokens[:, lo : lo + size], state)
-            if progress is not None:
-                progress("prefill", min(lo + size, n), n)
+        state = self.prefill(tokens, inner_lr=inner_lr, cuda_graph=cuda_graph, progress=progress)
         out, logits = [tokens], state.logits
         for i in range(max_new_tokens):
             tok = _sample(logits, temperature, top_p, gen)
