@@ -200,10 +200,7 @@ class _Metrics:
                             kept.append(line if line.endswith("\n") else line + "\n")
                     except (ValueError, KeyError, TypeError):
                         continue  # a line cut by a kill
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=out)
-        with os.fdopen(fd, "w") as f:
-            f.writelines(kept)
-        os.replace(tmp, path)
+        checkpoint._atomic_write(out, METRICS_FILE, checkpoint._write_text("".join(kept)))
         self.file = open(path, "a")
         self.board = None
         try:
