@@ -9,14 +9,13 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import statistics
-import subprocess
 import time
 
 import torch
 
 import ttt_kernels
+from ttt_kernels.cli.runtime import gpu_description
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -126,25 +125,6 @@ def gemm_gflops(device: torch.device, dtype: torch.dtype = torch.float32, shape=
     return 2 * m * k * n / time_fn(lambda: a @ b, device, repeats, warmup=3)["median_s"] / 1e9
 
 
-def _gpu_clocks() -> dict:
-    """SM and memory clocks now and at most (MHz), from nvidia-smi when it is installed."""
-    smi = shutil.which("nvidia-smi")
-    if smi is None:
-        return {}
-    fields = "clocks.sm,clocks.max.sm,clocks.mem,clocks.max.mem,power.limit"
-    try:
-        out = subprocess.run(
-            [smi, f"--query-gpu={fields}", "--format=csv,noheader,nounits", f"--id={torch.cuda.current_device()}"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return {}
-    values = [v.strip() for v in out.split(",")]
-    return dict(zip(fields.split(","), values)) if len(values) == 5 else {}
-
-
 def environment(device: torch.device) -> dict:
     """The machine and software a result was measured with."""
     build = ttt_kernels.build_info()
@@ -159,16 +139,7 @@ def environment(device: torch.device) -> dict:
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
     }
     if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        env.update(
-            gpu=props.name,
-            gpu_capability=f"{props.major}.{props.minor}",
-            gpu_memory_gib=round(props.total_memory / 2**30, 1),
-            gpu_sms=props.multi_processor_count,
-            cuda=torch.version.cuda,
-            cuda_archs_built=build["cuda_archs"],
-            **_gpu_clocks(),
-        )
+        env.update(gpu_description(device), cuda_archs_built=build["cuda_archs"])
     return env
 
 

@@ -26,6 +26,7 @@ from ttt_kernels.registry import BENCH_SCRIPTS
 
 from . import bench
 from .errors import CLIError
+from .runtime import gpu_description
 
 # Shares of the time budget: the tests, then the benches (each bench script gets an equal part of its share).
 TEST_SHARE = 0.45
@@ -62,15 +63,7 @@ def machine() -> dict:
         "gpu_visible": torch.cuda.is_available(),
     }
     if torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
-        info.update(gpu=props.name, capability=f"{props.major}.{props.minor}", memory_gib=props.total_memory / 2**30)
-        try:
-            info["nvidia_smi"] = subprocess.run(
-                ["nvidia-smi", "--query-gpu=driver_version,clocks.sm,clocks.max.sm,clocks.mem,power.limit",
-                 "--format=csv"], capture_output=True, text=True, timeout=20,
-            ).stdout.strip()  # fmt: skip
-        except (OSError, subprocess.SubprocessError) as e:
-            info["nvidia_smi"] = f"not available ({e})"
+        info.update(gpu_description(torch.device("cuda", 0)))
     return info
 
 

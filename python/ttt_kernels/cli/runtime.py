@@ -1,6 +1,9 @@
-"""Device and thread selection, and the memory estimate checked before a model is allocated."""
+"""Device and thread selection, the description of a GPU, and the memory estimate checked before a model is
+allocated."""
 
 import os
+import shutil
+import subprocess
 
 import torch
 
@@ -37,6 +40,37 @@ def setup(device: str | None, threads: int | None) -> torch.device:
     if dev.type not in ("cpu", "cuda"):
         raise CLIError(f"--device: unsupported device {name!r} (expected cpu, cuda or cuda:N)")
     return dev
+
+
+# nvidia-smi's fields in gpu_description: the driver, SM and memory clocks now and at most (MHz), the power limit (W).
+_SMI_FIELDS = ("driver_version", "clocks.sm", "clocks.max.sm", "clocks.mem", "clocks.max.mem", "power.limit")
+
+
+def gpu_description(device: torch.device) -> dict:
+    """The GPU a result was measured on: name, compute capability, memory, SMs, CUDA version, and nvidia-smi's
+    _SMI_FIELDS when it is installed (recorded by the bench scripts and ttt-kernels gpucheck)."""
+    props = torch.cuda.get_device_properties(device)
+    info = {
+        "gpu": props.name,
+        "gpu_capability": f"{props.major}.{props.minor}",
+        "gpu_memory_gib": round(props.total_memory / 2**30, 1),
+        "gpu_sms": props.multi_processor_count,
+        "cuda": torch.version.cuda,
+    }
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return info
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    query = [smi, f"--query-gpu={','.join(_SMI_FIELDS)}", "--format=csv,noheader,nounits", f"--id={index}"]
+    try:
+        values = [
+            v.strip() for v in subprocess.run(query, capture_output=True, text=True, timeout=10).stdout.split(",")
+        ]
+    except (OSError, subprocess.SubprocessError):
+        return info
+    if len(values) == len(_SMI_FIELDS):
+        info.update(zip(_SMI_FIELDS, values))
+    return info
 
 
 def parameter_count(config: TTTE2EConfig) -> int:
