@@ -1,10 +1,10 @@
 // Fused RMSNorm CPU kernels (math and params: include/ttt_kernels/rms_norm.h).
 //
-// Rows are split over threads with parallel_for (include/ttt_kernels/cpu_parallel.h). Each row is handled in two vectorized passes (`omp simd`):
-// a reduction, then the element-wise output; the row is still in L1/L2 for the second pass. 16-bit inputs are
-// widened to float32 inside the loops. The backward accumulates grad_weight per chunk of rows into a private
-// [dim] partial and sums the partials in chunk order: no atomics, and the chunking does not depend on the thread
-// count, so the result is bitwise reproducible.
+// Rows are split over threads with parallel_for (include/ttt_kernels/cpu_parallel.h). Each row is handled in two
+// vectorized passes (`omp simd`): a reduction, then the element-wise output; the row is still in L1/L2 for the second
+// pass. 16-bit inputs are widened to float32 inside the loops. The backward accumulates grad_weight per chunk of rows
+// into a private [dim] partial and sums the partials in chunk order: no atomics, and the chunking does not depend on
+// the thread count, so the result is bitwise reproducible.
 #include "ttt_kernels/rms_norm.h"
 
 #include <c10/util/BFloat16.h>

@@ -39,7 +39,8 @@ double max_error(const float* x, const float* weight, const float* out) {
 }  // namespace
 
 int main() {
-  std::printf("ttt_kernels %s (torch %s)\n", ttt::build_info().version.c_str(), ttt::build_info().torch_version.c_str());
+  const ttt::BuildInfo build = ttt::build_info();
+  std::printf("ttt_kernels %s (torch %s)\n", build.version.c_str(), build.torch_version.c_str());
   std::vector<float> x(kRows * kDim), weight(kDim), out(kRows * kDim), rstd(kRows);
   for (int64_t i = 0; i < kRows * kDim; ++i) x[i] = std::sin(0.37 * i) + 0.1f;
   for (int64_t i = 0; i < kDim; ++i) weight[i] = 1.0f + 0.01f * i;

@@ -60,6 +60,19 @@ def _clip_sgd_sample(gen: torch.Generator, dtype: torch.dtype) -> tuple:
     return weights, grads, 0.5, 20.0
 
 
+def _sgd_gemm_sample(gen: torch.Generator, dtype: torch.dtype) -> tuple:
+    weight = torch.randn(96, 64, generator=gen)  # float32 (the fast weight), operands in dtype
+    a, b = torch.randn(40, 96, generator=gen).to(dtype), torch.randn(40, 64, generator=gen).to(dtype)
+    return weight, a, b, torch.tensor([0.25])
+
+
+def _sgd_gemm_update(weight, a, b, step):
+    """sgd_gemm_update_ on a copy of weight: the updated weight."""
+    updated = weight.detach().clone()
+    ops.sgd_gemm_update_(updated, a.detach(), b.detach(), step.detach())
+    return updated
+
+
 OPS = (
     Op(
         "rms_norm",
@@ -105,23 +118,6 @@ OPS = (
         torch.float32,
         ("clip_sgd",),
     ),
-)
-
-
-def _sgd_gemm_sample(gen: torch.Generator, dtype: torch.dtype) -> tuple:
-    weight = torch.randn(96, 64, generator=gen)  # float32 (the fast weight), operands in dtype
-    a, b = torch.randn(40, 96, generator=gen).to(dtype), torch.randn(40, 64, generator=gen).to(dtype)
-    return weight, a, b, torch.tensor([0.25])
-
-
-def _sgd_gemm_update(weight, a, b, step):
-    """sgd_gemm_update_ on a copy of weight: the updated weight."""
-    updated = weight.detach().clone()
-    ops.sgd_gemm_update_(updated, a.detach(), b.detach(), step.detach())
-    return updated
-
-
-OPS += (
     Op(
         "sgd_gemm_update_",
         "SGD step by a matrix product, the update fused into the GEMM (in place, no autograd)",
@@ -135,6 +131,7 @@ OPS += (
         differentiable=False,
     ),
 )
+
 
 # The bench scripts: each op's, then the model's.
 BENCH_SCRIPTS = (*dict.fromkeys(b for op in OPS for b in op.benches), "model")
