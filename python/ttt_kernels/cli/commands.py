@@ -14,6 +14,7 @@ from ttt_kernels.model import TTTE2EModel
 
 from . import checkpoint, data, evaluate, runtime
 from .errors import CLIError
+from .progress import progress_bar
 from .train import TRAIN_DEFAULTS, check_context, make_optimizer, resolve_config, train
 
 _TRAIN_KEYS = tuple(TRAIN_DEFAULTS)
@@ -179,10 +180,8 @@ class _GenerateProgress:
         if not self.enabled:
             return
         if phase not in self.bars:
-            from tqdm import tqdm
-
             self.close()  # the previous phase is over
-            self.bars[phase] = tqdm(total=total, desc=phase, unit="tok", dynamic_ncols=True)
+            self.bars[phase] = progress_bar(total, phase, "tok", True)
         bar = self.bars[phase]
         bar.update(done - bar.n)
 

@@ -7,10 +7,11 @@ losses are directly comparable. Losses are in nats per byte (divide by ln 2 for 
 
 import dataclasses
 import math
-import sys
 import time
 
 import torch
+
+from .progress import progress_bar
 
 
 @dataclasses.dataclass
@@ -56,7 +57,7 @@ def evaluate(
     """
     totals, seconds = [None] * len(models), [0.0] * len(models)
     count, slowest = 0, 0.0
-    bar = _bar(len(windows), progress)
+    bar = progress_bar(len(windows), "eval", "window", progress) or _NoBar()
     for i in range(0, len(windows), batch):
         if deadline is not None and count and time.perf_counter() + slowest > deadline:
             bar.write(f"evaluation stopped at {count} of {len(windows)} windows (time budget)")
@@ -80,6 +81,8 @@ def evaluate(
 
 
 class _NoBar:
+    """The bar's place when there is none: messages still get printed."""
+
     def update(self, n):
         pass
 
@@ -88,17 +91,6 @@ class _NoBar:
 
     def close(self):
         pass
-
-
-def _bar(total: int, enabled: bool | None):
-    """A tqdm bar over ``total`` windows on a terminal (or when asked for), else a stand-in that only writes."""
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    if not enabled:
-        return _NoBar()
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc="eval", unit="window", dynamic_ncols=True)
 
 
 def buckets(context: int, unit: int, window: int | None) -> list[tuple[int, int]]:

@@ -14,7 +14,6 @@ import json
 import math
 import os
 import signal
-import sys
 import tempfile
 import threading
 import time
@@ -26,6 +25,7 @@ from ttt_kernels.profiling import phase
 
 from . import checkpoint, data, runtime
 from .errors import CLIError
+from .progress import progress_bar
 
 # Training settings: everything that determines the loss trajectory (saved in the checkpoint; a resumed run must
 # not change them). None in TRAIN_DEFAULTS means "derived" (see resolve_settings).
@@ -378,19 +378,8 @@ class _Progress:
     """A tqdm bar on a terminal (loss, tokens/s, ETA); otherwise a log line every ``every`` steps."""
 
     def __init__(self, total: int, initial: int, enabled: bool | None, every: int):
-        self.every, self.bar, self.initial, self.start = every, None, initial, time.perf_counter()
-        if enabled is None:
-            enabled = sys.stderr.isatty()
-        if enabled:
-            from tqdm import tqdm
-
-            try:
-                width = os.get_terminal_size(sys.stderr.fileno()).columns
-            except (OSError, ValueError):
-                width = 0
-            # A terminal that reports no size (some pseudo-terminals) would hide the bar: assume 100 x 20.
-            sizing = dict(dynamic_ncols=True) if width > 0 else dict(ncols=100, nrows=20)
-            self.bar = tqdm(total=total, initial=initial, desc="train", unit="step", **sizing)
+        self.every, self.initial, self.start = every, initial, time.perf_counter()
+        self.bar = progress_bar(total, "train", "step", enabled, initial)
 
     def update(self, step: int, total: int, loss: float, tok_s: float, lr: float, eta: float) -> None:
         if self.bar is not None:
