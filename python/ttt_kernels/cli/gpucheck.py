@@ -32,13 +32,13 @@ from .runtime import gpu_description
 TEST_SHARE = 0.45
 
 
-def _find_tests_dir(explicit: str | None) -> str:
-    """The source tree's tests/ directory: --tests-dir, else next to the bench/ directory that was found."""
+def _find_tests_dir(explicit: str | None, bench_dir: str) -> str:
+    """The source tree's tests/ directory: --tests-dir, else the one beside ``bench_dir``."""
     if explicit is not None:
         if not os.path.isfile(os.path.join(explicit, "conftest.py")):
             raise CLIError(f"--tests-dir: {explicit} is not the source tree's tests/ directory (no conftest.py)")
         return explicit
-    return os.path.join(os.path.dirname(bench.find_bench_dir(None)), "tests")
+    return os.path.join(os.path.dirname(os.path.abspath(bench_dir)), "tests")
 
 
 def _count_gpu_tests(tests_dir: str) -> int | str:
@@ -129,7 +129,7 @@ def gpucheck(out_dir: str, minutes: float, bench_dir: str | None, tests_dir: str
     os.makedirs(out_dir, exist_ok=True)
     report = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine(), "phases": {}}
     bench_dir = bench.find_bench_dir(bench_dir)
-    tests_dir = _find_tests_dir(tests_dir)
+    tests_dir = _find_tests_dir(tests_dir, bench_dir)
     phases = report["phases"]
     m = report["machine"]
     if not (m["gpu_visible"] and m["cuda_dispatch"]):
