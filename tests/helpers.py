@@ -1,14 +1,12 @@
 """Helpers shared by the tests."""
 
-import glob
-import importlib.util
 import os
 import re
-import shutil
 import subprocess
 
 import pytest
 import torch
+from cuda_tools import find_cuda_tool
 
 import ttt_kernels.sim
 
@@ -59,23 +57,33 @@ requires_simulator = pytest.mark.skipif(
 )
 
 
-def run_in_simulator(fn, *args, schedules=SCHEDULES, seed=0, num_workers=0):
+def run_in_simulator(fn, *args, schedules=SCHEDULES, seed=0, num_workers=0, memcheck=True):
     """Runs fn(*args) once per schedule inside ``ttt_kernels.sim.enabled(...)`` and returns the first run's output.
 
     Ops called on CPU tensors inside fn run their CUDA kernel in the simulator. The outputs of all schedules must be
     bit-identical: a kernel whose result depends on the order of its threads between barriers has a race. fn must not
-    modify its arguments (each run sees the same inputs). Exceptions (e.g. a kernel error the simulator found)
+    modify its arguments (each run sees the same inputs). Exceptions (e.g. a kernel error the simulator found, such
+    as a shared-memory race or an out-of-bounds access: every load and store is checked unless ``memcheck=False``)
     propagate. Skips the test when the package was built without the simulator.
     """
     if not ttt_kernels.sim.is_built():
         pytest.skip("ttt_kernels was built without the CUDA simulator (TTT_KERNELS_SIM=OFF)")
     outputs = []
     for schedule in schedules:
-        with ttt_kernels.sim.enabled(schedule=schedule, seed=seed, num_workers=num_workers):
+        with ttt_kernels.sim.enabled(schedule=schedule, seed=seed, num_workers=num_workers, memcheck=memcheck):
             outputs.append(fn(*args))
     for schedule, out in zip(schedules[1:], outputs[1:], strict=True):
         assert_bit_identical(outputs[0], out, f"schedule {schedule!r} vs {schedules[0]!r}")
     return outputs[0]
+
+
+def fails_in_every_schedule(fn, match: str) -> None:
+    """fn() raises a RuntimeError matching ``match`` inside ``ttt_kernels.sim.enabled(schedule=...)`` for every
+    schedule: a kernel error the simulator reports whatever order it runs the threads in."""
+    for schedule in SCHEDULES:
+        with ttt_kernels.sim.enabled(schedule=schedule):
+            with pytest.raises(RuntimeError, match=match):
+                fn()
 
 
 def load_testing_library() -> None:
@@ -96,27 +104,11 @@ _SASS_FUNCTION = re.compile(r"\s*Function : (\S+)")
 _SASS_INSTRUCTION = re.compile(r"\s*/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)\s*([^;]*);")
 
 
-def find_cuda_tool(name):
-    """A CUDA binary utility from PATH or from NVIDIA's wheels (site-packages/nvidia/*/bin), or None."""
-    path = shutil.which(name)
-    if path:
-        return path
-    spec = importlib.util.find_spec("nvidia")
-    for root in (spec.submodule_search_locations or []) if spec else []:
-        found = sorted(glob.glob(os.path.join(root, "*", "bin", name)))
-        if found:
-            return found[0]
-    return None
-
-
-def sass_or_skip(library: str, contains: str) -> dict:
+def kernel_sass(library: str, contains: str = "") -> dict | None:
     """{(arch, demangled kernel name): [(opcode with modifiers, operands)]} of the kernels of ``library`` whose
-    mangled name contains ``contains``, in program order; skips without cuobjdump and nvdisasm."""
+    mangled name contains ``contains``, in program order; None without cuobjdump and nvdisasm."""
     if find_cuda_tool("cuobjdump") is None or find_cuda_tool("nvdisasm") is None:
-        pytest.skip(
-            "cuobjdump -sass needs cuobjdump and nvdisasm: pip install nvidia-cuda-cuobjdump "
-            "nvidia-cuda-nvdisasm, or put the CUDA toolkit's bin directory on PATH"
-        )
+        return None
     # cuobjdump -sass runs nvdisasm, which it looks for on PATH.
     env = dict(os.environ, PATH=os.pathsep.join([os.path.dirname(find_cuda_tool("nvdisasm")), os.environ["PATH"]]))
     sass = subprocess.run(
@@ -134,3 +126,47 @@ def sass_or_skip(library: str, contains: str) -> dict:
         elif instructions is not None and (m := _SASS_INSTRUCTION.match(line)):
             instructions.append((m.group(1), m.group(2).strip()))
     return kernels
+
+
+def sass_or_skip(library: str, contains: str) -> dict:
+    """kernel_sass(library, contains); skips the test without cuobjdump and nvdisasm."""
+    kernels = kernel_sass(library, contains)
+    if kernels is None:
+        pytest.skip(
+            "cuobjdump -sass needs cuobjdump and nvdisasm: pip install nvidia-cuda-cuobjdump "
+            "nvidia-cuda-nvdisasm, or put the CUDA toolkit's bin directory on PATH"
+        )
+    return kernels
+
+
+# The SASS of each device/arch.h instruction (nvcc 13, sm_80 and sm_90a; tests/test_arch.py checks the variants per
+# primitive): opcode with modifiers -> the PTX the simulator names it by (ttt_kernels.sim.executed_instructions). A
+# cp.async with a src-size operand also emits the .ZFILL form of its LDGSTS, which is left out before the lookup.
+_LDMATRIX = "ldmatrix.sync.aligned.m8n8.x{}{}.shared.b16"
+SASS_TO_PTX = {
+    **{f"LDSM.16.M88{suffix}": _LDMATRIX.format(num, "") for num, suffix in ((1, ""), (2, ".2"), (4, ".4"))},
+    **{f"LDSM.16.MT88{suffix}": _LDMATRIX.format(num, ".trans") for num, suffix in ((1, ""), (2, ".2"), (4, ".4"))},
+    "HMMA.16816.F32.BF16": "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32",
+    "HMMA.16816.F32": "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32",
+    "LDGSTS.E": "cp.async.ca.shared.global (4 bytes)",
+    "LDGSTS.E.64": "cp.async.ca.shared.global (8 bytes)",
+    "LDGSTS.E.128": "cp.async.ca.shared.global (16 bytes)",
+    "LDGSTS.E.BYPASS.128": "cp.async.cg.shared.global (16 bytes)",
+}
+
+
+def kernel_key(name: str) -> str:
+    """A kernel's name as nvcc's report, its SASS and the simulator all spell it: no return type, namespace
+    ttt::cuda, no spaces."""
+    return name.removeprefix("void ").replace("ttt::cuda_sim::", "ttt::cuda::").replace(" ", "")
+
+
+def arch_instructions(instructions) -> set:
+    """The device/arch.h instructions (as PTX) of one kernel's SASS [(opcode, operands)]; an LDSM, HMMA or LDGSTS
+    variant missing from SASS_TO_PTX stays as "SASS <opcode>", so that it shows up as a difference."""
+    found = set()
+    for op, _ in instructions:
+        if op.startswith(("LDSM", "HMMA", "LDGSTS")):
+            op = op.removesuffix(".ZFILL")
+            found.add(SASS_TO_PTX.get(op, f"SASS {op}"))
+    return found

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import SASS_ARCHS, sass_or_skip
+from helpers import SASS_ARCHS, arch_instructions, kernel_key, sass_or_skip
 
 import ttt_kernels
 
@@ -95,9 +95,9 @@ def selftest():
     return torch.ops.ttt_kernels._arch_selftest
 
 
-def _run(selftest, device, kernel, inputs, make_outputs):
+def _run(selftest, device, kernel, inputs, make_outputs, memcheck=True):
     """Runs `kernel` on `device` with fresh outputs and returns them (on the CPU). In the simulator it runs under
-    every schedule, which must give bit-identical outputs."""
+    every schedule, which must give bit-identical outputs, with every memory access checked unless memcheck=False."""
     from helpers import run_in_simulator  # imports ttt_kernels: the CuTe check above runs without the package
 
     inputs = [t.to(device) for t in inputs]
@@ -107,7 +107,7 @@ def _run(selftest, device, kernel, inputs, make_outputs):
         selftest(kernel, inputs + outputs)
         return [t.cpu() for t in outputs]
 
-    return run_in_simulator(run, seed=1) if device == "cpu" else run()
+    return run_in_simulator(run, seed=1, memcheck=memcheck) if device == "cpu" else run()
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -180,9 +180,14 @@ def test_cp_async(selftest, device, kernel, chunk, valid):
     src[src == SENTINEL] = 0x5A  # so that a copy that landed early is told apart from the untouched buffer
     # "partial" ends inside a chunk of the first group: one chunk is partly zero-filled, later ones wholly.
     valid_bytes = {"all": total, "partial": total // 4 + 3, "none": 0}[valid]
-    (out,) = _run(
-        selftest, device, kernel, [src, torch.tensor(valid_bytes)], lambda: [torch.zeros(3, total, dtype=torch.uint8)]
-    )
+    inputs = [src, torch.tensor(valid_bytes)]
+    make_outputs = lambda: [torch.zeros(3, total, dtype=torch.uint8)]  # noqa: E731
+    if device == "cpu":
+        # The kernel snapshots the destination before its waits, to observe when copies land: a hazard that the
+        # memory checks report (the observation below runs without them).
+        with pytest.raises(RuntimeError, match=r"thread \(0,0,0\) reads bytes \[0, 1\) .* while its own cp.async copy"):
+            _run(selftest, device, kernel, inputs, make_outputs)
+    (out,) = _run(selftest, device, kernel, inputs, make_outputs, memcheck=False)
     expected = torch.where(torch.arange(total) < valid_bytes, src, torch.zeros_like(src))
     first = 32 * chunk  # bytes of the first group's chunks
     assert torch.equal(out[2], expected), "after cp.async.wait_group 0"
@@ -220,12 +225,20 @@ def _variants(instructions, prefix: str) -> set:
     return {op for op, _ in instructions if op.startswith(prefix)}
 
 
+# The SASS of the self-test kernels: of the installed testing library, or of TTT_KERNELS_TESTING_SASS, an object nvcc
+# compiled from tests/native/arch_selftest.cu (tests/mutation does, with a modified arch.h).
+_SASS_OVERRIDE = os.environ.get("TTT_KERNELS_TESTING_SASS")
+requires_sass = pytest.mark.skipif(
+    not (_SASS_OVERRIDE or ttt_kernels.build_info()["cuda_kernels"]), reason="built without CUDA kernels (no nvcc)"
+)
+
+
 def _selftest_sass():
-    library = os.path.join(ttt_kernels.lib_dir(), "testing", "libttt_kernels_testing.so")
+    library = _SASS_OVERRIDE or os.path.join(ttt_kernels.lib_dir(), "testing", "libttt_kernels_testing.so")
     return sass_or_skip(library, "arch_")
 
 
-@pytest.mark.skipif(not ttt_kernels.build_info()["cuda_kernels"], reason="built without CUDA kernels (no nvcc)")
+@requires_sass
 def test_sass_has_the_exact_instruction_variant_of_every_primitive():
     """Per self-test kernel and arch, the exact SASS variants of the primitive it wraps: the simulator checks
     fragment_layout.h's model, this checks that the PTX strings of arch.h say the same (a dropped .trans, a wrong
@@ -261,3 +274,40 @@ def test_sass_has_the_exact_instruction_variant_of_every_primitive():
                 continue
             seen.add(name.split("<")[0])
         assert len(seen) == 3, (arch, sorted(by_name))
+
+
+@requires_sass
+def test_sass_instructions_are_those_the_simulator_executed(selftest):
+    """Per self-test kernel and arch, the arch.h instructions of its SASS (helpers.SASS_TO_PTX) are exactly those it
+    executed in the simulator: what tests/conftest.py checks for every kernel after a CI run, here on the primitives'
+    own kernels, every variant run once (zeros: only the instructions matter)."""
+    _skip_without_simulator()
+    with ttt_kernels.sim.enabled(memcheck=False):  # the cp.async kernel reads its destination before the waits
+        for dtype in (torch.bfloat16, torch.float16):
+            for kernel in ("mma", "mma_trans"):
+                operands = [torch.zeros(16, 16, dtype=dtype), torch.zeros(8, 16, dtype=dtype)]
+                if kernel == "mma_trans":
+                    operands[1] = torch.zeros(16, 8, dtype=dtype)
+                outputs = [torch.zeros(16, 8), torch.zeros(16, 8, dtype=dtype)]
+                selftest(kernel, [*operands, torch.zeros(16, 8), *outputs])
+        for num in (1, 2, 4):
+            for suffix in ("", "_trans"):
+                selftest(
+                    f"ldmatrix_x{num}{suffix}",
+                    [torch.zeros(8 * num, 8, dtype=torch.int16), torch.zeros(32, num, dtype=torch.int32)],
+                )
+        for kernel, chunk in (("cp_async_ca4", 4), ("cp_async_ca8", 8), ("cp_async_ca16", 16), ("cp_async_cg16", 16)):
+            src = torch.zeros(64 * chunk, dtype=torch.uint8)
+            selftest(kernel, [src, torch.tensor(64 * chunk), torch.zeros(3, 64 * chunk, dtype=torch.uint8)])
+    executed = {kernel_key(k): set(v) for k, v in ttt_kernels.sim.executed_instructions().items()}
+    kernels = _selftest_sass()
+    for arch in SASS_ARCHS:
+        compared = 0
+        for (a, name), instructions in kernels.items():
+            if a != arch:
+                continue
+            key = kernel_key(name)
+            assert key in executed, f"{key} did not run in the simulator"
+            assert arch_instructions(instructions) == executed[key], (arch, key)
+            compared += 1
+        assert compared >= 14, (arch, compared)  # 4 mma, 6 ldmatrix, 4 cp.async instantiations

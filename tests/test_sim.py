@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from helpers import SCHEDULES, assert_bit_identical, load_testing_library, run_in_simulator
+from helpers import SCHEDULES, assert_bit_identical, fails_in_every_schedule, load_testing_library, run_in_simulator
 
 import ttt_kernels
 import ttt_kernels.sim
@@ -49,14 +49,22 @@ def test_enabled_sets_and_restores_the_configuration():
 
     before = _C.sim_config()
     with ttt_kernels.sim.enabled(schedule="shuffle", seed=7, num_workers=3):
-        assert _C.sim_config() == {"enabled": True, "schedule": "shuffle", "seed": 7, "num_workers": 3}
+        expected = {"enabled": True, "schedule": "shuffle", "seed": 7, "num_workers": 3, "memcheck": True}
+        assert _C.sim_config() == expected
+        with ttt_kernels.sim.enabled(memcheck=False):
+            assert _C.sim_config()["memcheck"] is False
+        assert _C.sim_config() == expected
     assert _C.sim_config() == before
     with pytest.raises(ValueError, match="schedule must be"):
         _C.sim_set_config(enabled=True, schedule="backwards")
     with pytest.raises(ValueError, match="num_workers must be >= 0"):
         _C.sim_set_config(enabled=True, num_workers=-1)
     assert _C.sim_config() == before
-    for kwargs, message in (({"seed": -1}, "seed must be an int"), ({"num_workers": -1}, "num_workers must be")):
+    for kwargs, message in (
+        ({"seed": -1}, "seed must be an int"),
+        ({"num_workers": -1}, "num_workers must be"),
+        ({"memcheck": 1}, "memcheck must be a bool"),
+    ):
         with pytest.raises(ValueError, match=message):
             with ttt_kernels.sim.enabled(**kwargs):
                 pass
@@ -127,13 +135,31 @@ def test_tiled_transpose(rows, cols):
     assert torch.equal(run_in_simulator(run, seed=3), x.T)
 
 
-def test_transpose_without_its_barrier_differs_between_schedules():
+def test_transpose_without_its_barrier_is_a_race_under_every_schedule():
+    x = torch.randn(64, 64, generator=torch.Generator().manual_seed(1))
+    # Which access comes second depends on the schedule (a read of a tile element before or after its write), the
+    # report does not.
+    message = (
+        r"block \(\d+,\d+,0\), thread \((\d+,\d+),0\): shared-memory race \((read after write|write after read)\): "
+        r"thread \(\1,0\) (reads|writes) bytes \[\d+, \d+\) of the dynamic shared memory \(address 0x[0-9a-f]+\) "
+        r"that (thread \((?!\1,)\d+,\d+,0\) (wrote|read)|threads of another warp read \(thread \(\d+,\d+,0\) among "
+        r"them\)), with no __syncthreads"
+    )
+
+    def run():
+        out = torch.empty(64, 64)
+        launch("transpose_no_barrier", [x, out], grid=(2, 2, 1), block=(32, 8, 1), smem=32 * 33 * 4, ints=(64, 64))
+
+    fails_in_every_schedule(run, r"transpose_kernel<false>.*" + message)
+
+
+def test_transpose_without_its_barrier_differs_between_schedules_without_memcheck():
     rows, cols = 64, 64
     x = torch.randn(rows, cols, generator=torch.Generator().manual_seed(1))
 
     def run(schedule, seed=0):
         out = torch.empty(cols, rows)
-        with ttt_kernels.sim.enabled(schedule=schedule, seed=seed):
+        with ttt_kernels.sim.enabled(schedule=schedule, seed=seed, memcheck=False):
             launch("transpose_no_barrier", [x, out], grid=(2, 2, 1), block=(32, 8, 1), smem=32 * 33 * 4, ints=(64, 64))
         return out
 
@@ -349,27 +375,37 @@ def test_divergent_syncthreads_names_block_and_threads():
 )
 def test_warp_collective_with_missing_lanes_raises(mode, threads, message):
     out = torch.zeros(threads, dtype=torch.int32)
-    for schedule in SCHEDULES:
-        with ttt_kernels.sim.enabled(schedule=schedule):
-            with pytest.raises(RuntimeError, match=message):
-                launch("collective_error", [out], block=(threads, 1, 1), ints=(mode,))
+    fails_in_every_schedule(lambda: launch("collective_error", [out], block=(threads, 1, 1), ints=(mode,)), message)
 
 
-def test_dynamic_shared_memory_write_out_of_bounds_raises():
+@pytest.mark.parametrize("access", ["write", "read"])
+def test_dynamic_shared_memory_access_out_of_bounds_raises_at_the_access(access):
+    done = "written" if access == "write" else "read"
+    message = (
+        rf"block \(0,0,0\), thread \(63,0,0\): dynamic shared memory {done} out of bounds: 4-byte {access} at byte "
+        r"offset 256 of the 256-byte dynamic shared memory"
+    )
+    fails_in_every_schedule(
+        lambda: launch(f"smem_oob_{access}", [torch.zeros(64)], block=(64, 1, 1), smem=64 * 4), message
+    )
+
+
+def test_dynamic_shared_memory_write_out_of_bounds_without_memcheck_hits_the_redzone():
     out = torch.zeros(64)
     message = (
         r"block \(0,0,0\): dynamic shared memory written out of bounds: bytes \[256, 260\) \(offsets from the start of "
         r"the 256-byte dynamic shared memory\) were modified; detected when its threads stopped at barrier #1"
     )
-    with ttt_kernels.sim.enabled():
+    with ttt_kernels.sim.enabled(memcheck=False):
         with pytest.raises(RuntimeError, match=message):
             launch("smem_oob_write", [out], block=(64, 1, 1), smem=64 * 4)
 
 
-def test_dynamic_shared_memory_read_out_of_bounds_is_poisoned():
+def test_dynamic_shared_memory_read_out_of_bounds_without_memcheck_is_poisoned():
     def run():
         out = torch.zeros(64)
-        launch("smem_oob_read", [out], block=(64, 1, 1), smem=64 * 4)
+        with ttt_kernels.sim.enabled(memcheck=False):
+            launch("smem_oob_read", [out], block=(64, 1, 1), smem=64 * 4)
         return out
 
     out = run_in_simulator(run)
@@ -378,25 +414,125 @@ def test_dynamic_shared_memory_read_out_of_bounds_is_poisoned():
 
 
 @pytest.mark.parametrize("mode", [0, 1, 2])
-def test_cp_async(mode):
+@pytest.mark.parametrize("memcheck", [True, False])
+def test_cp_async(mode, memcheck):
     blocks, threads = 3, 64
     x = torch.randn(4 * blocks * threads, generator=torch.Generator().manual_seed(mode))
 
-    def run():
+    def launch_copy():
         out = torch.zeros_like(x)
         launch("cp_async", [x, out], grid=(blocks, 1, 1), block=(threads, 1, 1), smem=16 * threads, ints=(mode,))
         return out
 
+    def run(schedule="in_order"):
+        with ttt_kernels.sim.enabled(schedule=schedule, memcheck=memcheck):
+            return launch_copy()
+
     if mode == 0:
-        assert torch.equal(run_in_simulator(run), x)  # each thread wrote its neighbour's 16 bytes back in place
+        assert torch.equal(run_in_simulator(launch_copy), x)  # each thread wrote its neighbour's 16 bytes back in place
+    elif memcheck:
+        # Each thread reads its neighbour's 16 bytes after the barrier, but the neighbour has not waited for its copy
+        # (mode 1: it waits after the reads; mode 2: never): the copy is in flight, whatever the schedule.
+        message = (
+            r"thread \((\d+),0,0\): shared-memory race \(read during a cp.async\): thread \(\1,0,0\) reads bytes "
+            r"\[\d+, \d+\) of the dynamic shared memory \(address 0x[0-9a-f]+\) while the cp.async copy of thread "
+            r"\(\d+,0,0\) to them is in flight"
+        )
+        fails_in_every_schedule(launch_copy, message)
     elif mode == 1:
         # The copies land at each thread's own late wait: reads before it see poison, in a schedule-dependent order.
         for schedule in SCHEDULES:
-            with ttt_kernels.sim.enabled(schedule=schedule):
-                assert run().isnan().any(), f"{schedule}: a read before cp.async.wait_group saw the copied data"
+            assert run(schedule).isnan().any(), f"{schedule}: a read before cp.async.wait_group saw the copied data"
     else:
         with pytest.raises(RuntimeError, match=r"thread \(\d+,0,0\): exited with 1 cp.async copy never waited for"):
-            run_in_simulator(run)
+            run()
+
+
+# ---- memory checks: races and bounds, independent of the schedule ------------------------------------------------
+
+
+@pytest.mark.parametrize("barrier", [True, False])
+def test_scratch_reused_without_a_barrier_is_a_race_the_values_hide(barrier):
+    rows, threads = 3, 64
+    x = torch.randn(rows, threads, generator=torch.Generator().manual_seed(2))
+
+    def run():
+        out = torch.empty(rows, threads)
+        launch("row_sums", [x, out], block=(threads, 1, 1), ints=(rows, int(barrier)))
+        return out
+
+    if barrier:
+        out = run_in_simulator(run)
+        torch.testing.assert_close(out, x.sum(1, keepdim=True).expand(rows, threads), rtol=1e-5, atol=1e-5)
+        return
+    # The sums are right under every schedule (no simulated order lets the early store overtake the reads) ...
+    with ttt_kernels.sim.enabled(memcheck=False):
+        torch.testing.assert_close(run(), x.sum(1, keepdim=True).expand(rows, threads), rtol=1e-5, atol=1e-5)
+    # ... but the store of the next row's sum is not ordered after the other warp's reads.
+    message = (
+        r"thread \((0|32),0,0\): shared-memory race \(write after read\): thread \(\1,0,0\) writes bytes \[\d+, \d+\) "
+        r"of the static __shared__ variables .* that threads of another warp read"
+    )
+    fails_in_every_schedule(run, r"row_sums_kernel<false>.*" + message)
+
+
+@pytest.mark.parametrize("barrier", [True, False])
+def test_pipeline_prefetch_into_a_stage_still_read_is_a_race(barrier):
+    tiles, threads = 4, 64
+    x = torch.randn(tiles, 4 * threads, generator=torch.Generator().manual_seed(3))
+
+    def run():
+        out = torch.empty(threads)
+        launch("pipeline", [x, out], block=(threads, 1, 1), smem=2 * 16 * threads, ints=(tiles, int(barrier)))
+        return out
+
+    if barrier:
+        expected = x[:, (4 * torch.arange(threads) + 5) % (4 * threads)].sum(0)
+        torch.testing.assert_close(run_in_simulator(run), expected, rtol=1e-5, atol=1e-5)
+        return
+    # Depending on the schedule, the prefetch comes after another thread's read (write after read) or before it (a
+    # read while the copy is in flight); it is reported either way.
+    message = r"shared-memory race \((write after read|read during a cp.async)\): thread \(\d+,0,0\)"
+    fails_in_every_schedule(run, r"pipeline_kernel<false>.*" + message)
+
+
+@pytest.mark.parametrize("mode", [0, 1, 2])
+def test_syncwarp_orders_its_own_lanes_only(mode):
+    threads = 64
+
+    def run():
+        out = torch.empty(threads)
+        launch("warp_handoff", [out], block=(threads, 1, 1), smem=4 * threads, ints=(mode,))
+        return out
+
+    if mode == 0:
+        lane = torch.arange(threads) % 32
+        expected = (torch.arange(threads) - lane + (lane + 1) % 32).float() + 0.5
+        assert torch.equal(run_in_simulator(run), expected)
+        return
+    hazard = r"(read after write|write after read)"
+    fails_in_every_schedule(run, rf"shared-memory race \({hazard}\)")
+
+
+@pytest.mark.parametrize("mode", [0, 1, 2])
+def test_global_access_past_the_end_of_a_tensor_names_it(mode):
+    threads = 64
+    x = torch.randn(threads, generator=torch.Generator().manual_seed(4))
+
+    def run():
+        out = torch.zeros(threads)
+        launch("global_oob", [x, out], block=(threads, 1, 1), ints=(mode,))
+        return out
+
+    if mode == 0:
+        assert torch.equal(run_in_simulator(run), 2 * x)
+        return
+    access, tensor = ("write", "args\\[1\\]") if mode == 1 else ("read", "args\\[0\\]")
+    message = (
+        rf"block \(0,0,0\), thread \(63,0,0\): global memory out of bounds: the 4-byte {access} at 0x[0-9a-f]+ "
+        rf"starts 0 bytes past the end of tensor '{tensor}' \(\[0x[0-9a-f]+, 0x[0-9a-f]+\), 256 bytes\)"
+    )
+    fails_in_every_schedule(run, message)
 
 
 # ---- 16-bit floating point ------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@
 #include <cmath>
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -113,6 +114,17 @@ template <typename Backend>
 void clip_on_device(ClipSgdParams& p, const at::TensorOptions& opts) {
   const at::Tensor workspace = at::empty({Backend::clip_workspace(p)}, opts.dtype(at::kByte));
   p.workspace = workspace.data_ptr();
+  ops::SimBuffers buffers{{"workspace", workspace}};
+  const std::size_t element = p.dtype == DType::kFloat64 ? sizeof(double) : sizeof(float);
+  buffers.add("norm", p.norm, static_cast<std::size_t>(p.batch) * element);
+  buffers.add("the tensor table", p.tensors, static_cast<std::size_t>(p.count) * sizeof(ClipTensor));
+  for (int64_t i = 0; i < p.count; ++i) {
+    const ClipTensor& t = p.tensors[i];
+    const auto bytes = static_cast<std::size_t>(t.numel) * element;
+    buffers.add("weights[" + std::to_string(i) + "]", t.weight, bytes);
+    buffers.add("grads[" + std::to_string(i) + "]", t.grad, bytes);
+    buffers.add("outs[" + std::to_string(i) + "]", t.out, bytes);
+  }
   Backend::clip_sgd_update(p);
 }
 

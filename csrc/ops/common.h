@@ -6,6 +6,12 @@
 #include <c10/core/ScalarType.h>
 #include <c10/util/Exception.h>
 
+#include <cstddef>
+#include <initializer_list>
+#include <optional>
+#include <string>
+#include <utility>
+
 #include "ttt_kernels/dtype.h"
 
 // What an op's dispatch needs of the optional backends: the simulator's schedule, the CUDA device guard and stream.
@@ -49,6 +55,44 @@ inline at::ScalarType stats_dtype(at::ScalarType t) { return t == at::kDouble ? 
 inline at::Tensor workspace(int64_t bytes, const at::Tensor& like) {
   return at::empty({bytes}, like.options().dtype(at::kByte));
 }
+
+// The memory a simulated launch may access: the tensors (and host tables) the op passes to its kernels, named after
+// its arguments, for the simulator's global-memory bounds checks (sim::LaunchBuffers, docs/simulator.md). Every op's
+// device path declares them before its launches; nothing is recorded unless the calling thread runs ops in the
+// simulator, and the CUDA build keeps only an empty shell.
+class SimBuffers {
+ public:
+  SimBuffers(std::initializer_list<std::pair<const char*, at::Tensor>> tensors = {}) {
+#if defined(TTT_KERNELS_WITH_SIM)
+    if (sim::config().enabled) scope_.emplace();
+#endif
+    for (const auto& [name, t] : tensors) add(name, t);
+  }
+
+  // A tensor's span [data, last element]; nothing for an undefined or empty tensor. Strides are >= 0 (op glue
+  // hands kernels no others).
+  void add(const std::string& name, const at::Tensor& t) {
+    if (!recording() || !t.defined() || t.numel() == 0) return;
+    int64_t last = 0;
+    for (int64_t d = 0; d < t.dim(); ++d) last += (t.size(d) - 1) * t.stride(d);
+    add(name, t.data_ptr(), static_cast<std::size_t>((last + 1) * static_cast<int64_t>(t.element_size())));
+  }
+
+#if defined(TTT_KERNELS_WITH_SIM)
+  void add(const std::string& name, const void* data, std::size_t bytes) {
+    if (scope_) scope_->add(sim::GlobalBuffer{name, data, bytes});
+  }
+
+ private:
+  bool recording() const { return scope_.has_value(); }
+  std::optional<sim::LaunchBuffers> scope_;
+#else
+  void add(const std::string&, const void*, std::size_t) {}
+
+ private:
+  static bool recording() { return false; }
+#endif
+};
 
 #if defined(TTT_KERNELS_WITH_CUDA)
 // An NVTX range around a CUDA op's launches, named after the op and its shape class: the parts are streamed after

@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "common.h"
@@ -182,6 +183,8 @@ at::Tensor pack_rows(std::vector<at::Tensor> sources, at::ScalarType dtype, bool
   p.interleave = interleave;
   p.dst = dst.data_ptr();
   p.dst_dtype = to_dtype(dtype);
+  ops::SimBuffers buffers{{"dst", dst}};
+  for (size_t i = 0; i < sources.size(); ++i) buffers.add("sources[" + std::to_string(i) + "]", sources[i]);
   Backend::pack_rows(p);
   return dst;
 }

@@ -92,6 +92,8 @@ std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& x, const at::Tensor
   params.out = out.data_ptr();
   params.residual = residual ? residual->data_ptr() : nullptr;
   params.eps = eps;
+  const ops::SimBuffers buffers{
+      {"x", x}, {"weight", weight}, {"residual", residual.value_or(at::Tensor())}, {"out", out}, {"rstd", rstd}};
   launch(params);
   return {out, rstd};
 }
@@ -108,6 +110,8 @@ std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_out, const at
   params.grad_out = grad_out.data_ptr();
   params.grad_x = grad_x.data_ptr();
   params.grad_weight = grad_weight.data_ptr();
+  const ops::SimBuffers buffers{{"grad_out", grad_out}, {"x", x},           {"weight", weight},
+                                {"rstd", rstd},         {"grad_x", grad_x}, {"grad_weight", grad_weight}};
   launch(params);
   return {grad_x, grad_weight};
 }
@@ -134,6 +138,15 @@ BwdBwdResult double_backward(const at::Tensor& grad_out, const at::Tensor& x, co
   params.grad_grad_out = grad_grad_out.data_ptr();
   params.grad_x = grad_x.data_ptr();
   params.grad_weight = grad_weight.data_ptr();
+  const ops::SimBuffers buffers{{"grad_out", grad_out},
+                                {"x", x},
+                                {"weight", weight},
+                                {"rstd", rstd},
+                                {"grad_grad_x", grad_grad_x.value_or(at::Tensor())},
+                                {"grad_grad_weight", grad_grad_weight.value_or(at::Tensor())},
+                                {"grad_grad_out", grad_grad_out},
+                                {"grad_x", grad_x},
+                                {"grad_weight", grad_weight}};
   launch(params);
   return {grad_grad_out, grad_x, grad_weight};
 }
@@ -159,6 +172,7 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_bwd_cpu(const at::Tensor& grad_out, 
       // The CUDA kernels reduce grad_weight through per-block partial sums.
       const at::Tensor workspace = ops::workspace(cuda_sim::rms_norm_bwd_workspace_bytes(params), rstd);
       params.workspace = workspace.data_ptr();
+      const ops::SimBuffers scratch{{"workspace", workspace}};
       cuda_sim::rms_norm_bwd(params, /*stream=*/nullptr);
       return;
     }
@@ -175,6 +189,7 @@ BwdBwdResult rms_norm_bwd_bwd_cpu(const at::Tensor& grad_out, const at::Tensor& 
     if (sim::config().enabled) {
       const at::Tensor workspace = ops::workspace(cuda_sim::rms_norm_bwd_workspace_bytes(params), rstd);
       params.workspace = workspace.data_ptr();
+      const ops::SimBuffers scratch{{"workspace", workspace}};
       cuda_sim::rms_norm_bwd_bwd(params, /*stream=*/nullptr);
       return;
     }

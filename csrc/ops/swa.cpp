@@ -53,6 +53,7 @@ std::tuple<at::Tensor, at::Tensor> swa_fwd_device(const at::Tensor& q_in, const 
       at::empty({q.size(0), q.size(2), q.size(1)}, q.options().dtype(ops::stats_dtype(q.scalar_type())));
   SwaParams params;
   set_params(params, q, k, v, out, lse, window, scale);
+  const ops::SimBuffers buffers{{"q", q}, {"k", k}, {"v", v}, {"out", out}, {"lse", lse}};
   launch(params);
   return {out, lse};
 }
@@ -78,6 +79,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> swa_bwd_device(const at::Tensor& 
   set_bwd_params(params, dout, dq, dk, dv);
   const at::Tensor softmax_d = at::empty(lse.sizes(), lse.options());
   params.softmax_d = softmax_d.data_ptr();
+  const ops::SimBuffers buffers{{"dout", dout}, {"q", q},   {"k", k},   {"v", v},   {"out", out},
+                                {"lse", lse},   {"dq", dq}, {"dk", dk}, {"dv", dv}, {"softmax_d", softmax_d}};
   launch(params);
   return {dq, dk, dv};
 }

@@ -82,6 +82,21 @@ Grads run_bwd_bwd(const Cotangent& gdq, const Cotangent& gdk, const Cotangent& g
   params.softmax_d = row_stats[0].data_ptr();
   params.row_e = row_stats[1].data_ptr();
   params.row_f = row_stats[2].data_ptr();
+  const auto& [grad_q, grad_k, grad_v, grad_dout] = grads;
+  const ops::SimBuffers buffers{{"gdq", gdq.value_or(at::Tensor())},
+                                {"gdk", gdk.value_or(at::Tensor())},
+                                {"gdv", gdv.value_or(at::Tensor())},
+                                {"q", q},
+                                {"k", k},
+                                {"v", v},
+                                {"out", out},
+                                {"dout", dout},
+                                {"lse", lse},
+                                {"grad_q", grad_q},
+                                {"grad_k", grad_k},
+                                {"grad_v", grad_v},
+                                {"grad_dout", grad_dout},
+                                {"row_stats", row_stats}};
   launch(params);
   return grads;
 }

@@ -286,6 +286,7 @@ BwdResult mlp_bwd_device(const at::Tensor& grad_y, const at::Tensor& x, const at
     const at::Tensor ghc = grad_h ? aligned_contiguous(*grad_h) : at::Tensor();
     SwigluBwdParams p;
     set_params(p, hc, ghc, da, dh, a);
+    const ops::SimBuffers buffers{{"h", hc}, {"grad_h", ghc}, {"da", da}, {"dh", dh}, {"a", a}};
     Backend::swiglu_bwd(p);
 
     const at::Tensor dh4 = dh.view({s.batch, s.rows, 2, m});
@@ -358,6 +359,8 @@ GateBwdBwdResult gate_bwd_bwd(const at::Tensor& h, const at::Tensor& da, const O
   p.rows = rows;
   p.width = m;
   p.dtype = to_dtype(dtype);
+  const ops::SimBuffers buffers{{"h", hc},         {"da", dac},         {"grad_h", ghc}, {"cot_dh", cdc}, {"cot_a", cac},
+                                {"cot_h", cot_h}, {"cot_da", cot_da}, {"dh", dh},      {"a", a}};
   launch(p);
   const at::ScalarType out = h.scalar_type();
   return {cot_h.to(out), cot_da.to(out), dh.to(out), a.to(out)};

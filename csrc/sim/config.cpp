@@ -1,14 +1,18 @@
 // The simulator's configuration (include/ttt_kernels/sim/config.h).
 #include "ttt_kernels/sim/config.h"
 
+#include <iterator>
 #include <stdexcept>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace ttt::sim {
 namespace {
 // Per thread: a thread inside ttt_kernels.sim.enabled() routes its own ops to the simulator, never another
 // thread's (launches read the configuration in the thread that launches).
 thread_local Config current_config;
+thread_local std::vector<GlobalBuffer> current_buffers;
 }  // namespace
 
 Config config() { return current_config; }
@@ -20,6 +24,19 @@ void set_config(const Config& config) {
   }
   current_config = config;
 }
+
+LaunchBuffers::LaunchBuffers(std::vector<GlobalBuffer> buffers) : outer_count_(current_buffers.size()) {
+  current_buffers.insert(current_buffers.end(), std::make_move_iterator(buffers.begin()),
+                         std::make_move_iterator(buffers.end()));
+}
+
+LaunchBuffers::LaunchBuffers() : outer_count_(current_buffers.size()) {}
+
+LaunchBuffers::~LaunchBuffers() { current_buffers.resize(outer_count_); }
+
+void LaunchBuffers::add(GlobalBuffer buffer) { current_buffers.push_back(std::move(buffer)); }
+
+std::vector<GlobalBuffer> launch_buffers() { return current_buffers; }
 
 const char* schedule_name(Schedule schedule) {
   switch (schedule) {

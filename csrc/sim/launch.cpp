@@ -12,13 +12,16 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <system_error>
 #include <thread>
 #include <unordered_set>
+#include <utility>
 #include <vector>
 
 #include "ttt_kernels/device/launch.h"
@@ -99,6 +102,7 @@ std::string kernel_name(const void* kernel) {
 
 std::mutex g_launched_mutex;
 std::unordered_set<const void*> g_launched;  // the kernels launched so far
+std::map<const void*, std::set<std::string>> g_instructions;  // per kernel, the arch.h instructions it executed
 
 // What CUDA would reject about the launch's shape, or "".
 std::string invalid_launch(const KernelLaunch& k) {
@@ -129,6 +133,12 @@ std::string invalid_launch(const KernelLaunch& k) {
 
 }  // namespace
 
+void record_instructions(const void* kernel, const std::vector<const char*>& instructions) {
+  const std::lock_guard<std::mutex> lock(g_launched_mutex);
+  std::set<std::string>& executed = g_instructions[kernel];
+  executed.insert(instructions.begin(), instructions.end());
+}
+
 void launch(const KernelLaunch& k) {
   const auto prefix = [&] {
     return "ttt::launch(" + kernel_name(k.kernel) + ", " + ttt::detail::launch_shape(k.grid, k.block, k.smem_bytes) +
@@ -146,6 +156,7 @@ void launch(const KernelLaunch& k) {
   }
 
   const Config cfg = config();
+  const std::vector<GlobalBuffer> buffers = cfg.memcheck ? launch_buffers() : std::vector<GlobalBuffer>{};
   const uint64_t blocks = uint64_t{k.grid.x} * k.grid.y * k.grid.z;
   const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
   const uint64_t workers =
@@ -168,7 +179,7 @@ void launch(const KernelLaunch& k) {
   };
   const auto work = [&] {
     try {
-      Worker worker(k, cfg.schedule, cfg.seed);
+      Worker worker(k, cfg, buffers);
       while (!stop.load(std::memory_order_relaxed)) {
         const uint64_t block = next_block.fetch_add(1, std::memory_order_relaxed);
         if (block >= blocks) break;
@@ -206,6 +217,22 @@ std::vector<std::string> launched_kernels() {
   std::vector<std::string> names;
   for (const void* kernel : kernels) names.push_back(detail::kernel_name(kernel));
   return names;
+}
+
+std::vector<std::pair<std::string, std::vector<std::string>>> executed_instructions() {
+  std::vector<std::pair<const void*, std::vector<std::string>>> per_kernel;
+  {
+    const std::lock_guard<std::mutex> lock(detail::g_launched_mutex);
+    for (const void* kernel : detail::g_launched) {
+      const auto it = detail::g_instructions.find(kernel);
+      per_kernel.emplace_back(kernel, it == detail::g_instructions.end()
+                                          ? std::vector<std::string>{}
+                                          : std::vector<std::string>(it->second.begin(), it->second.end()));
+    }
+  }
+  std::vector<std::pair<std::string, std::vector<std::string>>> named;
+  for (auto& [kernel, instructions] : per_kernel) named.emplace_back(detail::kernel_name(kernel), std::move(instructions));
+  return named;
 }
 
 }  // namespace ttt::sim

@@ -1,6 +1,7 @@
 // Execution of thread blocks in the CUDA simulator: one fiber per CUDA thread, cooperative scheduling between
-// barriers and warp collectives, and the checks (divergent barriers, warp collectives with missing lanes, dynamic
-// shared memory out of bounds, cp.async copies never waited for). docs/simulator.md describes the model.
+// barriers and warp collectives, and the checks (divergent barriers, warp collectives with missing lanes, shared
+// memory races and out-of-bounds accesses, global memory outside the launch's buffers, cp.async copies never waited
+// for). docs/simulator.md describes the model.
 //
 // A block runs on one OS thread. Its threads sit in a run queue in the order of the configured schedule; the running
 // thread keeps going until it blocks (barrier, collective) or exits, then switches straight to the next queued
@@ -10,6 +11,9 @@
 // records the message and switches to the worker, which abandons the block.
 #include "ttt_kernels/sim/scheduler.h"
 
+#include <dlfcn.h>
+#include <link.h>
+
 #include <algorithm>
 #include <cstdarg>
 #include <cstdio>
@@ -18,10 +22,16 @@
 #include <new>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
 #include "ttt_kernels/sim/context.h"
+#include "ttt_kernels/sim/racecheck.h"
+
+// The dynamic linker's TLS accessor (x86-64 and aarch64 glibc export it): the calling thread's copy of a module's
+// thread-local storage block, allocated on first use.
+extern "C" void* __tls_get_addr(void* tls_index);
 
 namespace ttt::sim::detail {
 namespace {
@@ -38,6 +48,9 @@ constexpr std::size_t kCacheLine = 64;
 constexpr unsigned kStackColors = 64;
 // mask value of an __activemask wait: the collective completes with whichever lanes reached it.
 constexpr unsigned kOpenMask = 0;
+// How far from a global buffer an access outside every buffer is reported as out of its bounds (farther ones are
+// other memory: fiber stacks, the kernel's arguments, constants).
+constexpr uintptr_t kGlobalGuardBytes = 64 * 1024;
 
 enum class ThreadState : uint8_t { Runnable, AtBarrier, AtCollective, Exited };
 enum class BarrierOp : uint8_t { Sync, Count, And, Or };
@@ -130,6 +143,42 @@ uint64_t splitmix64(uint64_t& state) {
   return z ^ (z >> 31);
 }
 
+// The calling thread's copy of the thread-local storage block of the module (shared library) holding `code`, or
+// {nullptr, 0} when it has none. Static __shared__ variables are `static thread_local` in the simulator: they live
+// in the block of the kernel's module.
+std::pair<unsigned char*, std::size_t> module_tls_block(const void* code) {
+  struct Search {
+    uintptr_t code;
+    std::size_t modid = 0;
+    std::size_t bytes = 0;
+  } search{reinterpret_cast<uintptr_t>(code)};
+  dl_iterate_phdr(
+      [](dl_phdr_info* info, std::size_t, void* arg) {
+        auto& s = *static_cast<Search*>(arg);
+        bool holds_code = false;
+        std::size_t tls_bytes = 0;
+        for (ElfW(Half) i = 0; i < info->dlpi_phnum; ++i) {
+          const ElfW(Phdr)& ph = info->dlpi_phdr[i];
+          const uintptr_t lo = info->dlpi_addr + ph.p_vaddr;
+          if (ph.p_type == PT_LOAD && s.code >= lo && s.code < lo + ph.p_memsz) holds_code = true;
+          if (ph.p_type == PT_TLS) tls_bytes = ph.p_memsz;
+        }
+        if (!holds_code) return 0;
+        s.modid = info->dlpi_tls_modid;
+        s.bytes = tls_bytes;
+        return 1;
+      },
+      &search);
+  if (search.modid == 0 || search.bytes == 0) return {nullptr, 0};
+  struct {
+    unsigned long module;
+    unsigned long offset;
+  } index{search.modid, 0};
+  return {static_cast<unsigned char*>(__tls_get_addr(&index)), search.bytes};
+}
+
+bool contains(uintptr_t lo, uintptr_t hi, uintptr_t p, std::size_t n) { return p >= lo && p + n <= hi; }
+
 thread_local BlockState* tls_block = nullptr;
 thread_local SimThread* tls_thread = nullptr;
 
@@ -137,10 +186,18 @@ void thread_main(void* arg);
 
 }  // namespace
 
+// A global buffer of the launch, as an address range.
+struct BufferRange {
+  const GlobalBuffer* buffer;
+  uintptr_t lo;
+  uintptr_t hi;
+};
+
 struct BlockState {
   const KernelLaunch& launch;
   const Schedule schedule;
   const uint64_t seed;
+  const bool memcheck;
   const unsigned nthreads;
   const unsigned nwarps;
   std::unique_ptr<SimThread[]> threads;
@@ -156,6 +213,17 @@ struct BlockState {
   unsigned char* arena = nullptr;
   std::size_t arena_bytes = 0;
   unsigned char* smem = nullptr;
+  // Memory checks (memcheck): the shared-memory race detector with the access history of the dynamic shared memory
+  // and of the static __shared__ variables (the kernel module's TLS block on this worker, which also holds the
+  // runtime's own thread-locals: kernel code only reads those), and the launch's global buffers.
+  RaceDetector races;
+  SharedShadow dynamic_shadow;
+  unsigned char* static_shared = nullptr;
+  std::size_t static_shared_bytes = 0;
+  SharedShadow static_shadow;
+  std::vector<BufferRange> buffers;
+  // The arch.h instructions this worker's blocks executed (note_instruction), recorded for the kernel at the end.
+  std::vector<const char*> instructions;
 
   uint3 block_idx{};
   unsigned barriers_passed = 0;
@@ -165,16 +233,27 @@ struct BlockState {
   bool failed = false;
   std::string error;
 
-  BlockState(const KernelLaunch& l, Schedule sched, uint64_t s)
+  BlockState(const KernelLaunch& l, const Config& config, const std::vector<GlobalBuffer>& global_buffers)
       : launch(l),
-        schedule(sched),
-        seed(s),
+        schedule(config.schedule),
+        seed(config.seed),
+        memcheck(config.memcheck),
         nthreads(l.block.x * l.block.y * l.block.z),
         nwarps((nthreads + kWarpSize - 1) / kWarpSize),
         threads(std::make_unique<SimThread[]>(nthreads)),
         pending(nwarps),
         ring(nthreads),
-        all_ids(nthreads) {
+        all_ids(nthreads),
+        races(l.block),
+        dynamic_shadow(memcheck ? l.smem_bytes : 0) {
+    if (memcheck) {
+      std::tie(static_shared, static_shared_bytes) = module_tls_block(l.kernel);
+      static_shadow = SharedShadow(static_shared_bytes);
+      for (const GlobalBuffer& b : global_buffers) {
+        const auto lo = reinterpret_cast<uintptr_t>(b.data);
+        buffers.push_back(BufferRange{&b, lo, lo + b.bytes});
+      }
+    }
     if (tls_block != nullptr) throw std::logic_error("CUDA simulator: one worker per OS thread");
     for (unsigned i = 0; i < nthreads; ++i) {
       SimThread& t = threads[i];
@@ -189,6 +268,7 @@ struct BlockState {
   }
 
   ~BlockState() {
+    record_instructions(launch.kernel, instructions);
     tls_block = nullptr;
     detail::dynamic_smem = nullptr;
     ::operator delete(arena, std::align_val_t{kSmemAlign});
@@ -338,6 +418,7 @@ struct BlockState {
     uint64_t mix = seed ^ (block * 0xd1b54a32d192ed03ull);
     rng = splitmix64(mix);
     barriers_passed = exited = at_barrier = at_open_collective = 0;
+    races.begin_block();
     failed = false;
     error.clear();
     for (auto& list : pending) list.clear();
@@ -385,6 +466,7 @@ struct BlockState {
     }
     at_barrier = 0;
     ++barriers_passed;
+    races.barrier();
     wake_all();
   }
 
@@ -402,7 +484,10 @@ struct BlockState {
       outs[lane] = t.coll_out;
       if (&t != running) ids[n++] = t.linear;
     }
+    // The combine runs in the completing lane's name, after every lane's accesses before the collective.
+    races.join(warp, mask);
     fn(ins, outs, mask);
+    races.tick(warp, mask);
     wake(ids, n);
   }
 
@@ -537,11 +622,91 @@ struct BlockState {
     for (const AsyncCopy& c : t.copies) {
       if (c.group < done) {
         std::memmove(c.dst, c.src, static_cast<std::size_t>(c.bytes));
+        if (memcheck) {
+          const auto [shadow, offset] = shared_location(reinterpret_cast<uintptr_t>(c.dst));
+          if (shadow != nullptr) races.complete_async(*shadow, t.linear, offset, static_cast<std::size_t>(c.bytes));
+        }
       } else {
         t.copies[kept++] = c;
       }
     }
     t.copies.resize(kept);
+  }
+
+  // ---- Memory checks ----
+
+  // The shadow and byte offset of shared-memory address p (dynamic, or a static __shared__ variable), or nullptr.
+  std::pair<SharedShadow*, std::size_t> shared_location(uintptr_t p) {
+    const auto dyn = reinterpret_cast<uintptr_t>(smem);
+    if (p >= dyn && p < dyn + launch.smem_bytes) return {&dynamic_shadow, p - dyn};
+    const auto stat = reinterpret_cast<uintptr_t>(static_shared);
+    if (p >= stat && p < stat + static_shared_bytes) return {&static_shadow, p - stat};
+    return {nullptr, 0};
+  }
+
+  // Thread t's access to [p, p + n): shared memory in bounds and free of races, global memory inside the launch's
+  // buffers. Fails the block (the calling thread) otherwise.
+  void check_access(SimThread& t, uintptr_t p, std::size_t n, AccessKind kind) {
+    const char* verb = kind == AccessKind::Read ? "read" : (kind == AccessKind::Atomic ? "atomic" : "write");
+    if (overlaps_arena(p, n)) {
+      const std::ptrdiff_t offset = reinterpret_cast<const unsigned char*>(p) - smem;
+      if (offset < 0 || static_cast<std::size_t>(offset) + n > launch.smem_bytes) {
+        fail(t, format("dynamic shared memory %s out of bounds: %zu-byte %s at byte offset %td of the %zu-byte "
+                       "dynamic shared memory",
+                       kind == AccessKind::Read ? "read" : "written", n, verb, offset, launch.smem_bytes));
+      }
+      check_race(t, dynamic_shadow, static_cast<std::size_t>(offset), n, kind, "the dynamic shared memory", smem);
+      return;
+    }
+    if (contains(reinterpret_cast<uintptr_t>(t.stack.lo), reinterpret_cast<uintptr_t>(t.stack.hi), p, n)) return;
+    const auto stat = reinterpret_cast<uintptr_t>(static_shared);
+    if (contains(stat, stat + static_shared_bytes, p, n)) {
+      check_race(t, static_shadow, p - stat, n, kind, "the static __shared__ variables", static_shared);
+      return;
+    }
+    check_global(t, p, n, verb);
+  }
+
+  void check_race(SimThread& t, SharedShadow& shadow, std::size_t offset, std::size_t n, AccessKind kind,
+                  const char* where, const void* base) {
+    const std::string hazard = races.access(shadow, t.linear, offset, n, kind, where, base);
+    if (!hazard.empty()) fail(t, hazard);
+  }
+
+  // An access outside every global buffer of the launch but within kGlobalGuardBytes of one is out of that buffer's
+  // bounds, unless it is memory kernels legitimately read there: another thread's stack (a warp collective's
+  // operands) or the kernel's arguments.
+  // `access`: "read", "write" or the instruction, for the message.
+  void check_global(SimThread& t, uintptr_t p, std::size_t n, const char* access) {
+    const BufferRange* nearest = nullptr;
+    uintptr_t nearest_gap = 0;
+    for (const BufferRange& b : buffers) {
+      if (contains(b.lo, b.hi, p, n)) return;
+      const uintptr_t gap = p + n <= b.lo ? b.lo - (p + n) : (p >= b.hi ? p - b.hi : 0);
+      if (gap < kGlobalGuardBytes && (nearest == nullptr || gap < nearest_gap)) {
+        nearest = &b;
+        nearest_gap = gap;
+      }
+    }
+    if (nearest == nullptr) return;
+    const auto ctx = reinterpret_cast<uintptr_t>(launch.ctx);
+    if (contains(ctx, ctx + launch.ctx_bytes, p, n)) return;
+    for (unsigned i = 0; i < nthreads; ++i) {
+      const Stack& st = threads[i].stack;
+      if (contains(reinterpret_cast<uintptr_t>(st.lo), reinterpret_cast<uintptr_t>(st.hi), p, n)) return;
+    }
+    const GlobalBuffer& b = *nearest->buffer;
+    std::string where;
+    if (p < nearest->lo) {
+      where = format("starts %zu bytes before", static_cast<std::size_t>(nearest->lo - p));
+    } else if (p >= nearest->hi) {
+      where = format("starts %zu bytes past the end of", static_cast<std::size_t>(p - nearest->hi));
+    } else {
+      where = format("runs %zu bytes past the end of", static_cast<std::size_t>(p + n - nearest->hi));
+    }
+    fail(t, format("global memory out of bounds: the %zu-byte %s at %p %s tensor '%s' ([%p, %p), %zu bytes)", n,
+                   access, reinterpret_cast<const void*>(p), where.c_str(), b.name.c_str(), b.data,
+                   reinterpret_cast<const void*>(nearest->hi), b.bytes));
   }
 
   // Whether [p, p + bytes) touches the dynamic shared memory or its redzones.
@@ -640,8 +805,8 @@ void syncwarp_combine(const void* const*, void* const*, unsigned) {}
 
 // ---- Worker --------------------------------------------------------------------------------------------------------
 
-Worker::Worker(const KernelLaunch& launch, Schedule schedule, uint64_t seed)
-    : state_(std::make_unique<BlockState>(launch, schedule, seed)) {}
+Worker::Worker(const KernelLaunch& launch, const Config& config, const std::vector<GlobalBuffer>& buffers)
+    : state_(std::make_unique<BlockState>(launch, config, buffers)) {}
 
 Worker::~Worker() = default;
 
@@ -664,6 +829,18 @@ std::string Worker::run_block(uint64_t block) {
 }
 
 bool in_simulated_thread() { return tls_thread != nullptr; }
+
+void memory_access(uintptr_t address, std::size_t bytes, bool write) {
+  SimThread* t = tls_thread;
+  if (t == nullptr || !tls_block->memcheck) return;
+  tls_block->check_access(*t, address, bytes, write ? AccessKind::Write : AccessKind::Read);
+}
+
+void atomic_access(const void* address, std::size_t bytes) {
+  SimThread* t = tls_thread;
+  if (t == nullptr || !tls_block->memcheck) return;
+  tls_block->check_access(*t, reinterpret_cast<uintptr_t>(address), bytes, AccessKind::Atomic);
+}
 
 unsigned warp_reduce_u32(const char* name, ReduceOp op, unsigned mask, unsigned value) {
   auto [b, t] = current(name);
@@ -701,6 +878,12 @@ void warp_collective(const char* name, unsigned mask, const void* in, void* out,
 void async_copy_enqueue(void* dst, const void* src, int bytes) {
   auto [b, t] = current("cp.async");
   if (bytes <= 0) b.fail(t, "cp.async: copy of " + std::to_string(bytes) + " bytes");
+  if (b.memcheck) {
+    // The source is read when the copy is performed (at the wait) but must be valid now; the destination counts as
+    // written from now until the wait.
+    b.check_global(t, reinterpret_cast<uintptr_t>(src), static_cast<std::size_t>(bytes), "read");
+    b.check_access(t, reinterpret_cast<uintptr_t>(dst), static_cast<std::size_t>(bytes), detail::AccessKind::AsyncWrite);
+  }
   t.copies.push_back(detail::AsyncCopy{dst, src, bytes, t.open_group});
 }
 
@@ -714,6 +897,16 @@ void async_copy_wait(int n) {
   auto [b, t] = current("cp.async.wait_group");
   if (n < 0) b.fail(t, "cp.async.wait_group " + std::to_string(n) + ": the group count must be >= 0");
   b.async_wait(t, n);
+}
+
+void note_instruction(const char* ptx) {
+  auto [b, t] = current(ptx);
+  (void)t;
+  // The same literal from the same inline function is the same pointer: the common case is the pointer compare.
+  for (const char* seen : b.instructions) {
+    if (seen == ptx || std::strcmp(seen, ptx) == 0) return;
+  }
+  b.instructions.push_back(ptx);
 }
 
 void fail(const std::string& what) {
@@ -750,6 +943,7 @@ void check_global_access(const char* what, const void* ptr, int bytes, int align
                              "expected global memory",
                              what, ptr, static_cast<const unsigned char*>(ptr) - b.smem));
   }
+  if (b.memcheck) b.check_global(t, p, static_cast<std::size_t>(bytes), what);
 }
 
 }  // namespace ttt::sim

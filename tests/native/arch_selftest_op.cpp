@@ -18,6 +18,10 @@
 
 #include "arch_selftest.h"
 
+#ifdef TTT_KERNELS_WITH_SIM
+#include "selftest_buffers.h"
+#endif
+
 #ifdef TTT_KERNELS_WITH_CUDA
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -128,6 +132,8 @@ void arch_selftest_cpu(std::string_view kernel, [[maybe_unused]] at::TensorList 
 #ifdef TTT_KERNELS_WITH_SIM
   const ArchSelftestLaunchers sim = {&cuda_sim::arch_selftest_mma, &cuda_sim::arch_selftest_ldmatrix,
                                      &cuda_sim::arch_selftest_cp_async};
+  sim::LaunchBuffers buffers;
+  declare_selftest_buffers(buffers, args);
   run(kernel, args, sim, nullptr);
 #else
   TORCH_CHECK(false, "_arch_selftest(", kernel, ") on CPU tensors needs the CUDA simulator, and this build of "

@@ -276,6 +276,74 @@ __global__ void barrier_loop_kernel(float* out, int iters) {
   out[blockIdx.x * n + tid] = v;
 }
 
+// Row sums of in [rows, blockDim.x] (blockDim.x a multiple of 32) into out (every thread its row's sum) through a
+// static per-warp scratch: warp shuffles, lane 0 stores its warp's sum, a barrier, every thread reads all the sums.
+// kBarrier: a second barrier before the next row's stores (without it a warp that runs ahead overwrites sums the
+// other warps are still reading: the race RMSNorm's row loop must avoid; the values stay right in every schedule
+// the simulator may choose, so only the race detector sees it).
+template <bool kBarrier>
+__global__ void row_sums_kernel(const float* __restrict__ in, float* __restrict__ out, int rows) {
+  __shared__ float scratch[32];
+  const int lane = threadIdx.x % 32;
+  const int warp = threadIdx.x / 32;
+  const int warps = blockDim.x / 32;
+  for (int r = 0; r < rows; ++r) {
+    float v = in[r * blockDim.x + threadIdx.x];
+    for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(kFullMask, v, offset);
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    float total = 0.0f;
+    for (int w = 0; w < warps; ++w) total += scratch[w];
+    out[r * blockDim.x + threadIdx.x] = total;
+    if constexpr (kBarrier) __syncthreads();
+  }
+}
+
+// out[t] = sum over tiles k of tile_k[(4t + 5) mod T] for in = `tiles` tiles of T = 4 * blockDim.x floats: a
+// two-stage cp.async pipeline through dynamic shared memory (smem 2T floats), each thread reading another thread's
+// copy. kBarrier: the barrier after a stage's reads; without it the next prefetch into that stage overwrites what
+// other threads are still reading.
+template <bool kBarrier>
+__global__ void pipeline_kernel(const float* __restrict__ in, float* __restrict__ out, int tiles) {
+  float* stage = dynamic_smem<float>();
+  const int tid = threadIdx.x;
+  const int tile = 4 * static_cast<int>(blockDim.x);
+  arch::cp_async_ca<16>(stage + 4 * tid, in + 4 * tid);
+  arch::cp_async_commit();
+  float acc = 0.0f;
+  for (int k = 0; k < tiles; ++k) {
+    if (k + 1 < tiles) arch::cp_async_ca<16>(stage + ((k + 1) % 2) * tile + 4 * tid, in + (k + 1) * tile + 4 * tid);
+    arch::cp_async_commit();
+    arch::cp_async_wait<1>();
+    __syncthreads();
+    acc += stage[(k % 2) * tile + (4 * tid + 5) % tile];
+    if constexpr (kBarrier) __syncthreads();
+  }
+  arch::cp_async_wait<0>();
+  out[tid] = acc;
+}
+
+// out[t] = what thread src(t) stored in dynamic shared memory (smem blockDim.x floats, blockDim.x a multiple of 32).
+// mode 0: src is the next lane of t's warp, after a __syncwarp (ordered); 1: the same without the __syncwarp (a
+// race); 2: src is in the next warp, after a __syncwarp (a race: a warp barrier orders only its own lanes).
+__global__ void warp_handoff_kernel(float* out, int mode) {
+  float* s = dynamic_smem<float>();
+  const int tid = threadIdx.x;
+  const int lane = tid % 32;
+  s[tid] = static_cast<float>(tid) + 0.5f;
+  if (mode != 1) __syncwarp();
+  const int src = mode == 2 ? (tid + 32) % static_cast<int>(blockDim.x) : tid - lane + (lane + 1) % 32;
+  out[tid] = s[src];
+}
+
+// out[i] = 2 in[i] for i < blockDim.x. mode 1 stores to out[i + 1] (the last thread one element past the end),
+// mode 2 loads in[i + 1] (the last thread reads past the end).
+__global__ void global_oob_kernel(const float* __restrict__ in, float* __restrict__ out, int mode) {
+  const int i = threadIdx.x;
+  const float v = in[mode == 2 ? i + 1 : i];
+  out[mode == 1 ? i + 1 : i] = 2.0f * v;
+}
+
 }  // namespace sim_selftest_kernels
 
 namespace {
@@ -363,6 +431,30 @@ constexpr Entry kEntries[] = {
     {"barrier_loop", "f", 1,
      [](const Launch& l) {
        l(barrier_loop_kernel, l.buffer<float>(0, uint64_t{l.a.grid[0]} * l.a.block[0]), l.integer(0));
+     }},
+    {"row_sums", "ff", 2,
+     [](const Launch& l) {
+       const uint64_t n = uint64_t{l.a.block[0]} * static_cast<uint64_t>(l.a.ints[0]);
+       if (l.integer(1) != 0) {
+         l(row_sums_kernel<true>, l.buffer<const float>(0, n), l.buffer<float>(1, n), l.integer(0));
+       } else {
+         l(row_sums_kernel<false>, l.buffer<const float>(0, n), l.buffer<float>(1, n), l.integer(0));
+       }
+     }},
+    {"pipeline", "ff", 2,
+     [](const Launch& l) {
+       const uint64_t n = 4 * uint64_t{l.a.block[0]} * static_cast<uint64_t>(l.a.ints[0]);
+       if (l.integer(1) != 0) {
+         l(pipeline_kernel<true>, l.buffer<const float>(0, n), l.buffer<float>(1, l.a.block[0]), l.integer(0));
+       } else {
+         l(pipeline_kernel<false>, l.buffer<const float>(0, n), l.buffer<float>(1, l.a.block[0]), l.integer(0));
+       }
+     }},
+    {"warp_handoff", "f", 1,
+     [](const Launch& l) { l(warp_handoff_kernel, l.buffer<float>(0, l.a.block[0]), l.integer(0)); }},
+    {"global_oob", "ff", 1,
+     [](const Launch& l) {
+       l(global_oob_kernel, l.buffer<const float>(0, l.a.block[0]), l.buffer<float>(1, l.a.block[0]), l.integer(0));
      }},
 };
 

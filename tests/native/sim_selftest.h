@@ -27,6 +27,14 @@
 //                         the reads, 2: never waited for)
 //   fp16_ops              x f[n], y f[n], bf b[6n], hf h[6n]: 16-bit conversions and arithmetic, see the kernel
 //   barrier_loop          out f[grid*block.x]; ints iters: 2 * iters barriers, each thread reading its neighbour
+//   row_sums              in f[rows*block.x], out f[rows*block.x]; ints rows, barrier (0: the barrier before the
+//                         next row's scratch stores is missing, a race)
+//   pipeline              in f[tiles*4*block.x], out f[block.x], smem 32*block.x; ints tiles, barrier (0: the
+//                         barrier before the next cp.async prefetch into a stage is missing, a race)
+//   warp_handoff          out f[block.x], smem 4*block.x; ints mode (0: ordered by __syncwarp, 1: no __syncwarp,
+//                         2: across warps)
+//   global_oob            in f[block.x], out f[block.x]; ints mode (0: in bounds, 1: a store one element past the
+//                         end of out, 2: a load one element past the end of in)
 #pragma once
 
 #include <cstdint>

@@ -17,6 +17,10 @@
 
 #include "sim_selftest.h"
 
+#if defined(TTT_KERNELS_WITH_SIM)
+#include "selftest_buffers.h"
+#endif
+
 #if defined(TTT_KERNELS_WITH_CUDA)
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -94,6 +98,8 @@ using Launcher = void (*)(const char*, const SimSelftestArgs&, void*);
 
 void sim_selftest_cpu(std::string_view kernel, at::TensorList args, c10::IntArrayRef launch_config) {
 #if defined(TTT_KERNELS_WITH_SIM)
+  sim::LaunchBuffers buffers;
+  declare_selftest_buffers(buffers, args);
   run(kernel, args, launch_config, &cuda_sim::sim_selftest, nullptr);
 #else
   (void)args;

@@ -125,10 +125,21 @@ void ldmatrix_combine(const void* const* ins, void* const* outs, unsigned /*mask
   }
 }
 
+// The instruction a cp.async of `Bytes` bytes executes, cached in L1 and L2 (ca) or L2 only (cg), for messages and
+// ttt::sim::note_instruction.
+template <bool CacheGlobal, int Bytes>
+constexpr const char* cp_async_name() {
+  if constexpr (CacheGlobal) return "cp.async.cg.shared.global (16 bytes)";
+  if constexpr (Bytes == 4) return "cp.async.ca.shared.global (4 bytes)";
+  if constexpr (Bytes == 8) return "cp.async.ca.shared.global (8 bytes)";
+  return "cp.async.ca.shared.global (16 bytes)";
+}
+
 // One cp.async of `bytes` bytes: `src_bytes` from gmem_src, zeros after them. Both parts land at the wait that
 // completes the group; the zeros come from a static block, so the deferred copy reads nothing past the source.
 inline void cp_async(const char* name, void* smem_dst, const void* gmem_src, int bytes, int src_bytes) {
   alignas(16) static constexpr unsigned char kZeros[16] = {};
+  ttt::sim::note_instruction(name);
   ttt::sim::check_shared_access(name, smem_dst, bytes, bytes);
   if (src_bytes < 0 || src_bytes > bytes) {
     ttt::sim::fail(std::string(name) + ": src-size " + std::to_string(src_bytes) + " is outside [0, " +
@@ -183,6 +194,7 @@ TTT_ARCH_DEVICE void ldmatrix(uint32_t (&r)[Num], const void* row) {
       {"ldmatrix.sync.aligned.m8n8.x1.trans.shared.b16", "ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16",
        "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16"}};
   const char* name = kNames[Trans][Num / 2];
+  ttt::sim::note_instruction(name);
   const unsigned lane = (threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)) % 32;
   if (lane < 8 * Num) ttt::sim::check_shared_access(name, row, 16, 16);
   const void* in = row;
@@ -246,10 +258,10 @@ TTT_ARCH_DEVICE void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const u
 #else
   const detail::MmaLane in = {{a[0], a[1], a[2], a[3]}, {b[0], b[1]}, {c[0], c[1], c[2], c[3]}};
   float out[4];
-  ttt::sim::warp_collective(std::is_same_v<Elem, __nv_bfloat16>
-                                ? "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"
-                                : "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32",
-                            0xffffffffu, &in, out, &detail::mma_m16n8k16_combine<Elem>);
+  const char* name = std::is_same_v<Elem, __nv_bfloat16> ? "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"
+                                                          : "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32";
+  ttt::sim::note_instruction(name);
+  ttt::sim::warp_collective(name, 0xffffffffu, &in, out, &detail::mma_m16n8k16_combine<Elem>);
   for (int i = 0; i < 4; ++i) d[i] = out[i];
 #endif
 }
@@ -286,7 +298,7 @@ TTT_ARCH_DEVICE void cp_async_ca(void* smem_dst, const void* gmem_src) {
                "l"(__cvta_generic_to_global(gmem_src)), "n"(Bytes)
                : "memory");
 #else
-  detail::cp_async("cp.async.ca.shared.global", smem_dst, gmem_src, Bytes, Bytes);
+  detail::cp_async(detail::cp_async_name<false, Bytes>(), smem_dst, gmem_src, Bytes, Bytes);
 #endif
 }
 
@@ -299,7 +311,7 @@ TTT_ARCH_DEVICE void cp_async_ca(void* smem_dst, const void* gmem_src, int src_b
                "l"(__cvta_generic_to_global(gmem_src)), "n"(Bytes), "r"(src_bytes)
                : "memory");
 #else
-  detail::cp_async("cp.async.ca.shared.global", smem_dst, gmem_src, Bytes, src_bytes);
+  detail::cp_async(detail::cp_async_name<false, Bytes>(), smem_dst, gmem_src, Bytes, src_bytes);
 #endif
 }
 
@@ -310,7 +322,7 @@ TTT_ARCH_DEVICE void cp_async_cg(void* smem_dst, const void* gmem_src) {
                "l"(__cvta_generic_to_global(gmem_src))
                : "memory");
 #else
-  detail::cp_async("cp.async.cg.shared.global", smem_dst, gmem_src, 16, 16);
+  detail::cp_async(detail::cp_async_name<true, 16>(), smem_dst, gmem_src, 16, 16);
 #endif
 }
 
@@ -321,7 +333,7 @@ TTT_ARCH_DEVICE void cp_async_cg(void* smem_dst, const void* gmem_src, int src_b
                "l"(__cvta_generic_to_global(gmem_src)), "r"(src_bytes)
                : "memory");
 #else
-  detail::cp_async("cp.async.cg.shared.global", smem_dst, gmem_src, 16, src_bytes);
+  detail::cp_async(detail::cp_async_name<true, 16>(), smem_dst, gmem_src, 16, src_bytes);
 #endif
 }
 

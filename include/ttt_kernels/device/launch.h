@@ -72,7 +72,7 @@ inline void launch(void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t
         const Call& c = *static_cast<const Call*>(ctx);
         std::apply(c.kernel, c.params);
       },
-      &call};
+      &call, sizeof call};
   sim::detail::launch(k);
 }
 

@@ -69,6 +69,11 @@ void async_copy_enqueue(void* dst, const void* src, int bytes);
 void async_copy_commit();
 void async_copy_wait(int n);
 
+// Notes that the calling thread's kernel executes the PTX instruction `ptx` (a string literal of device/arch.h): the
+// simulator keeps, per kernel, the set of such instructions executed (ttt::sim::executed_instructions), which the
+// tests compare with the instructions in the kernel's SASS.
+void note_instruction(const char* ptx);
+
 // Fails the launch from device code: the message gets the block and thread ids prepended, the block is abandoned
 // (no destructors run on the simulated threads' stacks) and ttt::launch throws once all workers have stopped.
 [[noreturn]] void fail(const std::string& what);
@@ -94,7 +99,17 @@ struct KernelLaunch {
   std::size_t smem_bytes;
   void (*body)(const void* ctx);
   const void* ctx;
+  std::size_t ctx_bytes;  // the kernel's arguments live in [ctx, ctx + ctx_bytes): memory the kernel may read
 };
+
+// Every load and store of kernel code: the compiler instruments the simulator's kernel objects (CMakeLists.txt) so
+// that each access of `bytes` bytes at `address` lands here (csrc/sim/access_hooks.cpp) and is checked against the
+// running block's shared memory (bounds, races) and the launch's global buffers. Outside a simulated thread it
+// returns at once.
+void memory_access(uintptr_t address, std::size_t bytes, bool write);
+// An atomic read-modify-write of `bytes` bytes at `address` (the atomics below, which are not instrumented
+// themselves): checked like a write, except that atomics of different threads never race with each other.
+void atomic_access(const void* address, std::size_t bytes);
 
 // Validates the launch like the CUDA runtime, runs every block, and throws std::runtime_error naming the kernel and
 // the launch shape on an invalid launch or a kernel error. Returns when the grid has completed.
@@ -251,10 +266,15 @@ TTT_SIM_WARP_REDUCE(__reduce_max_sync, Max)
 // Real atomics (blocks run concurrently on several OS threads), relaxed like CUDA's; __threadfence orders them.
 // Shared memory belongs to one OS thread, where the same functions are simply correct.
 
+// The atomics report themselves to the memory checks as atomics (ttt::sim::detail::atomic_access) rather than
+// through the instrumentation, which would see plain loads and stores.
+#define TTT_SIM_ATOMIC __attribute__((no_sanitize("kernel-address"))) inline
+
 namespace ttt::sim::detail {
 // Compare-and-swap loop applying `op` to *addr; returns the old value.
 template <class T, class Op>
-inline T atomic_update(T* addr, Op op) {
+TTT_SIM_ATOMIC T atomic_update(T* addr, Op op) {
+  atomic_access(addr, sizeof(T));
   T old;
   __atomic_load(addr, &old, __ATOMIC_RELAXED);
   T desired = op(old);
@@ -265,20 +285,27 @@ inline T atomic_update(T* addr, Op op) {
 }
 }  // namespace ttt::sim::detail
 
+// An atomic read-modify-write `name` through the GCC builtin `builtin`.
+#define TTT_SIM_ATOMIC_BUILTIN(T, name, builtin)                                                         \
+  TTT_SIM_ATOMIC T name(T* a, T v) {                                                                      \
+    ttt::sim::detail::atomic_access(a, sizeof(T));                                                        \
+    return builtin(a, v, __ATOMIC_RELAXED);                                                               \
+  }
 #define TTT_SIM_ATOMIC_INTEGER(T)                                                                         \
-  inline T atomicAdd(T* a, T v) { return __atomic_fetch_add(a, v, __ATOMIC_RELAXED); }                    \
-  inline T atomicSub(T* a, T v) { return __atomic_fetch_sub(a, v, __ATOMIC_RELAXED); }                    \
-  inline T atomicExch(T* a, T v) { return __atomic_exchange_n(a, v, __ATOMIC_RELAXED); }                  \
-  inline T atomicAnd(T* a, T v) { return __atomic_fetch_and(a, v, __ATOMIC_RELAXED); }                    \
-  inline T atomicOr(T* a, T v) { return __atomic_fetch_or(a, v, __ATOMIC_RELAXED); }                      \
-  inline T atomicXor(T* a, T v) { return __atomic_fetch_xor(a, v, __ATOMIC_RELAXED); }                    \
-  inline T atomicMax(T* a, T v) {                                                                         \
+  TTT_SIM_ATOMIC_BUILTIN(T, atomicAdd, __atomic_fetch_add)                                                \
+  TTT_SIM_ATOMIC_BUILTIN(T, atomicSub, __atomic_fetch_sub)                                                \
+  TTT_SIM_ATOMIC_BUILTIN(T, atomicExch, __atomic_exchange_n)                                              \
+  TTT_SIM_ATOMIC_BUILTIN(T, atomicAnd, __atomic_fetch_and)                                                \
+  TTT_SIM_ATOMIC_BUILTIN(T, atomicOr, __atomic_fetch_or)                                                  \
+  TTT_SIM_ATOMIC_BUILTIN(T, atomicXor, __atomic_fetch_xor)                                                \
+  TTT_SIM_ATOMIC T atomicMax(T* a, T v) {                                                                 \
     return ttt::sim::detail::atomic_update(a, [v](T old) { return old < v ? v : old; });                  \
   }                                                                                                       \
-  inline T atomicMin(T* a, T v) {                                                                         \
+  TTT_SIM_ATOMIC T atomicMin(T* a, T v) {                                                                 \
     return ttt::sim::detail::atomic_update(a, [v](T old) { return v < old ? v : old; });                  \
   }                                                                                                       \
-  inline T atomicCAS(T* a, T compare, T v) {                                                              \
+  TTT_SIM_ATOMIC T atomicCAS(T* a, T compare, T v) {                                                      \
+    ttt::sim::detail::atomic_access(a, sizeof(T));                                                        \
     __atomic_compare_exchange_n(a, &compare, v, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);               \
     return compare;                                                                                       \
   }
@@ -287,26 +314,29 @@ TTT_SIM_ATOMIC_INTEGER(unsigned int)
 TTT_SIM_ATOMIC_INTEGER(long long)
 TTT_SIM_ATOMIC_INTEGER(unsigned long long)
 #undef TTT_SIM_ATOMIC_INTEGER
+#undef TTT_SIM_ATOMIC_BUILTIN
 
-inline unsigned short atomicCAS(unsigned short* a, unsigned short compare, unsigned short v) {
+TTT_SIM_ATOMIC unsigned short atomicCAS(unsigned short* a, unsigned short compare, unsigned short v) {
+  ttt::sim::detail::atomic_access(a, sizeof compare);
   __atomic_compare_exchange_n(a, &compare, v, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
   return compare;
 }
-inline unsigned atomicInc(unsigned* a, unsigned limit) {
+TTT_SIM_ATOMIC unsigned atomicInc(unsigned* a, unsigned limit) {
   return ttt::sim::detail::atomic_update(a, [limit](unsigned old) { return old >= limit ? 0u : old + 1u; });
 }
-inline unsigned atomicDec(unsigned* a, unsigned limit) {
+TTT_SIM_ATOMIC unsigned atomicDec(unsigned* a, unsigned limit) {
   return ttt::sim::detail::atomic_update(a,
                                          [limit](unsigned old) { return old == 0 || old > limit ? limit : old - 1u; });
 }
-inline float atomicExch(float* a, float v) {
+TTT_SIM_ATOMIC float atomicExch(float* a, float v) {
+  ttt::sim::detail::atomic_access(a, sizeof v);
   float old;
   __atomic_exchange(a, &v, &old, __ATOMIC_RELAXED);
   return old;
 }
 
 #define TTT_SIM_ATOMIC_ADD(T)                                                                              \
-  inline T atomicAdd(T* a, T v) {                                                                          \
+  TTT_SIM_ATOMIC T atomicAdd(T* a, T v) {                                                                  \
     return ttt::sim::detail::atomic_update(a, [v](T old) { return old + v; });                             \
   }
 TTT_SIM_ATOMIC_ADD(float)
@@ -316,6 +346,7 @@ TTT_SIM_ATOMIC_ADD(__half2)
 TTT_SIM_ATOMIC_ADD(__nv_bfloat16)
 TTT_SIM_ATOMIC_ADD(__nv_bfloat162)
 #undef TTT_SIM_ATOMIC_ADD
+#undef TTT_SIM_ATOMIC
 
 // ---- Loads and stores with cache hints: plain accesses ------------------------------------------------------------
 

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "ttt_kernels/sim/config.h"
 #include "ttt_kernels/sim/runtime.h"
@@ -17,7 +18,8 @@ struct BlockState;
 // stacks and the dynamic shared memory (with its redzones), which every block it runs reuses.
 class Worker {
  public:
-  Worker(const KernelLaunch& launch, Schedule schedule, uint64_t seed);
+  // `buffers`: the launch's global buffers (LaunchBuffers), which must outlive the worker.
+  Worker(const KernelLaunch& launch, const Config& config, const std::vector<GlobalBuffer>& buffers);
   ~Worker();
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
@@ -29,6 +31,9 @@ class Worker {
  private:
   std::unique_ptr<BlockState> state_;
 };
+
+// Adds `instructions` (note_instruction's) to what kernel `kernel` has executed (csrc/sim/launch.cpp).
+void record_instructions(const void* kernel, const std::vector<const char*>& instructions);
 
 // Whether the calling code runs as a simulated CUDA thread.
 bool in_simulated_thread();
