@@ -359,8 +359,9 @@ GateBwdBwdResult gate_bwd_bwd(const at::Tensor& h, const at::Tensor& da, const O
   p.rows = rows;
   p.width = m;
   p.dtype = to_dtype(dtype);
-  const ops::SimBuffers buffers{{"h", hc},         {"da", dac},         {"grad_h", ghc}, {"cot_dh", cdc}, {"cot_a", cac},
-                                {"cot_h", cot_h}, {"cot_da", cot_da}, {"dh", dh},      {"a", a}};
+  const ops::SimBuffers buffers{{"h", hc},          {"da", dac},        {"grad_h", ghc}, {"cot_dh", cdc},
+                                {"cot_a", cac},     {"cot_h", cot_h},   {"cot_da", cot_da}, {"dh", dh},
+                                {"a", a}};
   launch(p);
   const at::ScalarType out = h.scalar_type();
   return {cot_h.to(out), cot_da.to(out), dh.to(out), a.to(out)};

@@ -1,7 +1,6 @@
 // The simulator's configuration (include/ttt_kernels/sim/config.h).
 #include "ttt_kernels/sim/config.h"
 
-#include <iterator>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -23,11 +22,6 @@ void set_config(const Config& config) {
                                 std::to_string(config.num_workers));
   }
   current_config = config;
-}
-
-LaunchBuffers::LaunchBuffers(std::vector<GlobalBuffer> buffers) : outer_count_(current_buffers.size()) {
-  current_buffers.insert(current_buffers.end(), std::make_move_iterator(buffers.begin()),
-                         std::make_move_iterator(buffers.end()));
 }
 
 LaunchBuffers::LaunchBuffers() : outer_count_(current_buffers.size()) {}

@@ -231,7 +231,9 @@ std::vector<std::pair<std::string, std::vector<std::string>>> executed_instructi
     }
   }
   std::vector<std::pair<std::string, std::vector<std::string>>> named;
-  for (auto& [kernel, instructions] : per_kernel) named.emplace_back(detail::kernel_name(kernel), std::move(instructions));
+  for (auto& [kernel, instructions] : per_kernel) {
+    named.emplace_back(detail::kernel_name(kernel), std::move(instructions));
+  }
   return named;
 }
 

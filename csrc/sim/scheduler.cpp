@@ -623,8 +623,9 @@ struct BlockState {
       if (c.group < done) {
         std::memmove(c.dst, c.src, static_cast<std::size_t>(c.bytes));
         if (memcheck) {
-          const auto [shadow, offset] = shared_location(reinterpret_cast<uintptr_t>(c.dst));
-          if (shadow != nullptr) races.complete_async(*shadow, t.linear, offset, static_cast<std::size_t>(c.bytes));
+          const auto n = static_cast<std::size_t>(c.bytes);
+          const SharedLocation shared = shared_location(reinterpret_cast<uintptr_t>(c.dst), n);
+          if (shared.shadow != nullptr) races.complete_async(*shared.shadow, t.linear, shared.offset, n);
         }
       } else {
         t.copies[kept++] = c;
@@ -635,41 +636,44 @@ struct BlockState {
 
   // ---- Memory checks ----
 
-  // The shadow and byte offset of shared-memory address p (dynamic, or a static __shared__ variable), or nullptr.
-  std::pair<SharedShadow*, std::size_t> shared_location(uintptr_t p) {
+  // The shared memory holding [p, p + n): the dynamic shared memory or the static __shared__ variables, with its
+  // access history and p's byte offset in it; shadow is nullptr for any other memory.
+  struct SharedLocation {
+    SharedShadow* shadow;
+    std::size_t offset;
+    const char* name;
+    const unsigned char* base;
+  };
+  SharedLocation shared_location(uintptr_t p, std::size_t n) {
     const auto dyn = reinterpret_cast<uintptr_t>(smem);
-    if (p >= dyn && p < dyn + launch.smem_bytes) return {&dynamic_shadow, p - dyn};
+    if (contains(dyn, dyn + launch.smem_bytes, p, n)) {
+      return {&dynamic_shadow, p - dyn, "the dynamic shared memory", smem};
+    }
     const auto stat = reinterpret_cast<uintptr_t>(static_shared);
-    if (p >= stat && p < stat + static_shared_bytes) return {&static_shadow, p - stat};
-    return {nullptr, 0};
+    if (contains(stat, stat + static_shared_bytes, p, n)) {
+      return {&static_shadow, p - stat, "the static __shared__ variables", static_shared};
+    }
+    return {nullptr, 0, nullptr, nullptr};
   }
 
   // Thread t's access to [p, p + n): shared memory in bounds and free of races, global memory inside the launch's
   // buffers. Fails the block (the calling thread) otherwise.
   void check_access(SimThread& t, uintptr_t p, std::size_t n, AccessKind kind) {
     const char* verb = kind == AccessKind::Read ? "read" : (kind == AccessKind::Atomic ? "atomic" : "write");
-    if (overlaps_arena(p, n)) {
-      const std::ptrdiff_t offset = reinterpret_cast<const unsigned char*>(p) - smem;
-      if (offset < 0 || static_cast<std::size_t>(offset) + n > launch.smem_bytes) {
+    if (contains(reinterpret_cast<uintptr_t>(t.stack.lo), reinterpret_cast<uintptr_t>(t.stack.hi), p, n)) return;
+    const SharedLocation shared = shared_location(p, n);
+    if (shared.shadow == nullptr) {
+      if (overlaps_arena(p, n)) {  // in a redzone, or across an end of the dynamic shared memory
         fail(t, format("dynamic shared memory %s out of bounds: %zu-byte %s at byte offset %td of the %zu-byte "
                        "dynamic shared memory",
-                       kind == AccessKind::Read ? "read" : "written", n, verb, offset, launch.smem_bytes));
+                       kind == AccessKind::Read ? "read" : "written", n, verb,
+                       reinterpret_cast<const unsigned char*>(p) - smem, launch.smem_bytes));
       }
-      check_race(t, dynamic_shadow, static_cast<std::size_t>(offset), n, kind, "the dynamic shared memory", smem);
+      check_global(t, p, n, verb);
       return;
     }
-    if (contains(reinterpret_cast<uintptr_t>(t.stack.lo), reinterpret_cast<uintptr_t>(t.stack.hi), p, n)) return;
-    const auto stat = reinterpret_cast<uintptr_t>(static_shared);
-    if (contains(stat, stat + static_shared_bytes, p, n)) {
-      check_race(t, static_shadow, p - stat, n, kind, "the static __shared__ variables", static_shared);
-      return;
-    }
-    check_global(t, p, n, verb);
-  }
-
-  void check_race(SimThread& t, SharedShadow& shadow, std::size_t offset, std::size_t n, AccessKind kind,
-                  const char* where, const void* base) {
-    const std::string hazard = races.access(shadow, t.linear, offset, n, kind, where, base);
+    const std::string hazard =
+        races.access(*shared.shadow, t.linear, shared.offset, n, kind, shared.name, shared.base);
     if (!hazard.empty()) fail(t, hazard);
   }
 
@@ -830,16 +834,20 @@ std::string Worker::run_block(uint64_t block) {
 
 bool in_simulated_thread() { return tls_thread != nullptr; }
 
-void memory_access(uintptr_t address, std::size_t bytes, bool write) {
+namespace {
+// An access of kernel code, checked when it runs as a simulated thread of a block with memcheck on.
+void check_kernel_access(uintptr_t address, std::size_t bytes, AccessKind kind) {
   SimThread* t = tls_thread;
-  if (t == nullptr || !tls_block->memcheck) return;
-  tls_block->check_access(*t, address, bytes, write ? AccessKind::Write : AccessKind::Read);
+  if (t != nullptr && tls_block->memcheck) tls_block->check_access(*t, address, bytes, kind);
+}
+}  // namespace
+
+void memory_access(uintptr_t address, std::size_t bytes, bool write) {
+  check_kernel_access(address, bytes, write ? AccessKind::Write : AccessKind::Read);
 }
 
 void atomic_access(const void* address, std::size_t bytes) {
-  SimThread* t = tls_thread;
-  if (t == nullptr || !tls_block->memcheck) return;
-  tls_block->check_access(*t, reinterpret_cast<uintptr_t>(address), bytes, AccessKind::Atomic);
+  check_kernel_access(reinterpret_cast<uintptr_t>(address), bytes, AccessKind::Atomic);
 }
 
 unsigned warp_reduce_u32(const char* name, ReduceOp op, unsigned mask, unsigned value) {
@@ -878,11 +886,11 @@ void warp_collective(const char* name, unsigned mask, const void* in, void* out,
 void async_copy_enqueue(void* dst, const void* src, int bytes) {
   auto [b, t] = current("cp.async");
   if (bytes <= 0) b.fail(t, "cp.async: copy of " + std::to_string(bytes) + " bytes");
+  // The destination counts as written from now until the wait. (arch.h's cp.async has checked the source, with
+  // check_global_access, under the instruction's name.)
   if (b.memcheck) {
-    // The source is read when the copy is performed (at the wait) but must be valid now; the destination counts as
-    // written from now until the wait.
-    b.check_global(t, reinterpret_cast<uintptr_t>(src), static_cast<std::size_t>(bytes), "read");
-    b.check_access(t, reinterpret_cast<uintptr_t>(dst), static_cast<std::size_t>(bytes), detail::AccessKind::AsyncWrite);
+    const auto n = static_cast<std::size_t>(bytes);
+    b.check_access(t, reinterpret_cast<uintptr_t>(dst), n, detail::AccessKind::AsyncWrite);
   }
   t.copies.push_back(detail::AsyncCopy{dst, src, bytes, t.open_group});
 }

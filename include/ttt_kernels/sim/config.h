@@ -42,14 +42,13 @@ struct GlobalBuffer {
   std::size_t bytes = 0;
 };
 
-// While alive, the simulated launches of the calling thread know these buffers (plus those of enclosing scopes): a
-// kernel access outside all of them but less than 64 KiB from one of them fails the launch, naming the buffer. Op
-// glue declares every tensor it passes to its kernels, so that an off-by-one row or a partial tile read past the
-// end is an error rather than a read of the neighbouring heap bytes (docs/simulator.md).
+// While alive, the simulated launches of the calling thread know the buffers added to it (plus those of enclosing
+// scopes): a kernel access outside all of them but less than 64 KiB from one of them fails the launch, naming the
+// buffer. Op glue declares every tensor it passes to its kernels, so that an off-by-one row or a partial tile read
+// past the end is an error rather than a read of the neighbouring heap bytes (docs/simulator.md).
 class LaunchBuffers {
  public:
   LaunchBuffers();
-  explicit LaunchBuffers(std::vector<GlobalBuffer> buffers);
   ~LaunchBuffers();
   void add(GlobalBuffer buffer);  // one more, until this scope ends
   LaunchBuffers(const LaunchBuffers&) = delete;
