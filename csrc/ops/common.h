@@ -62,7 +62,8 @@ inline at::Tensor workspace(int64_t bytes, const at::Tensor& like) {
 // simulator, and the CUDA build keeps only an empty shell.
 class SimBuffers {
  public:
-  SimBuffers(std::initializer_list<std::pair<const char*, at::Tensor>> tensors = {}) {
+  // The pairs refer to the caller's tensors (no reference-count traffic on the CPU path, which builds one per call).
+  SimBuffers(std::initializer_list<std::pair<const char*, const at::Tensor&>> tensors = {}) {
 #if defined(TTT_KERNELS_WITH_SIM)
     if (sim::config().enabled) scope_.emplace();
 #endif
