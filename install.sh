@@ -45,8 +45,7 @@ echo "install.sh: $want build into $venv ($torch)"
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 py="$venv/bin/python"
 "$py" -m pip install -q --upgrade pip
-reqs=(-r requirements/runtime.txt scikit-build-core pybind11 cmake ninja)
-[ "$cuda" = ON ] && reqs+=(nvidia-cutlass==4.2.0.0)
+reqs=(-r requirements/runtime.txt -r requirements/build.txt)
 [ "$test" = 1 ] && reqs+=(-r requirements/test.txt)
 "$py" -m pip install -q "$torch" "${reqs[@]}"
 

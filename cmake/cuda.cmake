@@ -14,14 +14,6 @@ if(TTT_KERNELS_CUDA STREQUAL "AUTO" AND NOT TTT_TORCH_CUDA_VERSION)
 elseif(NOT TTT_KERNELS_CUDA STREQUAL "OFF")
   include(CheckLanguage)
   check_language(CUDA)
-  # CUTLASS/CuTe headers ship in the nvidia-cutlass wheel (no git hosts needed).
-  execute_process(
-    COMMAND ${Python_EXECUTABLE} -c
-      "import importlib.util, os; s = importlib.util.find_spec('cutlass_library'); print(os.path.join(s.submodule_search_locations[0], 'source') if s else '')"
-    OUTPUT_VARIABLE TTT_CUTLASS_ROOT OUTPUT_STRIP_TRAILING_WHITESPACE)
-  if(TTT_CUTLASS_ROOT AND NOT EXISTS ${TTT_CUTLASS_ROOT}/include/cute/tensor.hpp)
-    set(TTT_CUTLASS_ROOT "")
-  endif()
   if(NOT CMAKE_CUDA_COMPILER)
     set(_ttt_missing "nvcc (the CUDA toolkit) was not found")
   elseif(NOT TTT_CUTLASS_ROOT)

@@ -1,6 +1,5 @@
 import json
 import os
-import re
 
 import pytest
 import torch
@@ -20,10 +19,6 @@ def pytest_collection_modifyitems(config, items):
 
 
 # ---- kernel coverage -------------------------------------------------------------------------------------------------
-
-# The CUTLASS GEMMs run in the simulator through a host stand-in (csrc/cuda/gemm.cu), not from their own source: they
-# are the known gap of the coverage (docs/simulator.md, "Kernel coverage").
-_NOT_SIMULATED = re.compile(r"cutlass")
 
 
 def compiled_kernels() -> set:
@@ -55,7 +50,7 @@ def instruction_mismatches(launched: set) -> list | None:
             return None
         for (arch, name), instructions in sorted(sass.items()):
             key = kernel_key(name)
-            if key not in launched or _NOT_SIMULATED.search(key):
+            if key not in launched:
                 continue
             in_sass, ran = arch_instructions(instructions), executed.get(key, set())
             if in_sass != ran:
@@ -67,21 +62,18 @@ def instruction_mismatches(launched: set) -> list | None:
 
 def pytest_sessionfinish(session, exitstatus):
     """With TTT_KERNELS_KERNEL_COVERAGE=1 (CI sets it; it is meant for a run of the whole suite): every kernel nvcc
-    compiled, but the CUTLASS GEMMs, must have run in the simulator during the session, and the arch.h instructions
+    compiled (the CUTLASS GEMMs included) must have run in the simulator during the session, and the arch.h instructions
     of each one's SASS must be those it executed there; else the run fails and lists the kernels. The report goes to
     TTT_KERNELS_KERNEL_COVERAGE_REPORT if set."""
     if os.environ.get("TTT_KERNELS_KERNEL_COVERAGE") != "1" or exitstatus != 0:
         return
     compiled = compiled_kernels()
     launched = {kernel_key(name) for name in ttt_kernels.sim.launched_kernels()}
-    checked = {k for k in compiled if not _NOT_SIMULATED.search(k)}
-    missing = sorted(checked - launched)
+    missing = sorted(compiled - launched)
     mismatches = instruction_mismatches(launched)
     report = {
         "compiled": len(compiled),
-        "checked": len(checked),
-        "executed": len(checked & launched),
-        "not_simulated": sorted(compiled - checked),
+        "executed": len(compiled & launched),
         "never_executed": missing,
         "instruction_mismatches": mismatches,
         "launched": sorted(launched),
@@ -90,10 +82,7 @@ def pytest_sessionfinish(session, exitstatus):
         with open(os.environ["TTT_KERNELS_KERNEL_COVERAGE_REPORT"], "w") as f:
             json.dump(report, f, indent=1)
     terminal = session.config.pluginmanager.get_plugin("terminalreporter")
-    summary = (
-        f"kernel coverage: {report['executed']} of {len(checked)} compiled kernels ran in the simulator "
-        f"({len(report['not_simulated'])} CUTLASS GEMMs run by the simulator's stand-in)"
-    )
+    summary = f"kernel coverage: {report['executed']} of {len(compiled)} compiled kernels ran in the simulator"
     if mismatches is None:
         summary += "; SASS instruction check not run (no CUDA kernels or no cuobjdump)"
     else:

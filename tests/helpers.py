@@ -154,6 +154,8 @@ SASS_TO_PTX = {
     "LDGSTS.E.64": "cp.async.ca.shared.global (8 bytes)",
     "LDGSTS.E.128": "cp.async.ca.shared.global (16 bytes)",
     "LDGSTS.E.BYPASS.128": "cp.async.cg.shared.global (16 bytes)",
+    # CUTLASS's cp.async with the L2 prefetch hint (csrc/cuda/cutlass_sim.h)
+    "LDGSTS.E.BYPASS.LTC128B.128": "cp.async.cg.shared.global.L2::128B (16 bytes)",
 }
 
 

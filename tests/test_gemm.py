@@ -1,8 +1,8 @@
 """The GEMMs of the dynamic MLP's step (ttt_kernels.ops.sgd_gemm_update_ and the GEMM wrapper of the CUDA kernels).
 
 The fused update against the pure PyTorch reference on the CPU (the AVX-512 sgemm's blocking edges, bitwise equal
-for any thread count) and in the simulator; the GEMM wrapper's operand mapping, epilogues and argument checks through
-its host stand-in in the simulator; opcheck; on a GPU, the CUTLASS GEMMs.
+for any thread count) and in the simulator; the GEMM wrapper's operand mapping, epilogues and argument checks with
+its CUTLASS kernels in the simulator; opcheck; on a GPU, the same.
 """
 
 import pytest

@@ -2,8 +2,8 @@
 
 The CPU path (BLAS or AVX-512 GEMMs + fused element-wise kernels) against the pure PyTorch reference in float64;
 batched fast weights; autograd to second order (gradcheck, gradgradcheck, and a meta-learning step through a clipped
-inner update); the CUDA path in the simulator (hand-written kernels simulated, the CUTLASS GEMMs replaced by the
-wrapper's host stand-in) under several schedules; opcheck; torch.compile; argument checks.
+inner update); the CUDA path in the simulator (the hand-written kernels and the CUTLASS GEMMs) under several
+schedules; opcheck; torch.compile; argument checks.
 
 Tolerances of 16-bit results follow FlashAttention's tests: the error against the float64 result on the same
 (rounded) inputs must stay within twice the error of eager PyTorch computing the same math in that 16-bit dtype,
@@ -336,7 +336,7 @@ def test_ops_reject_bad_arguments():
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_simulated_cuda_mlp_matches_reference(dtype):
-    """Forward and backward of the CUDA pipeline: pack_rows and swiglu_bwd simulated, CUTLASS GEMMs by the stand-in."""
+    """Forward and backward of the CUDA pipeline in the simulator: pack_rows, the CUTLASS GEMMs and swiglu_bwd."""
     cases = [((rows,), 16, 24, None) for rows in ROWS] + [((2, 3), 32, 16, torch.float32)]
     for lead, d, m, weight_dtype in cases:
         inputs = _mlp_inputs(lead, d, m, dtype, weight_dtype, seed=sum(lead) + d)

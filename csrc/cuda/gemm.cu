@@ -1,14 +1,8 @@
 // ttt::cuda::mlp_gemm: the one entry point of every CUTLASS GEMM of the dynamic MLP (params: ttt_kernels/gemm.h),
 // and pack_rows, the hand-written kernel that packs weights into its 16-bit operands.
 //
-// check_mlp_gemm validates a GemmParams (the same code in both builds) and mlp_gemm dispatches it:
-// - under nvcc to the CUTLASS instantiation for its (epilogue, dtype, layouts) (csrc/cuda/gemm_cutlass.cuh);
-// - in the simulator build to a host stand-in that evaluates the same GEMM with the same epilogue math in plain
-//   loops: CUTLASS kernels cannot run in the simulator. The stand-in reads A and B through exactly the (pointer,
-//   leading dimension, layout) triples CUTLASS would get, accumulates in float32 in order of k, and applies the
-//   epilogues' formulas (swiglu_math.h), so the simulated MLP tests the operand mapping of the torch glue, the
-//   interleaved h / packed gate layout and the epilogue math; the CUTLASS kernels themselves are verified by
-//   compiling them for every arch with the resource report (no spills) and, on a GPU, by the same tests.
+// check_mlp_gemm validates a GemmParams and mlp_gemm dispatches it to the CUTLASS instantiation for its (epilogue,
+// dtype, layouts) (csrc/cuda/gemm_cutlass.cuh); the simulator build runs the same CUTLASS kernels.
 // pack_rows copies (and converts) weight rows into the 16-bit GEMM operands: [w1; w3] row-interleaved for the
 // up-projection, stacked for dx, w2 on its own. One block per destination row, threads across its columns; it runs in
 // the simulator too.
@@ -25,14 +19,7 @@
 #include <utility>
 
 #include "elementwise.cuh"
-
-#if defined(__CUDACC__)
 #include "gemm_kernels.h"
-#else
-#include <vector>
-
-#include "ttt_kernels/swiglu_math.h"
-#endif
 
 namespace ttt::TTT_CUDA_NS {
 namespace {
@@ -77,71 +64,6 @@ bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 =
 // 16-byte accesses: elements per access of a 16-bit operand and of a float32 output.
 constexpr int64_t kVec16 = 8;
 constexpr int64_t kVec32 = 4;
-
-#if !defined(__CUDACC__)
-
-// Element (i, j) of an operand as CUTLASS addresses it.
-template <typename T>
-float element(const GemmOperand& op, int64_t i, int64_t j) {
-  const T* ptr = static_cast<const T*>(op.ptr);
-  return Num<T>::load(op.layout == GemmLayout::kRowMajor ? ptr[i * op.ld + j] : ptr[j * op.ld + i]);
-}
-
-// Problem z of a batched GemmParams, as a single GEMM.
-GemmParams batch_entry(const GemmParams& p, int64_t z) {
-  const auto at = [z](const void* ptr, int64_t stride, int64_t element_bytes) {
-    return ptr == nullptr ? nullptr : static_cast<const char*>(ptr) + z * stride * element_bytes;
-  };
-  const int64_t out_bytes = p.epilogue == GemmEpilogue::kAccumulate ? 4 : 2;
-  GemmParams q = p;
-  q.batch = 1;
-  q.a.ptr = at(p.a.ptr, p.a.batch_stride, 2);
-  q.b.ptr = at(p.b.ptr, p.b.batch_stride, 2);
-  q.d = const_cast<char*>(at(p.d, p.batch_stride_d, out_bytes));
-  q.c = at(p.c, p.batch_stride_c, 4);
-  q.t = const_cast<char*>(at(p.t, p.batch_stride_t, 2));
-  return q;
-}
-
-template <typename T>
-void reference_gemm(const GemmParams& p) {
-  // B as a float32 [k, n] row-major copy, then per row of A: acc[j] = sum over kk in order of A[i, kk] * B[kk, j].
-  std::vector<float> b(static_cast<size_t>(p.k * p.n));
-  for (int64_t kk = 0; kk < p.k; ++kk) {
-    for (int64_t j = 0; j < p.n; ++j) b[kk * p.n + j] = element<T>(p.b, kk, j);
-  }
-  const float scale = p.scale != nullptr ? p.alpha * *p.scale : p.alpha;
-  std::vector<float> acc(static_cast<size_t>(p.n));
-  for (int64_t i = 0; i < p.m; ++i) {
-    std::fill(acc.begin(), acc.end(), 0.0f);
-    for (int64_t kk = 0; kk < p.k; ++kk) {
-      const float a = element<T>(p.a, i, kk);
-      const float* brow = b.data() + kk * p.n;
-      for (int64_t j = 0; j < p.n; ++j) acc[j] += a * brow[j];
-    }
-    switch (p.epilogue) {
-      case GemmEpilogue::kStore:
-        for (int64_t j = 0; j < p.n; ++j) static_cast<T*>(p.d)[i * p.ldd + j] = Num<T>::store(acc[j]);
-        break;
-      case GemmEpilogue::kSwiglu:
-        for (int64_t j = 0; j < p.n; ++j) static_cast<T*>(p.d)[i * p.ldd + j] = Num<T>::store(acc[j]);
-        for (int64_t g = 0; g < p.n / 2; ++g) {
-          const float h1 = acc[2 * g];
-          const float s = 1.0f / (1.0f + __expf(-h1));
-          static_cast<T*>(p.t)[i * p.ldt + g] = Num<T>::store(swiglu_math::silu(h1, s) * acc[2 * g + 1]);
-        }
-        break;
-      case GemmEpilogue::kAccumulate:
-        for (int64_t j = 0; j < p.n; ++j) {
-          const float c = p.beta != 0.0f ? static_cast<const float*>(p.c)[i * p.ldc + j] : 0.0f;
-          static_cast<float*>(p.d)[i * p.ldd + j] = p.beta * c + scale * acc[j];
-        }
-        break;
-    }
-  }
-}
-
-#endif
 
 }  // namespace
 
@@ -232,7 +154,6 @@ void check_mlp_gemm(const GemmParams& p) {
 
 void mlp_gemm(const GemmParams& p, void* stream) {
   check_mlp_gemm(p);
-#if defined(__CUDACC__)
   const bool bf16 = p.dtype == DType::kBFloat16;
   switch (p.epilogue) {
     case GemmEpilogue::kSwiglu:
@@ -248,16 +169,6 @@ void mlp_gemm(const GemmParams& p, void* stream) {
       return bf16 ? mlp_cutlass::accumulate_cr<__nv_bfloat16>(p, stream)
                   : mlp_cutlass::accumulate_cr<__half>(p, stream);
   }
-#else
-  (void)stream;
-  for (int64_t z = 0; z < p.batch; ++z) {
-    if (p.dtype == DType::kBFloat16) {
-      reference_gemm<__nv_bfloat16>(batch_entry(p, z));
-    } else {
-      reference_gemm<__half>(batch_entry(p, z));
-    }
-  }
-#endif
 }
 
 }  // namespace ttt::TTT_CUDA_NS

@@ -6,8 +6,8 @@
 //   _mlp_gemm(a, b, d (out), c?, t? (out), epilogue, alpha, beta, scale?) -> ()         the GEMM wrapper, for tests
 //
 // CPU: the GEMM in float32 (float64 for a float64 weight; cpu_bgemm: the AVX-512 sgemm of csrc/cpu/gemm.cpp or
-// BLAS). CUDA (and the simulator, on CPU tensors inside ttt_kernels.sim.enabled()): the CUTLASS wrapper mlp_gemm (a
-// host stand-in in the simulator). Fake tensors and the Python API are in python/ttt_kernels/ops/gemm.py.
+// BLAS). CUDA (and the simulator, on CPU tensors inside ttt_kernels.sim.enabled()): the CUTLASS wrapper mlp_gemm.
+// Fake tensors and the Python API are in python/ttt_kernels/ops/gemm.py.
 #include <ATen/core/Tensor.h>
 #include <c10/core/ScalarType.h>
 #include <torch/library.h>
@@ -94,7 +94,7 @@ void mlp_gemm_cpu(const at::Tensor& a, const at::Tensor& b, const at::Tensor& d,
                   const OptTensor& t, c10::string_view epilogue, double alpha, double beta, const OptTensor& scale) {
 #if defined(TTT_KERNELS_WITH_SIM)
   TORCH_CHECK(sim::config().enabled, "_mlp_gemm: the GEMM wrapper of the CUDA kernels runs on CUDA tensors or, for ",
-              "CPU tensors, inside ttt_kernels.sim.enabled() (its simulator stand-in)");
+              "CPU tensors, inside ttt_kernels.sim.enabled() (the CUTLASS kernels in the simulator)");
   mlp_gemm_op<SimGemm>(a, b, d, c, t, std::string_view(epilogue.data(), epilogue.size()), alpha, beta, scale);
 #else
   (void)a, (void)b, (void)d, (void)c, (void)t, (void)epilogue, (void)alpha, (void)beta, (void)scale;

@@ -156,6 +156,10 @@ void gemm(GemmEpilogue epilogue, const at::Tensor& a, const at::Tensor& b, const
   p.alpha = alpha;
   p.beta = beta;
   p.scale = scale != nullptr ? static_cast<const float*>(scale->data_ptr()) : nullptr;
+  ops::SimBuffers buffers{{"A", a}, {"B", b}, {"D", d}};
+  if (t != nullptr) buffers.add("T", *t);
+  if (c != nullptr) buffers.add("C", *c);
+  if (scale != nullptr) buffers.add("scale", *scale);
   Backend::gemm(p);
 }
 

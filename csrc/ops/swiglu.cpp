@@ -13,7 +13,7 @@
 // the element-wise kernels of csrc/cpu/swiglu.cpp.
 // CUDA (and the simulator, on CPU tensors inside ttt_kernels.sim.enabled()): bfloat16 / float16 x with d and m
 // multiples of 8; weights are packed into 16-bit GEMM operands by pack_rows, the GEMMs go through the CUTLASS
-// wrapper mlp_gemm (a host stand-in in the simulator) and the gate's backward is a hand-written kernel
+// wrapper mlp_gemm and the gate's backward is a hand-written kernel
 // (csrc/cuda/swiglu.cu).
 // Autograd, fake tensors and the Python API are in python/ttt_kernels/ops/swiglu.py.
 #include <ATen/core/Tensor.h>

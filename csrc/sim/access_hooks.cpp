@@ -36,3 +36,8 @@ extern "C" __attribute__((visibility("hidden"))) void __asan_storeN_noabort(uint
 // Called before a call that does not return (a throw, __trap): a sanitizer runtime would unpoison the abandoned
 // stack frames; the simulator keeps no stack state, so nothing is done.
 extern "C" __attribute__((visibility("hidden"))) void __asan_handle_no_return() {}
+
+// Bracket the dynamic initialization of a translation unit's globals (CUTLASS's headers define some): a sanitizer
+// runtime checks initialization order there; the simulator checks accesses of kernel code only, so nothing is done.
+extern "C" __attribute__((visibility("hidden"))) void __asan_before_dynamic_init(const char* /*module_name*/) {}
+extern "C" __attribute__((visibility("hidden"))) void __asan_after_dynamic_init() {}

@@ -120,9 +120,7 @@ void sgemm(const SgemmParams& params);
 //   mlp_gemm:        the one entry point of every CUTLASS GEMM (csrc/cuda/gemm.cu). bfloat16 / float16 operands,
 //                    16-byte aligned bases, contiguous extents and leading dimensions multiples of 16 bytes;
 //                    m, n, k in [1, 2^31). Supported layouts (A, B): kSwiglu (row, column); kStore (row, column) and
-//                    (row, row); kAccumulate (column, row). In the simulator build it runs a plain host loop over
-//                    the same math instead (CUTLASS kernels do not run in the simulator), so the glue's operand
-//                    mapping and the epilogues' math are testable on the CPU.
+//                    (row, row); kAccumulate (column, row). The simulator build runs the same CUTLASS kernels.
 namespace cuda {
 void pack_rows(const PackRowsParams& params, void* stream);
 void check_mlp_gemm(const GemmParams& params);

@@ -1,7 +1,6 @@
 // Element-wise math of the SwiGLU gate a = silu(h1) * h3 and of its first and second derivatives, shared by the CPU
-// kernels (csrc/cpu/swiglu.cpp), the CUDA kernels (csrc/cuda/swiglu.cu), the CUTLASS epilogue
-// (csrc/cuda/gemm_cutlass.cuh) and the simulator's stand-in for the CUTLASS GEMMs (csrc/cuda/gemm.cu), so that every
-// backend evaluates the same formulas. Torch-free, host and device.
+// kernels (csrc/cpu/swiglu.cpp), the CUDA kernels (csrc/cuda/swiglu.cu) and the CUTLASS epilogue
+// (csrc/cuda/gemm_cutlass.cuh), so that every backend evaluates the same formulas. Torch-free, host and device.
 //
 // Every function takes the sigmoid s = sigmoid(h1) precomputed: each backend computes it with its own exp (vectorized
 // polynomial on the CPU, __expf on the GPU). With silu(z) = z s:
