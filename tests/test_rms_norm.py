@@ -1,7 +1,8 @@
 """Fused RMSNorm (ttt_kernels.ops.rms_norm, torch.ops.ttt_kernels.rms_norm_fwd / rms_norm_bwd).
 
 The CPU kernel and the CUDA kernel (in the simulator, and on a GPU when there is one) against the pure PyTorch
-reference on odd shapes; autograd to second and third order; opcheck; torch.compile; argument checking.
+reference on odd shapes, with the fused residual and the fused RoPE; autograd to second and third order; opcheck;
+torch.compile; argument checking.
 
 Tolerances follow FlashAttention's tests: the error of a low-precision result against the float64 result on the
 same (rounded) inputs must stay within twice the error of the eager reference computed in that same dtype, plus a
@@ -264,6 +265,140 @@ def test_residual_gradients():
     assert torch.autograd.gradcheck(fn, (x, weight, residual))
     assert torch.autograd.gradgradcheck(fn, (x, weight, residual))
     torch.library.opcheck(fwd_op, (x, weight, EPS, residual))
+
+
+# ---- RoPE (QK-norm and rotary embeddings in one op) ------------------------------------------------------------------
+
+ROPE_SHAPES = ((1, 1, 1, 2), (2, 7, 3, 10), (1, 97, 2, 64), (2, 5, 4, 80), (1, 3, 1, 1026))  # [B, n, heads, d]
+
+
+def _rope_table(n, d, dtype, seed=0):
+    """[n, d / 2, 2] (cos, sin) of random angles (the kernels take any table; a model's are pos * theta^(-2i/d))."""
+    angles = 4 * torch.randn(n, d // 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return torch.stack((angles.cos(), angles.sin()), -1).to(torch.float64 if dtype == torch.float64 else torch.float32)
+
+
+def _rope_results(fn, x, weight, grad_out, rope):
+    """(out, grad_x, grad_weight) of fn(x, weight, EPS, rope=rope) by autograd."""
+    x = x.detach().requires_grad_()
+    weight = weight.detach().requires_grad_()
+    out = fn(x, weight, EPS, rope=rope)
+    grad_x, grad_weight = torch.autograd.grad(out, (x, weight), grad_out)
+    return out.detach(), grad_x, grad_weight
+
+
+@pytest.mark.parametrize("dtype", (torch.float64, torch.float32, torch.bfloat16, torch.float16))
+@pytest.mark.parametrize("backend", ("cpu", "simulator"))
+def test_rope_matches_reference(dtype, backend):
+    """Forward and backward with RoPE against the float64 reference (a complex multiplication of the norm's pairs):
+    within twice the eager reference's error in the same dtype, plus the slack of _assert_matches_reference."""
+    for shape in ROPE_SHAPES:
+        x, weight, grad_out = _inputs(shape, dtype, seed=sum(shape))
+        rope = _rope_table(shape[1], shape[-1], dtype, seed=shape[1])
+        args = (ops.rms_norm, x, weight, grad_out, rope)
+        got = run_in_simulator(_rope_results, *args) if backend == "simulator" else _rope_results(*args)
+        cpu64 = [t.double() for t in (x, weight, grad_out)]
+        exact = _rope_results(reference.rms_norm, *cpu64, rope.double())
+        eager = _rope_results(reference.rms_norm, x, weight, grad_out, rope)
+        magnitudes = _rope_results(reference.rms_norm, *(t.abs() for t in cpu64), rope.double().abs())
+        for name, g, ref, want, magnitude in zip(("out", "grad_x", "grad_weight"), got, eager, exact, magnitudes):
+            assert g.dtype == dtype and g.shape == want.shape, name
+            err = (g.double() - want).abs().max().item()
+            if dtype == torch.float64:
+                assert err <= 1e-12 * max(1.0, magnitude.max().item()), f"{shape} {name}: error {err:.3e}"
+                continue
+            ref_err = (ref.double() - want).abs().max().item()
+            slack = torch.finfo(dtype).eps * max(1.0, want.abs().max().item()) + ACCUM_SLACK * magnitude.max().item()
+            assert err <= 2 * ref_err + slack, f"{shape} {name}: error {err:.3e}, eager {dtype} reference {ref_err:.3e}"
+
+
+def _rope_second_order(fn, x, weight, grad_out, rope):
+    """Gradients in (x, weight, grad_out) of sum(grad_x^2) + sum(grad_weight^2), grad_x and grad_weight the VJP of
+    fn with grad_out: through the double backward (with both cotangents)."""
+    x, weight, grad_out = (t.detach().requires_grad_() for t in (x, weight, grad_out))
+    out = fn(x, weight, EPS, rope=rope)
+    grad_x, grad_weight = torch.autograd.grad(out, (x, weight), grad_out, create_graph=True)
+    return torch.autograd.grad(grad_x.square().sum() + grad_weight.square().sum(), (x, weight, grad_out))
+
+
+@pytest.mark.parametrize("dtype", (torch.float64, torch.float32))
+@pytest.mark.parametrize("backend", ("cpu", "simulator"))
+def test_rope_double_backward_matches_reference(dtype, backend):
+    for shape in ((2, 5, 3, 8), (1, 33, 2, 66)):
+        x, weight, grad_out = _inputs(shape, dtype, seed=sum(shape))
+        rope = _rope_table(shape[1], shape[-1], dtype)
+        args = (ops.rms_norm, x, weight, grad_out, rope)
+        got = run_in_simulator(_rope_second_order, *args) if backend == "simulator" else _rope_second_order(*args)
+        want = _rope_second_order(reference.rms_norm, *(t.double() for t in (x, weight, grad_out)), rope.double())
+        for name, g, w in zip(("x", "weight", "grad_out"), got, want):
+            scale = w.abs().max().item()
+            err = (g.double() - w).abs().max().item()
+            assert err <= (1e-11 if dtype == torch.float64 else 2e-5) * scale, f"{shape} d/d{name}: error {err:.3e}"
+
+
+def test_rope_gradients_to_third_order_and_opcheck():
+    x, weight, grad_out = _inputs((2, 5, 2, 6), torch.float64)
+    rope = _rope_table(5, 6, torch.float64)
+    x.requires_grad_()
+    weight.requires_grad_()
+    grad_out.requires_grad_()
+
+    def fn(x, weight):
+        return ops.rms_norm(x, weight, EPS, rope=rope)
+
+    def vjp(x, weight, grad_out):
+        return torch.autograd.grad(fn(x, weight), (x, weight), grad_out, create_graph=True)
+
+    assert torch.autograd.gradcheck(fn, (x, weight))
+    assert torch.autograd.gradgradcheck(fn, (x, weight))
+    assert torch.autograd.gradgradcheck(vjp, (x, weight, grad_out))  # third order: rms_norm_bwd_bwd's backward
+    _, rstd = fwd_op(x, weight, EPS, rope=rope)
+    u, v = torch.randn_like(x), torch.randn_like(weight)
+    torch.library.opcheck(fwd_op, (x, weight, EPS), {"rope": rope})
+    torch.library.opcheck(bwd_op, (grad_out, x, weight, rstd), {"rope": rope})
+    torch.library.opcheck(torch.ops.ttt_kernels.rms_norm_bwd_bwd, (grad_out, x, weight, rstd, u, v), {"rope": rope})
+
+
+def test_rope_rejects_bad_arguments():
+    x, weight, grad_out = _inputs((2, 3, 2, 8), torch.float32)
+    rope = _rope_table(3, 8, torch.float32)
+    bad_api = [
+        ((x, weight, EPS, None, rope.tolist()), "rope must be None or a tensor"),
+        ((x, weight, EPS, x, rope), "residual and rope cannot be combined"),
+        ((x[0, 0], weight, EPS, None, rope), r"x must be \[..., n, heads, d\] with d even"),
+        ((x[..., :7], weight[:7], EPS, None, rope), "with d even"),
+        ((x, weight, EPS, None, rope[:2]), r"rope must have shape \(3, 4, 2\)"),
+        ((x, weight, EPS, None, rope.double()), "dtype torch.float32"),
+        ((x, weight, EPS, None, rope.clone().requires_grad_()), "rope is a constant table"),
+    ]
+    for args, message in bad_api:
+        with pytest.raises(ValueError, match=message):
+            ops.rms_norm(*args[:4], rope=args[4])
+    bad_op = [
+        ((x, weight, EPS), {"residual": x, "rope": rope}, "residual and rope cannot be combined"),
+        ((x[0, 0], weight, EPS), {"rope": rope}, r"x must be \[..., positions, heads, dim\]"),
+        ((x, weight, EPS), {"rope": rope[:2]}, r"rope must have shape \[3, 4, 2\]"),
+        ((x, weight, EPS), {"rope": rope.double()}, "rope must be Float for Float x"),
+        ((x, weight, EPS), {"rope": rope.transpose(0, 1).contiguous().transpose(0, 1)}, "rope must be contiguous"),
+    ]
+    for args, kwargs, message in bad_op:
+        with pytest.raises(RuntimeError, match=message):
+            fwd_op(*args, **kwargs)
+    _, rstd = fwd_op(x, weight, EPS, rope=rope)
+    with pytest.raises(RuntimeError, match=r"rope must have shape \[3, 4, 2\]"):
+        bwd_op(grad_out, x, weight, rstd, rope[:2])
+
+
+def test_rope_tensors_starting_at_odd_elements():
+    """The CUDA kernels rotate pairs within a thread; the op copies a tensor that starts at an odd element."""
+    shape = (2, 3, 2, 8)
+    odd = [t[1:].view(shape) for t in _inputs((2 * 3 * 2 * 8 + 1,), torch.float32, seed=4)[::2]]
+    weight = _inputs((8,), torch.float32, seed=5)[0]
+    rope = _rope_table(3, 8, torch.float32)
+    for x, grad_out in (odd, odd[::-1]):
+        args = (ops.rms_norm, x, weight, grad_out, rope)
+        for got, want in zip(run_in_simulator(_rope_results, *args), _rope_results(*args)):
+            torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
 
 
 # ---- argument checking -----------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@
 #include <stdexcept>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "common.h"
 #include "ttt_kernels/cpu_parallel.h"
@@ -70,11 +71,9 @@ inline c10::Half narrow(float v) {
 // The row kernels take plain restrict-qualified pointers (not lambda captures) so that the compiler sees
 // independent, unit-stride accesses and vectorizes every loop.
 
-// out[i] = [res[i] +] w[i] * x[i] * rstd for one row of `dim` elements (res may be null); returns
-// rstd = 1 / sqrt(mean(x^2) + eps).
+// rstd = 1 / sqrt(mean(x^2) + eps) of one row.
 template <typename T>
-Accum<T> fwd_row(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ res, T* __restrict__ out,
-                 int64_t dim, Accum<T> eps) {
+Accum<T> row_rstd(const T* __restrict__ x, int64_t dim, Accum<T> eps) {
   using A = Accum<T>;
   A sumsq = 0;
 #pragma omp simd reduction(+ : sumsq)
@@ -82,7 +81,14 @@ Accum<T> fwd_row(const T* __restrict__ x, const T* __restrict__ w, const T* __re
     const A v = widen(x[i]);
     sumsq += v * v;
   }
-  const A rstd = A(1) / std::sqrt(sumsq / static_cast<A>(dim) + eps);
+  return A(1) / std::sqrt(sumsq / static_cast<A>(dim) + eps);
+}
+
+// out[i] = [res[i] +] w[i] * x[i] * rstd for one row of `dim` elements (res may be null); returns rstd.
+template <typename T>
+Accum<T> fwd_row(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ res, T* __restrict__ out,
+                 int64_t dim, Accum<T> eps) {
+  const Accum<T> rstd = row_rstd(x, dim, eps);
   if (res == nullptr) {
 #pragma omp simd
     for (int64_t i = 0; i < dim; ++i) out[i] = narrow<T>(widen(w[i]) * (widen(x[i]) * rstd));
@@ -93,9 +99,40 @@ Accum<T> fwd_row(const T* __restrict__ x, const T* __restrict__ w, const T* __re
   return rstd;
 }
 
-// dx = rstd * g * w - x * rstd^3 * mean(g * w * x) for one row; adds g * x * rstd to the grad_weight partial dw.
+// out = R(w * x * rstd) for one row, R rotating pair i by (cs[2i], cs[2i + 1]) = (cos, sin) of the row's position;
+// returns rstd.
 template <typename T>
-void bwd_row(const T* __restrict__ x, const T* __restrict__ g, const T* __restrict__ w, Accum<T> rstd,
+Accum<T> fwd_rope_row(const T* __restrict__ x, const T* __restrict__ w, const Accum<T>* __restrict__ cs,
+                      T* __restrict__ out, int64_t dim, Accum<T> eps) {
+  using A = Accum<T>;
+  const A rstd = row_rstd(x, dim, eps);
+#pragma omp simd
+  for (int64_t i = 0; i < dim; i += 2) {
+    const A a = widen(w[i]) * (widen(x[i]) * rstd);
+    const A b = widen(w[i + 1]) * (widen(x[i + 1]) * rstd);
+    out[i] = narrow<T>(a * cs[i] - b * cs[i + 1]);
+    out[i + 1] = narrow<T>(a * cs[i + 1] + b * cs[i]);
+  }
+  return rstd;
+}
+
+// dst = R^T src (inverse) or R src for one row of pairs (R: fwd_rope_row), in the math type.
+template <bool kInverse, typename S, typename A>
+void rotate_row(const S* __restrict__ src, const A* __restrict__ cs, A* __restrict__ dst, int64_t dim) {
+  const A sign = kInverse ? A(-1) : A(1);
+#pragma omp simd
+  for (int64_t i = 0; i < dim; i += 2) {
+    const A a = widen(src[i]);
+    const A b = widen(src[i + 1]);
+    dst[i] = a * cs[i] - sign * b * cs[i + 1];
+    dst[i + 1] = sign * a * cs[i + 1] + b * cs[i];
+  }
+}
+
+// dx = rstd * g * w - x * rstd^3 * mean(g * w * x) for one row; adds g * x * rstd to the grad_weight partial dw.
+// g is grad_out (T) or, with RoPE, R^T grad_out (the math type).
+template <typename T, typename G>
+void bwd_row(const T* __restrict__ x, const G* __restrict__ g, const T* __restrict__ w, Accum<T> rstd,
              T* __restrict__ dx, Accum<T>* __restrict__ dw, int64_t dim) {
   using A = Accum<T>;
   A dot = 0;
@@ -112,10 +149,11 @@ void bwd_row(const T* __restrict__ x, const T* __restrict__ g, const T* __restri
 }
 
 // The double backward of one row (math: include/ttt_kernels/rms_norm.h): grad_grad_out dg and grad_x dx; adds g h to
-// the grad_weight partial dw. u (grad_grad_x, this row) and v (grad_grad_weight) may be nullptr (zero).
-template <typename T>
-void bwd_bwd_row(const T* __restrict__ x, const T* __restrict__ g, const T* __restrict__ w, Accum<T> r,
-                 const T* __restrict__ u, const T* __restrict__ v, T* __restrict__ dg, T* __restrict__ dx,
+// the grad_weight partial dw. u (grad_grad_x, this row) and v (grad_grad_weight) may be nullptr (zero). g and dg are
+// grad_out and grad_grad_out (T) or, with RoPE, R^T grad_out and R^T grad_grad_out (the math type).
+template <typename T, typename G>
+void bwd_bwd_row(const T* __restrict__ x, const G* __restrict__ g, const T* __restrict__ w, Accum<T> r,
+                 const T* __restrict__ u, const T* __restrict__ v, G* __restrict__ dg, T* __restrict__ dx,
                  Accum<T>* __restrict__ dw, int64_t dim) {
   using A = Accum<T>;
   const auto at = [](const T* t, int64_t i) { return t == nullptr ? A(0) : widen(t[i]); };
@@ -142,10 +180,22 @@ void bwd_bwd_row(const T* __restrict__ x, const T* __restrict__ g, const T* __re
     const A ui = at(u, i);
     const A vi = at(v, i);
     const A h = r * ui - c * t * xi;
-    dg[i] = narrow<T>(wi * h + r * vi * xi);
+    dg[i] = narrow<G>(wi * h + r * vi * xi);
     dx[i] = narrow<T>(coef_x * xi - c * t * gi * wi - c * s * ui + r * vi * gi);
     dw[i] += gi * h;
   }
+}
+
+// The RoPE position of a row (include/ttt_kernels/rms_norm.h).
+inline int64_t rope_position(const RmsNormParams& p, int64_t row) { return row / p.rope_heads % p.rope_positions; }
+
+// The calling thread's scratch row `slot` (0 or 1) of at least dim elements of A, reused across calls.
+template <typename A>
+A* row_buffer(int64_t dim, int slot) {
+  thread_local std::vector<A> buffers[2];
+  std::vector<A>& buffer = buffers[slot];
+  if (static_cast<int64_t>(buffer.size()) < dim) buffer.resize(dim);
+  return buffer.data();
 }
 
 // Runs row_fn(row, dw) over the rows in chunks (at least kGrainElements elements each, at most kMaxChunks: small
@@ -189,9 +239,12 @@ void fwd(const RmsNormParams& p) {
   T* out = static_cast<T*>(p.out);
   A* rstd = static_cast<A*>(p.rstd);
   const A eps = static_cast<A>(p.eps);
+  const A* rope = static_cast<const A*>(p.rope);
   parallel_for(0, p.rows, std::max<int64_t>(1, kGrainElements / dim), [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
-      rstd[row] = fwd_row(x + row * dim, w, res ? res + row * dim : nullptr, out + row * dim, dim, eps);
+      const int64_t offset = row * dim;
+      rstd[row] = rope != nullptr ? fwd_rope_row(x + offset, w, rope + rope_position(p, row) * dim, out + offset, dim, eps)
+                                  : fwd_row(x + offset, w, res ? res + offset : nullptr, out + offset, dim, eps);
     }
   });
 }
@@ -205,9 +258,16 @@ void bwd(const RmsNormParams& p) {
   const T* g = static_cast<const T*>(p.grad_out);
   const A* rstd = static_cast<const A*>(p.rstd);
   T* dx = static_cast<T*>(p.grad_x);
+  const A* rope = static_cast<const A*>(p.rope);
   rows_with_weight_grad<T>(p, [&](int64_t row, A* dw) {
     const int64_t offset = row * dim;
-    bwd_row(x + offset, g + offset, w, rstd[row], dx + offset, dw, dim);
+    if (rope == nullptr) {
+      bwd_row(x + offset, g + offset, w, rstd[row], dx + offset, dw, dim);
+      return;
+    }
+    A* rotated = row_buffer<A>(dim, 0);  // R^T grad_out
+    rotate_row<true>(g + offset, rope + rope_position(p, row) * dim, rotated, dim);
+    bwd_row(x + offset, static_cast<const A*>(rotated), w, rstd[row], dx + offset, dw, dim);
   });
 }
 
@@ -223,10 +283,24 @@ void bwd_bwd(const RmsNormParams& p) {
   const A* rstd = static_cast<const A*>(p.rstd);
   T* dg = static_cast<T*>(p.grad_grad_out);
   T* dx = static_cast<T*>(p.grad_x);
+  const A* rope = static_cast<const A*>(p.rope);
   rows_with_weight_grad<T>(p, [&](int64_t row, A* dw) {
     const int64_t offset = row * dim;
-    bwd_bwd_row(x + offset, g + offset, w, rstd[row], u == nullptr ? nullptr : u + offset, v, dg + offset,
-                dx + offset, dw, dim);
+    const T* u_row = u == nullptr ? nullptr : u + offset;
+    if (rope == nullptr) {
+      bwd_bwd_row(x + offset, g + offset, w, rstd[row], u_row, v, dg + offset, dx + offset, dw, dim);
+      return;
+    }
+    const A* cs = rope + rope_position(p, row) * dim;
+    A* rotated = row_buffer<A>(dim, 0);  // R^T grad_out
+    A* dg_rotated = row_buffer<A>(dim, 1);  // R^T grad_grad_out
+    rotate_row<true>(g + offset, cs, rotated, dim);
+    bwd_bwd_row(x + offset, static_cast<const A*>(rotated), w, rstd[row], u_row, v, dg_rotated, dx + offset, dw,
+                dim);
+    rotate_row<false>(static_cast<const A*>(dg_rotated), cs, rotated, dim);
+    T* __restrict__ dg_row = dg + offset;
+#pragma omp simd
+    for (int64_t i = 0; i < dim; ++i) dg_row[i] = narrow<T>(rotated[i]);
   });
 }
 

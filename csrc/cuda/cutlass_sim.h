@@ -4,10 +4,9 @@
 //
 // - PTX wrappers, whose host paths are empty, assert or are not C++ at all: ldmatrix (arch::ldsm), cp.async
 //   (arch::cp_async, cp_async_zfill, cp_async_fence, cp_async_wait), predicated global accesses (arch::global_load,
-//   global_store), shared-memory accesses (arch::shared_load, shared_store) and the serial split-K semaphore. The
-//   replacements execute the project's arch.h primitives (device/arch.h), so the simulator schedules, checks and
-//   records them exactly like those of the hand-written kernels; plain accesses are checked by the simulator's
-//   memory-access instrumentation like every other kernel access.
+//   global_store) and the serial split-K semaphore. The replacements execute the project's arch.h primitives
+//   (device/arch.h), so the simulator schedules, checks and records them exactly like those of the hand-written
+//   kernels; plain accesses are checked by the simulator's memory-access instrumentation like every other access.
 // - Thread-index helpers whose host paths return constants (cutlass::canonical_warp_idx_sync() is 0 on the host):
 //   they read threadIdx like the device paths do.
 //
@@ -70,8 +69,6 @@ inline int SmId() { return 0; }
 // ---- Memory instructions --------------------------------------------------------------------------------------
 
 #define ldsm cutlass_ptx_ldsm
-#define shared_load cutlass_ptx_shared_load
-#define shared_store cutlass_ptx_shared_store
 #define global_load cutlass_ptx_global_load
 #define global_store cutlass_ptx_global_store
 #define cp_async cutlass_ptx_cp_async
@@ -82,8 +79,6 @@ inline int SmId() { return 0; }
 #include <cutlass/arch/memory_sm75.h>
 #include <cutlass/arch/memory_sm80.h>
 #undef ldsm
-#undef shared_load
-#undef shared_store
 #undef global_load
 #undef global_store
 #undef cp_async
@@ -106,16 +101,6 @@ inline void ldsm(Array<unsigned, MatrixCount>& d, void const* ptr) {
     ttt::arch::ldmatrix_trans<MatrixCount>(r, ptr);
   }
   for (int i = 0; i < MatrixCount; ++i) d[i] = r[i];
-}
-
-template <typename AccessType>
-inline void shared_load(AccessType& d, void const* ptr) {
-  d = *static_cast<AccessType const*>(ptr);
-}
-
-template <typename AccessType>
-inline void shared_store(void* ptr, AccessType const& d) {
-  *static_cast<AccessType*>(ptr) = d;
 }
 
 // Predicated global accesses: nothing happens (and d keeps its value) when pred_guard is false.

@@ -13,6 +13,9 @@
 // Double backward: the backward's grid, row walk and grad_weight reduction (walk_rows_with_weight_grad); pass 1
 //   reduces the row's four sums, pass 2 writes grad_grad_out and grad_x and adds g h to the partial. Its rows are
 //   read from global memory in both passes (no register copy: it reads up to four tensors per row).
+// RoPE (params.rope): pairs of elements never straddle a thread's vectors (the launchers take 2-element vectors at
+// least), so each thread rotates its own pairs: the forward's output, the (double) backward's grad_out (R^T) and the
+// double backward's grad_grad_out (R).
 // Loops over compile-time trip counts (vectors per thread, elements per vector) are fully unrolled by nvcc without
 // `#pragma unroll` (which the simulator's host compiler would reject as unknown): the per-thread arrays stay in
 // registers (ptxas: 0-byte stack frames).
@@ -23,8 +26,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 namespace ttt::TTT_CUDA_NS {
 namespace {
@@ -117,6 +122,32 @@ __device__ __forceinline__ A row_sum(A v, A* scratch) {
   return total;
 }
 
+// The (cos, sin) pairs of a row's RoPE position ([dim] values: pair e / 2 at e, e + 1), or nullptr without RoPE.
+template <typename A>
+__device__ __forceinline__ const A* rope_row(const RmsNormParams& p, int64_t row) {
+  if (p.rope == nullptr) return nullptr;
+  return static_cast<const A*>(p.rope) + row / p.rope_heads % p.rope_positions * p.dim;
+}
+
+// v in the math type, each pair (a, b) at elements (e0 + k, e0 + k + 1) of the row turned by R (kInverse false) or
+// R^T when cs is not nullptr (kVec is even then).
+template <bool kInverse, typename A, int kVec, typename V>
+__device__ __forceinline__ Pack<A, kVec> rotated(const V& v, const A* cs, int e0) {
+  Pack<A, kVec> r;
+  for (int k = 0; k < kVec; ++k) r.v[k] = to_accum(v.v[k]);
+  if constexpr (kVec % 2 == 0) {
+    if (cs != nullptr) {
+      const A sign = kInverse ? A(-1) : A(1);
+      for (int k = 0; k < kVec; k += 2) {
+        const A a = r.v[k], b = r.v[k + 1], c = cs[e0 + k], sn = cs[e0 + k + 1];
+        r.v[k] = a * c - sign * b * sn;
+        r.v[k + 1] = sign * a * sn + b * c;
+      }
+    }
+  }
+  return r;
+}
+
 // Loads this thread's vectors base + j * blockDim.x (j < kN, index < nvec) of a row: all loads are issued before
 // any is used.
 template <int kN, typename Vec>
@@ -127,8 +158,8 @@ __device__ __forceinline__ void load_chunk(Vec (&dst)[kN], const Vec* __restrict
   }
 }
 
-// out[row] = [residual[row] +] weight * x[row] * rstd[row], rstd[row] = 1 / sqrt(mean(x[row]^2) + eps).
-// x, residual, out: [rows, dim].
+// out[row] = [residual[row] +] weight * x[row] * rstd[row], rstd[row] = 1 / sqrt(mean(x[row]^2) + eps), turned by
+// R with RoPE. x, residual, out: [rows, dim].
 template <typename T, int kVec>
 __global__ void __launch_bounds__(kFwdMaxThreads, 1) rms_norm_fwd_kernel(const RmsNormParams p) {
   using A = Accum<T>;
@@ -162,6 +193,7 @@ __global__ void __launch_bounds__(kFwdMaxThreads, 1) rms_norm_fwd_kernel(const R
 
   const Vec* __restrict__ w = static_cast<const Vec*>(p.weight);
   const Vec* __restrict__ res = p.residual ? static_cast<const Vec*>(p.residual) + offset : nullptr;
+  const A* __restrict__ cs = rope_row<A>(p, row);
   Vec* __restrict__ out = static_cast<Vec*>(p.out) + offset;
   for (int base = threadIdx.x; base < nvec; base += chunk) {
     if (nvec > chunk) load_chunk(xv, x, base, nvec);
@@ -169,9 +201,22 @@ __global__ void __launch_bounds__(kFwdMaxThreads, 1) rms_norm_fwd_kernel(const R
       const int i = base + j * static_cast<int>(blockDim.x);
       if (i >= nvec) continue;
       const Vec wv = w[i];
+      Vec o;
+      if constexpr (kVec % 2 == 0) {
+        if (cs != nullptr) {  // RoPE: pairs turned as they are normed (two values live, not a vector's worth)
+          for (int k = 0; k < kVec; k += 2) {
+            const A a = to_accum(wv.v[k]) * (to_accum(xv[j].v[k]) * rstd);
+            const A b = to_accum(wv.v[k + 1]) * (to_accum(xv[j].v[k + 1]) * rstd);
+            const A c = cs[i * kVec + k], sn = cs[i * kVec + k + 1];
+            o.v[k] = from_accum<T>(a * c - b * sn);
+            o.v[k + 1] = from_accum<T>(a * sn + b * c);
+          }
+          out[i] = o;
+          continue;
+        }
+      }
       Vec rv = {};
       if (res != nullptr) rv = res[i];
-      Vec o;
       for (int k = 0; k < kVec; ++k) {
         const A normed = to_accum(wv.v[k]) * (to_accum(xv[j].v[k]) * rstd);
         o.v[k] = from_accum<T>(res != nullptr ? to_accum(rv.v[k]) + normed : normed);
@@ -209,7 +254,7 @@ __device__ __forceinline__ void walk_rows_with_weight_grad(const RmsNormParams& 
 }
 
 // grad_x[row] = rstd * g * w - x * rstd^3 * sum(g * w * x) / dim for the rows walk_rows_with_weight_grad visits;
-// workspace[blockIdx.x, :] = sum over those rows of g * x * rstd.
+// workspace[blockIdx.x, :] = sum over those rows of g * x * rstd. g = grad_out, or R^T grad_out with RoPE.
 template <typename T, int kVec>
 __global__ void __launch_bounds__(kBwdMaxThreads, 1) rms_norm_bwd_kernel(const RmsNormParams p) {
   using A = Accum<T>;
@@ -226,6 +271,7 @@ __global__ void __launch_bounds__(kBwdMaxThreads, 1) rms_norm_bwd_kernel(const R
     const int64_t offset = row * nvec;
     const Vec* __restrict__ x = static_cast<const Vec*>(p.x) + offset;
     const Vec* __restrict__ g = static_cast<const Vec*>(p.grad_out) + offset;
+    const A* __restrict__ cs = valid ? rope_row<A>(p, row) : nullptr;
 
     Vec xv[kBwdVecsPerThread] = {};
     Vec gv[kBwdVecsPerThread] = {};
@@ -237,7 +283,8 @@ __global__ void __launch_bounds__(kBwdMaxThreads, 1) rms_norm_bwd_kernel(const R
         const int i = base + j * static_cast<int>(blockDim.x);
         if (i >= row_nvec) continue;
         const Vec wv = w[i];
-        for (int k = 0; k < kVec; ++k) dot += to_accum(gv[j].v[k]) * to_accum(wv.v[k]) * to_accum(xv[j].v[k]);
+        const AccVec ga = rotated<true, A, kVec>(gv[j], cs, i * kVec);
+        for (int k = 0; k < kVec; ++k) dot += ga.v[k] * to_accum(wv.v[k]) * to_accum(xv[j].v[k]);
       }
     }
     dot = row_sum(dot, scratch);
@@ -255,11 +302,12 @@ __global__ void __launch_bounds__(kBwdMaxThreads, 1) rms_norm_bwd_kernel(const R
         const int i = base + j * static_cast<int>(blockDim.x);
         if (i >= nvec) continue;
         const Vec wv = w[i];
+        const AccVec ga = rotated<true, A, kVec>(gv[j], cs, i * kVec);
         AccVec acc = dw[i];
         Vec o;
         for (int k = 0; k < kVec; ++k) {
           const A xk = to_accum(xv[j].v[k]);
-          const A gk = to_accum(gv[j].v[k]);
+          const A gk = ga.v[k];
           o.v[k] = from_accum<T>(rstd * gk * to_accum(wv.v[k]) - coef * xk);
           acc.v[k] += gk * xk * rstd;
         }
@@ -272,7 +320,7 @@ __global__ void __launch_bounds__(kBwdMaxThreads, 1) rms_norm_bwd_kernel(const R
 
 // The double backward (math: include/ttt_kernels/rms_norm.h) for the rows walk_rows_with_weight_grad visits:
 // grad_grad_out and grad_x per row, workspace[blockIdx.x, :] = sum over the rows of g h. grad_grad_x (u) and
-// grad_grad_weight (v) may be nullptr (zero).
+// grad_grad_weight (v) may be nullptr (zero). With RoPE, g = R^T grad_out and grad_grad_out = R (the formula's).
 template <typename T, int kVec>
 __global__ void __launch_bounds__(kBwdMaxThreads, 1) rms_norm_bwd_bwd_kernel(const RmsNormParams p) {
   using A = Accum<T>;
@@ -290,14 +338,16 @@ __global__ void __launch_bounds__(kBwdMaxThreads, 1) rms_norm_bwd_bwd_kernel(con
     const Vec* __restrict__ x = static_cast<const Vec*>(p.x) + offset;
     const Vec* __restrict__ g = static_cast<const Vec*>(p.grad_out) + offset;
     const Vec* __restrict__ u = p.grad_grad_x != nullptr ? static_cast<const Vec*>(p.grad_grad_x) + offset : nullptr;
+    const A* __restrict__ cs = valid ? rope_row<A>(p, row) : nullptr;
     // Element k of vector i of u and v (zero when absent).
     const auto u_at = [&](int i, int k) { return u != nullptr ? to_accum(u[i].v[k]) : A(0); };
     const auto v_at = [&](int i, int k) { return v != nullptr ? to_accum(v[i].v[k]) : A(0); };
     A s = 0, t = 0, q = 0, pv = 0;
     for (int i = threadIdx.x; i < row_nvec; i += blockDim.x) {
-      const Vec xv = x[i], gv = g[i], wv = w[i];
+      const Vec xv = x[i], wv = w[i];
+      const AccVec ga = rotated<true, A, kVec>(g[i], cs, i * kVec);
       for (int k = 0; k < kVec; ++k) {
-        const A xk = to_accum(xv.v[k]), gk = to_accum(gv.v[k]), ak = gk * to_accum(wv.v[k]), uk = u_at(i, k);
+        const A xk = to_accum(xv.v[k]), gk = ga.v[k], ak = gk * to_accum(wv.v[k]), uk = u_at(i, k);
         s += ak * xk;
         t += uk * xk;
         q += uk * ak;
@@ -317,17 +367,21 @@ __global__ void __launch_bounds__(kBwdMaxThreads, 1) rms_norm_bwd_bwd_kernel(con
     Vec* __restrict__ dg = static_cast<Vec*>(p.grad_grad_out) + offset;
     Vec* __restrict__ dx = static_cast<Vec*>(p.grad_x) + offset;
     for (int i = threadIdx.x; i < nvec; i += blockDim.x) {
-      const Vec xv = x[i], gv = g[i], wv = w[i];
+      const Vec xv = x[i], wv = w[i];
+      const AccVec ga = rotated<true, A, kVec>(g[i], cs, i * kVec);
       AccVec acc = dw[i];
+      AccVec dga;
       Vec og, ox;
       for (int k = 0; k < kVec; ++k) {
-        const A xk = to_accum(xv.v[k]), gk = to_accum(gv.v[k]), wk = to_accum(wv.v[k]);
+        const A xk = to_accum(xv.v[k]), gk = ga.v[k], wk = to_accum(wv.v[k]);
         const A uk = u_at(i, k), vk = v_at(i, k);
         const A h = r * uk - c * t * xk;
-        og.v[k] = from_accum<T>(wk * h + r * vk * xk);
+        dga.v[k] = wk * h + r * vk * xk;
         ox.v[k] = from_accum<T>(coef_x * xk - c * t * gk * wk - c * s * uk + r * vk * gk);
         acc.v[k] += gk * h;
       }
+      dga = rotated<false, A, kVec>(dga, cs, i * kVec);
+      for (int k = 0; k < kVec; ++k) og.v[k] = from_accum<T>(dga.v[k]);
       dg[i] = og;
       dx[i] = ox;
       dw[i] = acc;
@@ -363,7 +417,35 @@ __global__ void __launch_bounds__(kReduceCols* kReduceSplits)
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
+bool aligned_to(const void* ptr, size_t bytes) { return reinterpret_cast<uintptr_t>(ptr) % bytes == 0; }
+
+// Elements per vector access of an op's rows: 16-byte vectors when dim and every pointer (nullptr: absent) allow,
+// else single elements, or pairs with RoPE (a thread rotates whole pairs; dim is even then).
+template <typename T>
+int vector_width(const RmsNormParams& p, std::initializer_list<const void*> pointers, const char* op) {
+  const auto all_aligned = [&](size_t bytes) {
+    return std::all_of(pointers.begin(), pointers.end(), [&](const void* ptr) { return aligned_to(ptr, bytes); });
+  };
+  if (p.dim % kVecElems<T> == 0 && all_aligned(16)) return kVecElems<T>;
+  if (p.rope == nullptr) return 1;
+  if (!all_aligned(2 * sizeof(T))) {
+    throw std::invalid_argument(std::string(op) + ": with rope, every tensor must start at an even element (" +
+                                std::to_string(2 * sizeof(T)) + "-byte aligned): RoPE rotates pairs of elements");
+  }
+  return 2;
+}
+
+// launch.template operator()<kVec>() for the width vector_width chose.
+template <typename T, typename Launch>
+void with_vector_width(int width, Launch&& launch) {
+  if (width == kVecElems<T>) {
+    launch(std::integral_constant<int, kVecElems<T>>{});
+  } else if (width == 2) {
+    launch(std::integral_constant<int, 2>{});
+  } else {
+    launch(std::integral_constant<int, 1>{});
+  }
+}
 
 // Threads per row and row slots per block. A function of (dim, dtype) only, so the backward's workspace size does
 // not depend on pointer alignment.
@@ -427,12 +509,8 @@ void rms_norm_fwd(const RmsNormParams& p, void* stream) {
   if (p.rows == 0 || p.dim == 0) return;
   dispatch_dtype<__nv_bfloat16, __half>(p.dtype, "rms_norm_fwd", [&](auto tag) {
     using T = decltype(tag);
-    constexpr int kVec = kVecElems<T>;
-    if (p.dim % kVec == 0 && aligned16(p.x) && aligned16(p.weight) && aligned16(p.out) && aligned16(p.residual)) {
-      launch_fwd<T, kVec>(p, stream);
-    } else {
-      launch_fwd<T, 1>(p, stream);
-    }
+    const int width = vector_width<T>(p, {p.x, p.weight, p.out, p.residual}, "rms_norm_fwd");
+    with_vector_width<T>(width, [&](auto vec) { launch_fwd<T, decltype(vec)::value>(p, stream); });
   });
 }
 
@@ -447,13 +525,8 @@ void rms_norm_bwd(const RmsNormParams& p, void* stream) {
   if (p.dim == 0) return;
   dispatch_dtype<__nv_bfloat16, __half>(p.dtype, "rms_norm_bwd", [&](auto tag) {
     using T = decltype(tag);
-    constexpr int kVec = kVecElems<T>;
-    if (p.dim % kVec == 0 && aligned16(p.x) && aligned16(p.weight) && aligned16(p.grad_out) &&
-        aligned16(p.grad_x)) {
-      launch_bwd<T, kVec, false>(p, stream);
-    } else {
-      launch_bwd<T, 1, false>(p, stream);
-    }
+    const int width = vector_width<T>(p, {p.x, p.weight, p.grad_out, p.grad_x}, "rms_norm_bwd");
+    with_vector_width<T>(width, [&](auto vec) { launch_bwd<T, decltype(vec)::value, false>(p, stream); });
   });
 }
 
@@ -461,16 +534,10 @@ void rms_norm_bwd_bwd(const RmsNormParams& p, void* stream) {
   if (p.dim == 0) return;
   dispatch_dtype<__nv_bfloat16, __half>(p.dtype, "rms_norm_bwd_bwd", [&](auto tag) {
     using T = decltype(tag);
-    constexpr int kVec = kVecElems<T>;
-    const bool vectors = p.dim % kVec == 0 && aligned16(p.x) && aligned16(p.weight) && aligned16(p.grad_out) &&
-                         aligned16(p.grad_x) && aligned16(p.grad_grad_out) &&
-                         (p.grad_grad_x == nullptr || aligned16(p.grad_grad_x)) &&
-                         (p.grad_grad_weight == nullptr || aligned16(p.grad_grad_weight));
-    if (vectors) {
-      launch_bwd<T, kVec, true>(p, stream);
-    } else {
-      launch_bwd<T, 1, true>(p, stream);
-    }
+    const int width = vector_width<T>(
+        p, {p.x, p.weight, p.grad_out, p.grad_x, p.grad_grad_out, p.grad_grad_x, p.grad_grad_weight},
+        "rms_norm_bwd_bwd");
+    with_vector_width<T>(width, [&](auto vec) { launch_bwd<T, decltype(vec)::value, true>(p, stream); });
   });
 }
 

@@ -1,11 +1,13 @@
 // torch glue for the fused RMSNorm kernels: schemas, argument checks, and the CPU / simulator / CUDA dispatch.
 //
-//   rms_norm_fwd(x [..., d], weight [d], eps, residual? [..., d]) -> (out [..., d], rstd [rows])
-//     out = [residual +] weight * x * rstd: the residual fuses a post-norm residual connection
-//   rms_norm_bwd(grad_out [..., d], x [..., d], weight [d], rstd [rows]) -> (grad_x [..., d], grad_weight [d])
-//   rms_norm_bwd_bwd(grad_out, x, weight, rstd, grad_grad_x? [..., d], grad_grad_weight? [d])
+//   rms_norm_fwd(x [..., d], weight [d], eps, residual? [..., d], rope? [n, d / 2, 2]) -> (out [..., d], rstd [rows])
+//     out = [residual +] weight * x * rstd: the residual fuses a post-norm residual connection; with rope (x
+//     [..., n, heads, d]), out = RoPE(weight * x * rstd): QK-norm and rotary embeddings in one op
+//   rms_norm_bwd(grad_out [..., d], x [..., d], weight [d], rstd [rows], rope?) -> (grad_x [..., d], grad_weight [d])
+//   rms_norm_bwd_bwd(grad_out, x, weight, rstd, grad_grad_x? [..., d], grad_grad_weight? [d], rope?)
 //     -> (grad_grad_out [..., d], grad_x [..., d], grad_weight [d])      the backward's vector-Jacobian product
-// rows = x.numel() / d; rstd is float32 (float64 for float64 x). Autograd, fake tensors and the Python API are in
+// rows = x.numel() / d; rstd is float32 (float64 for float64 x), and so is rope: (cos, sin) of each position's angle
+// per pair (2i, 2i + 1) of the last dimension (include/ttt_kernels/rms_norm.h). Autograd, fake tensors and the Python API are in
 // python/ttt_kernels/ops/rms_norm.py.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -13,6 +15,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <cstdint>
 #include <optional>
 #include <tuple>
 
@@ -66,52 +69,93 @@ void check_bwd_inputs(const char* op, const at::Tensor& grad_out, const at::Tens
   TORCH_CHECK(rstd.is_contiguous(), op, ": rstd must be contiguous");
 }
 
+using OptTensor = std::optional<at::Tensor>;
+
+// The rotary table of x [..., n, heads, d]: [n, d / 2, 2], rstd's dtype, x's device, contiguous.
+void check_rope(const char* op, const OptTensor& rope, const at::Tensor& x) {
+  if (!rope) return;
+  TORCH_CHECK(x.dim() >= 3, op, ": with rope, x must be [..., positions, heads, dim], got shape ", x.sizes());
+  TORCH_CHECK(x.size(-1) % 2 == 0, op, ": with rope, x's last dimension must be even (pairs), got ", x.size(-1));
+  TORCH_CHECK(rope->dim() == 3 && rope->size(0) == x.size(-3) && rope->size(1) == x.size(-1) / 2 &&
+                  rope->size(2) == 2,
+              op, ": rope must have shape [", x.size(-3), ", ", x.size(-1) / 2,
+              ", 2] (x's positions, half its last dimension, (cos, sin)), got ", rope->sizes());
+  TORCH_CHECK(rope->scalar_type() == rstd_dtype(x), op, ": rope must be ", rstd_dtype(x), " for ", x.scalar_type(),
+              " x, got ", rope->scalar_type());
+  TORCH_CHECK(rope->device() == x.device(), op, ": rope must be on x's device ", x.device(), ", got ",
+              rope->device());
+  TORCH_CHECK(rope->is_contiguous(), op, ": rope must be contiguous, got strides ", rope->strides());
+}
+
+// t itself, or with RoPE and a start at an odd element a copy: the CUDA kernels rotate pairs of elements in one
+// thread, so every row tensor they read starts at an even element (their launchers refuse others).
+at::Tensor pairs_aligned(const at::Tensor& t, const OptTensor& rope) {
+  const bool odd = rope && t.defined() && reinterpret_cast<uintptr_t>(t.data_ptr()) % (2 * t.element_size()) != 0;
+  return odd ? t.clone() : t;
+}
+
 // The fields both directions share; each op then sets its own outputs (and eps / grad_out).
-void set_params(RmsNormParams& params, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& rstd) {
+void set_params(RmsNormParams& params, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& rstd,
+                const OptTensor& rope) {
   params.x = x.data_ptr();
   params.weight = weight.data_ptr();
   params.rstd = rstd.data_ptr();
   params.dim = x.size(-1);
   params.rows = x.numel() / params.dim;
   params.dtype = to_dtype("rms_norm", "x", x.scalar_type());
+  if (rope) {
+    params.rope = rope->data_ptr();
+    params.rope_heads = x.size(-2);
+    params.rope_positions = x.size(-3);
+  }
 }
-
-using OptTensor = std::optional<at::Tensor>;
 
 // Checks the arguments, allocates out and rstd, fills the params and runs launch(params) (a backend's kernel).
 template <typename Launch>
-std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& x, const at::Tensor& weight, double eps,
-                                           const OptTensor& residual, Launch&& launch) {
+std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& x_in, const at::Tensor& weight_in, double eps,
+                                           const OptTensor& residual, const OptTensor& rope, Launch&& launch) {
+  const at::Tensor x = pairs_aligned(x_in, rope);
+  const at::Tensor weight = pairs_aligned(weight_in, rope);
   check_inputs("rms_norm_fwd", x, weight);
   TORCH_CHECK(eps > 0.0 && std::isfinite(eps), "rms_norm_fwd: eps must be a finite number > 0, got ", eps);
   if (residual) check_like("rms_norm_fwd", "residual", *residual, "x", x, x);
+  TORCH_CHECK(!(residual && rope), "rms_norm_fwd: residual and rope cannot be combined (a residual is added after ",
+              "a post-norm, RoPE follows a QK-norm)");
+  check_rope("rms_norm_fwd", rope, x);
   at::Tensor out = at::empty(x.sizes(), x.options());
   at::Tensor rstd = at::empty({x.numel() / x.size(-1)}, x.options().dtype(rstd_dtype(x)));
   RmsNormParams params;
-  set_params(params, x, weight, rstd);
+  set_params(params, x, weight, rstd, rope);
   params.out = out.data_ptr();
   params.residual = residual ? residual->data_ptr() : nullptr;
   params.eps = eps;
-  const ops::SimBuffers buffers{
-      {"x", x}, {"weight", weight}, {"residual", residual.value_or(at::Tensor())}, {"out", out}, {"rstd", rstd}};
+  const ops::SimBuffers buffers{{"x", x},     {"weight", weight}, {"residual", residual.value_or(at::Tensor())},
+                                {"out", out}, {"rstd", rstd},     {"rope", rope.value_or(at::Tensor())}};
   launch(params);
   return {out, rstd};
 }
 
 // Checks the arguments, allocates grad_x and grad_weight, fills the params and runs launch(params).
 template <typename Launch>
-std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_out, const at::Tensor& x,
-                                            const at::Tensor& weight, const at::Tensor& rstd, Launch&& launch) {
+std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_out_in, const at::Tensor& x_in,
+                                            const at::Tensor& weight_in, const at::Tensor& rstd,
+                                            const OptTensor& rope, Launch&& launch) {
+  const at::Tensor grad_out = pairs_aligned(grad_out_in, rope);
+  const at::Tensor x = pairs_aligned(x_in, rope);
+  const at::Tensor weight = pairs_aligned(weight_in, rope);
   check_bwd_inputs("rms_norm_bwd", grad_out, x, weight, rstd);
+  check_rope("rms_norm_bwd", rope, x);
   at::Tensor grad_x = at::empty(x.sizes(), x.options());
   at::Tensor grad_weight = at::empty(weight.sizes(), weight.options());
   RmsNormParams params;
-  set_params(params, x, weight, rstd);
+  set_params(params, x, weight, rstd, rope);
   params.grad_out = grad_out.data_ptr();
   params.grad_x = grad_x.data_ptr();
   params.grad_weight = grad_weight.data_ptr();
-  const ops::SimBuffers buffers{{"grad_out", grad_out}, {"x", x},           {"weight", weight},
-                                {"rstd", rstd},         {"grad_x", grad_x}, {"grad_weight", grad_weight}};
+  const ops::SimBuffers buffers{{"grad_out", grad_out}, {"x", x},
+                                {"weight", weight},     {"rstd", rstd},
+                                {"grad_x", grad_x},     {"grad_weight", grad_weight},
+                                {"rope", rope.value_or(at::Tensor())}};
   launch(params);
   return {grad_x, grad_weight};
 }
@@ -120,18 +164,25 @@ using BwdBwdResult = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
 // Checks the arguments, allocates grad_grad_out, grad_x and grad_weight, fills the params and runs launch(params).
 template <typename Launch>
-BwdBwdResult double_backward(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
-                             const at::Tensor& rstd, const OptTensor& grad_grad_x, const OptTensor& grad_grad_weight,
-                             Launch&& launch) {
+BwdBwdResult double_backward(const at::Tensor& grad_out_in, const at::Tensor& x_in, const at::Tensor& weight_in,
+                             const at::Tensor& rstd, const OptTensor& grad_grad_x_in,
+                             const OptTensor& grad_grad_weight_in, const OptTensor& rope, Launch&& launch) {
+  const at::Tensor grad_out = pairs_aligned(grad_out_in, rope);
+  const at::Tensor x = pairs_aligned(x_in, rope);
+  const at::Tensor weight = pairs_aligned(weight_in, rope);
+  const OptTensor grad_grad_x = grad_grad_x_in ? OptTensor(pairs_aligned(*grad_grad_x_in, rope)) : std::nullopt;
+  const OptTensor grad_grad_weight =
+      grad_grad_weight_in ? OptTensor(pairs_aligned(*grad_grad_weight_in, rope)) : std::nullopt;
   const char* op = "rms_norm_bwd_bwd";
   check_bwd_inputs(op, grad_out, x, weight, rstd);
+  check_rope(op, rope, x);
   if (grad_grad_x) check_like(op, "grad_grad_x", *grad_grad_x, "x", x, x);
   if (grad_grad_weight) check_like(op, "grad_grad_weight", *grad_grad_weight, "weight", weight, x);
   at::Tensor grad_grad_out = at::empty(x.sizes(), x.options());
   at::Tensor grad_x = at::empty(x.sizes(), x.options());
   at::Tensor grad_weight = at::empty(weight.sizes(), weight.options());
   RmsNormParams params;
-  set_params(params, x, weight, rstd);
+  set_params(params, x, weight, rstd, rope);
   params.grad_out = grad_out.data_ptr();
   params.grad_grad_x = grad_grad_x ? grad_grad_x->data_ptr() : nullptr;
   params.grad_grad_weight = grad_grad_weight ? grad_grad_weight->data_ptr() : nullptr;
@@ -146,14 +197,15 @@ BwdBwdResult double_backward(const at::Tensor& grad_out, const at::Tensor& x, co
                                 {"grad_grad_weight", grad_grad_weight.value_or(at::Tensor())},
                                 {"grad_grad_out", grad_grad_out},
                                 {"grad_x", grad_x},
-                                {"grad_weight", grad_weight}};
+                                {"grad_weight", grad_weight},
+                                {"rope", rope.value_or(at::Tensor())}};
   launch(params);
   return {grad_grad_out, grad_x, grad_weight};
 }
 
 std::tuple<at::Tensor, at::Tensor> rms_norm_fwd_cpu(const at::Tensor& x, const at::Tensor& weight, double eps,
-                                                    const OptTensor& residual) {
-  return forward(x, weight, eps, residual, [](const RmsNormParams& params) {
+                                                    const OptTensor& residual, const OptTensor& rope) {
+  return forward(x, weight, eps, residual, rope, [](const RmsNormParams& params) {
 #if defined(TTT_KERNELS_WITH_SIM)
     if (sim::config().enabled) {
       cuda_sim::rms_norm_fwd(params, /*stream=*/nullptr);
@@ -165,8 +217,9 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_fwd_cpu(const at::Tensor& x, const a
 }
 
 std::tuple<at::Tensor, at::Tensor> rms_norm_bwd_cpu(const at::Tensor& grad_out, const at::Tensor& x,
-                                                    const at::Tensor& weight, const at::Tensor& rstd) {
-  return backward(grad_out, x, weight, rstd, [&rstd](RmsNormParams& params) {
+                                                    const at::Tensor& weight, const at::Tensor& rstd,
+                                                    const OptTensor& rope) {
+  return backward(grad_out, x, weight, rstd, rope, [&rstd](RmsNormParams& params) {
 #if defined(TTT_KERNELS_WITH_SIM)
     if (sim::config().enabled) {
       // The CUDA kernels reduce grad_weight through per-block partial sums.
@@ -183,8 +236,9 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_bwd_cpu(const at::Tensor& grad_out, 
 
 BwdBwdResult rms_norm_bwd_bwd_cpu(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
                                   const at::Tensor& rstd, const OptTensor& grad_grad_x,
-                                  const OptTensor& grad_grad_weight) {
-  return double_backward(grad_out, x, weight, rstd, grad_grad_x, grad_grad_weight, [&rstd](RmsNormParams& params) {
+                                  const OptTensor& grad_grad_weight, const OptTensor& rope) {
+  return double_backward(grad_out, x, weight, rstd, grad_grad_x, grad_grad_weight, rope,
+                         [&rstd](RmsNormParams& params) {
 #if defined(TTT_KERNELS_WITH_SIM)
     if (sim::config().enabled) {
       const at::Tensor workspace = ops::workspace(cuda_sim::rms_norm_bwd_workspace_bytes(params), rstd);
@@ -200,19 +254,21 @@ BwdBwdResult rms_norm_bwd_bwd_cpu(const at::Tensor& grad_out, const at::Tensor& 
 
 #if defined(TTT_KERNELS_WITH_CUDA)
 std::tuple<at::Tensor, at::Tensor> rms_norm_fwd_cuda(const at::Tensor& x, const at::Tensor& weight, double eps,
-                                                     const OptTensor& residual) {
+                                                     const OptTensor& residual, const OptTensor& rope) {
   const c10::cuda::CUDAGuard guard(x.device());
-  const ops::NvtxRange range("rms_norm_fwd", ' ', x.scalar_type(), " d", x.size(-1), residual ? " residual" : "");
-  return forward(x, weight, eps, residual, [](const RmsNormParams& params) {
+  const ops::NvtxRange range("rms_norm_fwd", ' ', x.scalar_type(), " d", x.size(-1), residual ? " residual" : "",
+                             rope ? " rope" : "");
+  return forward(x, weight, eps, residual, rope, [](const RmsNormParams& params) {
     cuda::rms_norm_fwd(params, c10::cuda::getCurrentCUDAStream().stream());
   });
 }
 
 std::tuple<at::Tensor, at::Tensor> rms_norm_bwd_cuda(const at::Tensor& grad_out, const at::Tensor& x,
-                                                     const at::Tensor& weight, const at::Tensor& rstd) {
+                                                     const at::Tensor& weight, const at::Tensor& rstd,
+                                                     const OptTensor& rope) {
   const c10::cuda::CUDAGuard guard(x.device());
-  const ops::NvtxRange range("rms_norm_bwd", ' ', x.scalar_type(), " d", x.size(-1));
-  return backward(grad_out, x, weight, rstd, [&rstd](RmsNormParams& params) {
+  const ops::NvtxRange range("rms_norm_bwd", ' ', x.scalar_type(), " d", x.size(-1), rope ? " rope" : "");
+  return backward(grad_out, x, weight, rstd, rope, [&rstd](RmsNormParams& params) {
     // Per-block partial sums of grad_weight. Freed on return while the kernels may still run: safe, the caching
     // allocator reuses it only for work queued later on this stream.
     const at::Tensor workspace = ops::workspace(cuda::rms_norm_bwd_workspace_bytes(params), rstd);
@@ -223,10 +279,11 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_bwd_cuda(const at::Tensor& grad_out,
 
 BwdBwdResult rms_norm_bwd_bwd_cuda(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
                                    const at::Tensor& rstd, const OptTensor& grad_grad_x,
-                                   const OptTensor& grad_grad_weight) {
+                                   const OptTensor& grad_grad_weight, const OptTensor& rope) {
   const c10::cuda::CUDAGuard guard(x.device());
-  const ops::NvtxRange range("rms_norm_bwd_bwd", ' ', x.scalar_type(), " d", x.size(-1));
-  return double_backward(grad_out, x, weight, rstd, grad_grad_x, grad_grad_weight, [&rstd](RmsNormParams& params) {
+  const ops::NvtxRange range("rms_norm_bwd_bwd", ' ', x.scalar_type(), " d", x.size(-1), rope ? " rope" : "");
+  return double_backward(grad_out, x, weight, rstd, grad_grad_x, grad_grad_weight, rope,
+                         [&rstd](RmsNormParams& params) {
     const at::Tensor workspace = ops::workspace(cuda::rms_norm_bwd_workspace_bytes(params), rstd);
     params.workspace = workspace.data_ptr();
     cuda::rms_norm_bwd_bwd(params, c10::cuda::getCurrentCUDAStream().stream());
@@ -240,11 +297,15 @@ BwdBwdResult rms_norm_bwd_bwd_cuda(const at::Tensor& grad_out, const at::Tensor&
 // The schemas and the CPU implementations; libttt_kernels_cuda.so compiles this file again for the CUDA ones.
 #if !defined(TTT_KERNELS_CUDA_GLUE_ONLY)
 TORCH_LIBRARY_FRAGMENT(ttt_kernels, m) {
-  m.def("rms_norm_fwd(Tensor x, Tensor weight, float eps, Tensor? residual=None) -> (Tensor out, Tensor rstd)");
-  m.def("rms_norm_bwd(Tensor grad_out, Tensor x, Tensor weight, Tensor rstd) -> (Tensor grad_x, Tensor grad_weight)");
+  m.def(
+      "rms_norm_fwd(Tensor x, Tensor weight, float eps, Tensor? residual=None, Tensor? rope=None) -> (Tensor out, "
+      "Tensor rstd)");
+  m.def(
+      "rms_norm_bwd(Tensor grad_out, Tensor x, Tensor weight, Tensor rstd, Tensor? rope=None) -> (Tensor grad_x, "
+      "Tensor grad_weight)");
   m.def(
       "rms_norm_bwd_bwd(Tensor grad_out, Tensor x, Tensor weight, Tensor rstd, Tensor? grad_grad_x, "
-      "Tensor? grad_grad_weight) -> (Tensor grad_grad_out, Tensor grad_x, Tensor grad_weight)");
+      "Tensor? grad_grad_weight, Tensor? rope=None) -> (Tensor grad_grad_out, Tensor grad_x, Tensor grad_weight)");
 }
 
 TORCH_LIBRARY_IMPL(ttt_kernels, CPU, m) {

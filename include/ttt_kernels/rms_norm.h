@@ -11,6 +11,10 @@
 //   grad_weight   = sum over rows of g h
 // The optional residual fuses a post-norm residual connection (x_next = residual + norm(x)) into the forward; the
 // backward does not change (residual's gradient is grad_out itself).
+// The optional rope fuses rotary position embeddings (QK-norm then RoPE): out = R(norm(x)), R rotating each pair
+// (2i, 2i + 1) of a row by the angle of the row's position: (a, b) -> (a cos - b sin, a sin + b cos). R is linear
+// and orthogonal, so the backward and double backward above run on g = R^T grad_out, and the double backward's
+// grad_grad_out is R applied to the formula's.
 // Math runs in float32 (float64 for float64 tensors); out/grad_x/grad_weight are stored in the input dtype.
 //
 // Torch-free: the kernels (csrc/cpu/rms_norm.cpp, csrc/cuda/rms_norm.cu) see only this header; csrc/ops/rms_norm.cpp
@@ -44,6 +48,12 @@ struct RmsNormParams {
   // (float64 for kFloat64) partial sum [dim] of grad_weight per thread block, reduced in a fixed order
   // (deterministic, no atomics).
   void* workspace = nullptr;
+  // Rotary position embeddings (all three directions; nullptr: none): [rope_positions, dim / 2, 2] (cos, sin) in the
+  // math dtype (float32, float64 for kFloat64), contiguous; row r is at position (r / rope_heads) % rope_positions
+  // (x [..., positions, heads, dim]). dim is even. Not combined with residual.
+  const void* rope = nullptr;
+  int64_t rope_heads = 1;
+  int64_t rope_positions = 0;
   int64_t rows = 0;
   int64_t dim = 0;
   double eps = 0.0;  // forward only

@@ -28,6 +28,9 @@ KV = tuple[torch.Tensor, torch.Tensor]
 _AUTO_BUDGET_FRACTION = 0.5
 _AUTO_MIN_BUDGET = 64 << 20  # keys (after QK-norm and RoPE) and values, [B, n, Hkv, hd] each
 
+# Positions per cached RoPE table (TTTE2EModel._rope_rotations): prefill slices and chunks fall inside one.
+_ROPE_SEGMENT = 4096
+
 
 class _Norm(nn.Module):
     def __init__(self, dim: int):
@@ -91,6 +94,19 @@ class TTTE2EState:
     inner_lr: float
     cuda_graph: bool = False
     chunk_graph: "_ChunkStepGraph | None" = None  # the captured chunk step (cuda_graph)
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype math on ``dtype`` values runs in: float64 for float64, float32 otherwise (a Python rule, not
+    torch.promote_types: that is an op call, counted like any other)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _bounded_insert(cache: dict, key, value, capacity: int) -> None:
+    """cache[key] = value, dropping the oldest entries beyond ``capacity`` (dicts keep insertion order)."""
+    while len(cache) >= capacity:
+        cache.pop(next(iter(cache)))
+    cache[key] = value
 
 
 def _last(items, n: int):
@@ -222,7 +238,10 @@ class TTTE2EModel(nn.Module):
         self.embed = nn.Embedding(c.vocab_size, c.hidden_size)  # tied with the LM head
         self.blocks = nn.ModuleList(_Block(c, suffix=i >= c.num_prefix_layers) for i in range(c.num_layers))
         self.norm_f = _Norm(c.hidden_size)
-        self._rope_cache = {}  # (pos0, n, hd, device, dtype) -> RoPE rotations (_rope_rotations)
+        # RoPE rotations (_rope_rotations): (pos0, n, hd, device, dtype) -> the range's table, copied from
+        # (segment, hd, device, dtype) -> the table of a segment's _ROPE_SEGMENT positions.
+        self._rope_cache = {}
+        self._rope_segments = {}
         self.reset_parameters()
 
     @property
@@ -267,42 +286,47 @@ class TTTE2EModel(nn.Module):
     def _fast_dtype(self) -> torch.dtype:
         return torch.float64 if self.embed.weight.dtype == torch.float64 else torch.float32
 
-    def _norm(self, x: torch.Tensor, norm: _Norm, residual: torch.Tensor | None = None) -> torch.Tensor:
-        """RMSNorm of x [..., d]; ``residual + RMSNorm(x)`` in one op if given (a post-norm residual connection)."""
-        return self._opset.rms_norm(x, norm.weight, self.config.norm_eps, residual)
+    def _norm(
+        self, x: torch.Tensor, norm: _Norm, residual: torch.Tensor | None = None, rope: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """RMSNorm of x [..., d]; ``residual + RMSNorm(x)`` in one op if given (a post-norm residual connection), or
+        the norm turned by the RoPE table ``rope`` (_rope_rotations) in one op (QK-norm and RoPE)."""
+        return self._opset.rms_norm(x, norm.weight, self.config.norm_eps, residual, rope)
 
     def _rope_rotations(self, pos0, n: int, hd: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        """exp(i pos theta^(-2j/hd)) for the positions pos0 .. pos0+n-1, [n, 1, hd/2], complex of ``dtype``.
+        """(cos, sin) of pos theta^(-2j/hd) for the positions pos0 .. pos0+n-1, [n, hd/2, 2] of ``dtype``: the
+        interleaved RoPE of pairs (x[2j], x[2j+1]) that rms_norm(..., rope=) applies after the QK-norm.
 
-        Every block's q and k at these positions share one table: it is cached (the last few position ranges: one
-        chunk's blocks, and the recomputation of a chunk in the backward, hit it)."""
+        Every block's q and k at these positions share one table. The tables of the last few ranges are cached
+        (one chunk's blocks, the recomputation of a chunk in the backward, the next chunks hit them), copied from
+        cached segments of _ROPE_SEGMENT positions: a new range is one slice and copy, a range across two segments
+        is computed on its own."""
         if isinstance(pos0, torch.Tensor):  # a 0-d int64 tensor (a captured chunk step): computed on the device
             return self._rope_table(pos0 + torch.arange(n, device=device), hd, dtype)
         key = (pos0, n, hd, device, dtype)
         table = self._rope_cache.get(key)
         if table is None:
-            table = self._rope_table(torch.arange(pos0, pos0 + n, device=device), hd, dtype)
-            if len(self._rope_cache) >= 16:
-                self._rope_cache.pop(next(iter(self._rope_cache)))
-            self._rope_cache[key] = table
+            segment = pos0 // _ROPE_SEGMENT
+            if (pos0 + n - 1) // _ROPE_SEGMENT == segment:
+                start = segment * _ROPE_SEGMENT
+                segment_key = (segment, hd, device, dtype)
+                whole = self._rope_segments.get(segment_key)
+                if whole is None:
+                    whole = self._rope_table(torch.arange(start, start + _ROPE_SEGMENT, device=device), hd, dtype)
+                    _bounded_insert(self._rope_segments, segment_key, whole, 4)
+                # Its own storage: autograd saves it, and the checkpointing budget counts saved storages.
+                table = whole[pos0 - start : pos0 - start + n].clone()
+            else:
+                table = self._rope_table(torch.arange(pos0, pos0 + n, device=device), hd, dtype)
+            _bounded_insert(self._rope_cache, key, table, 64)
         return table
 
     def _rope_table(self, positions: torch.Tensor, hd: int, dtype: torch.dtype) -> torch.Tensor:
-        """exp(i pos theta^(-2j/hd)) for int64 positions [n]: [n, 1, hd/2], complex of ``dtype``."""
+        """(cos, sin) of pos theta^(-2j/hd) for int64 positions [n]: [n, hd/2, 2] of ``dtype``."""
         dt = torch.float32 if self.config.rope_float32_angles else torch.float64
         inv_freq = 1.0 / self.config.rope_theta ** (torch.arange(0, hd, 2, dtype=dt, device=positions.device) / hd)
         angles = positions.to(dt)[:, None] * inv_freq  # [n, hd/2]
-        complex_dtype = torch.complex64 if dtype == torch.float32 else torch.complex128
-        return torch.polar(torch.ones_like(angles), angles).to(complex_dtype)[:, None]
-
-    def _rope(self, x: torch.Tensor, pos0: int) -> torch.Tensor:
-        """Interleaved RoPE: pairs (x[2i], x[2i+1]) of x [B, n, heads, hd] at positions pos0 .. pos0+n-1 rotated by
-        pos * theta^(-2i/hd): each pair as a complex number times exp(i angle)."""
-        n, hd = x.shape[1], x.shape[-1]
-        compute = torch.promote_types(x.dtype, torch.float32)  # 16-bit activations are rotated in float32
-        rotations = self._rope_rotations(pos0, n, hd, x.device, compute)
-        pairs = torch.view_as_complex(x.to(compute).unflatten(-1, (hd // 2, 2)))
-        return torch.view_as_real(pairs * rotations).flatten(-2).to(x.dtype)
+        return torch.stack((angles.cos(), angles.sin()), -1).to(dtype)
 
     def _attention(self, blk: _Block, x: torch.Tensor, pos0: int, past: list) -> tuple[torch.Tensor, KV]:
         """Sliding-window attention of x's n tokens (positions pos0..) over the keys in ``past`` (earlier positions,
@@ -312,8 +336,10 @@ class TTTE2EModel(nn.Module):
         q = F.linear(x, att.wq.weight).view(bsz, n, c.num_heads, c.head_dim)
         k = F.linear(x, att.wk.weight).view(bsz, n, c.kv_heads, c.head_dim)
         v = F.linear(x, att.wv.weight).view(bsz, n, c.kv_heads, c.head_dim)
-        q = self._rope(self._norm(q, att.q_norm), pos0)
-        k = self._rope(self._norm(k, att.k_norm), pos0)
+        # QK-norm and RoPE (pairs rotated in float32 for 16-bit activations), one op each.
+        rope = self._rope_rotations(pos0, n, c.head_dim, x.device, _compute_dtype(x.dtype))
+        q = self._norm(q, att.q_norm, rope=rope)
+        k = self._norm(k, att.k_norm, rope=rope)
         keys, values = k, v
         if past:
             # Keys beyond the window are masked anyway; dropping them keeps the problem [n x (k-1+n)].
@@ -353,7 +379,7 @@ class TTTE2EModel(nn.Module):
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         """Final norm and tied LM head, in float32 (float64 for a float64 model): [B, n, d] -> [B, n, V]."""
         logits = F.linear(self._norm(x, self.norm_f), self.embed.weight)
-        return logits.to(torch.promote_types(logits.dtype, torch.float32))
+        return logits.to(_compute_dtype(logits.dtype))
 
     def _token_losses(self, x: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy of each target [B, n] (0 where masked) and the mask of counted targets."""

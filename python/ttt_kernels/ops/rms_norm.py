@@ -1,9 +1,9 @@
 """Fused RMSNorm with first and second derivatives.
 
-The native ops (csrc/ops/rms_norm.cpp) are ``torch.ops.ttt_kernels.rms_norm_fwd(x, weight, eps, residual=None) ->
-(out, rstd)`` (out = [residual +] the norm),
-``rms_norm_bwd(grad_out, x, weight, rstd) -> (grad_x, grad_weight)`` and the fused double backward
-``rms_norm_bwd_bwd(grad_out, x, weight, rstd, grad_grad_x, grad_grad_weight) -> (grad_grad_out, grad_x,
+The native ops (csrc/ops/rms_norm.cpp) are ``torch.ops.ttt_kernels.rms_norm_fwd(x, weight, eps, residual=None,
+rope=None) -> (out, rstd)`` (out = [residual +] the norm, or RoPE(the norm)),
+``rms_norm_bwd(grad_out, x, weight, rstd, rope=None) -> (grad_x, grad_weight)`` and the fused double backward
+``rms_norm_bwd_bwd(grad_out, x, weight, rstd, grad_grad_x, grad_grad_weight, rope=None) -> (grad_grad_out, grad_x,
 grad_weight)``, with rstd = 1 / sqrt(mean(x^2) + eps) per row ([rows], float32, float64 for float64 x). This module
 registers their fake tensor implementations (for torch.compile) and their autograd formulas: rms_norm_fwd's backward
 is rms_norm_bwd, rms_norm_bwd's is rms_norm_bwd_bwd, and rms_norm_bwd_bwd's differentiates the same closed form
@@ -20,16 +20,25 @@ _ops = torch.ops.ttt_kernels
 
 
 def rms_norm(
-    x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, residual: torch.Tensor | None = None
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float = 1e-6,
+    residual: torch.Tensor | None = None,
+    rope: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``weight * x / sqrt(mean(x^2, -1) + eps)`` over the last dimension of x, plus ``residual`` if given.
+    """``weight * x / sqrt(mean(x^2, -1) + eps)`` over the last dimension of x, plus ``residual`` if given, or
+    rotated by ``rope`` if given.
 
     Args:
-        x: [..., d] float32, float64, bfloat16 or float16.
+        x: [..., d] float32, float64, bfloat16 or float16 ([..., n, heads, d] with rope).
         weight: [d], x's dtype and device.
         eps: a finite number > 0.
         residual: None, or x's shape, dtype and device: a post-norm residual connection ``residual + norm(x)`` in
             one op (the sum is rounded once, from float32).
+        rope: None, or [n, d / 2, 2] (cos, sin) float32 (float64 for float64 x) on x's device: rotary position
+            embeddings of a QK-norm in the same op. Pair (2i, 2i + 1) of the norm at position p (x's dimension -3)
+            becomes (a cos - b sin, a sin + b cos) with (cos, sin) = rope[p, i] (the interleaved RoPE of complex
+            multiplication). A constant: it gets no gradient. Not with residual.
 
     Math runs in float32 (float64 for float64 x); the result has x's dtype. Differentiable to any order in x,
     weight and residual.
@@ -47,6 +56,9 @@ def rms_norm(
         )
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (math.isfinite(eps) and eps > 0):
         raise ValueError(f"rms_norm: eps must be a finite number > 0, got {eps!r}")
+    if rope is not None:
+        _check_rope(x, rope, residual)
+        return _ops.rms_norm_fwd(x.contiguous(), weight.contiguous(), float(eps), rope=rope)[0]
     if residual is None:
         return _ops.rms_norm_fwd(x.contiguous(), weight.contiguous(), float(eps))[0]
     if not isinstance(residual, torch.Tensor):
@@ -59,28 +71,47 @@ def rms_norm(
     return _ops.rms_norm_fwd(x.contiguous(), weight.contiguous(), float(eps), residual.contiguous())[0]
 
 
+def _check_rope(x: torch.Tensor, rope: torch.Tensor, residual) -> None:
+    if not isinstance(rope, torch.Tensor):
+        raise ValueError(f"rms_norm: rope must be None or a tensor, got {type(rope).__name__}")
+    if residual is not None:
+        raise ValueError("rms_norm: residual and rope cannot be combined")
+    if x.dim() < 3 or x.shape[-1] % 2:
+        raise ValueError(f"rms_norm: with rope, x must be [..., n, heads, d] with d even, got {tuple(x.shape)}")
+    expected = (x.shape[-3], x.shape[-1] // 2, 2)
+    if rope.shape != expected or rope.dtype != _rstd_dtype(x.dtype) or rope.device != x.device:
+        raise ValueError(
+            f"rms_norm: rope must have shape {expected}, dtype {_rstd_dtype(x.dtype)} and x's device {x.device}, "
+            f"got {tuple(rope.shape)}, {rope.dtype}, {rope.device}"
+        )
+    if rope.requires_grad:
+        raise ValueError("rms_norm: rope is a constant table (it gets no gradient); pass it detached")
+
+
 def _rstd_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 @torch.library.register_fake("ttt_kernels::rms_norm_fwd")
-def _rms_norm_fwd_fake(x, weight, eps, residual=None):
+def _rms_norm_fwd_fake(x, weight, eps, residual=None, rope=None):
     return x.new_empty(x.shape), x.new_empty(x.numel() // x.shape[-1], dtype=_rstd_dtype(x.dtype))
 
 
 @torch.library.register_fake("ttt_kernels::rms_norm_bwd")
-def _rms_norm_bwd_fake(grad_out, x, weight, rstd):
+def _rms_norm_bwd_fake(grad_out, x, weight, rstd, rope=None):
     return x.new_empty(x.shape), weight.new_empty(weight.shape)
 
 
 @torch.library.register_fake("ttt_kernels::rms_norm_bwd_bwd")
-def _rms_norm_bwd_bwd_fake(grad_out, x, weight, rstd, grad_grad_x, grad_grad_weight):
+def _rms_norm_bwd_bwd_fake(grad_out, x, weight, rstd, grad_grad_x, grad_grad_weight, rope=None):
     return x.new_empty(x.shape), x.new_empty(x.shape), weight.new_empty(weight.shape)
 
 
 def _rms_norm_fwd_setup_context(ctx, inputs, output):
     x, weight = inputs[:2]
     _, rstd = output
+    ctx.rope = inputs[4] if len(inputs) > 4 else None
+    ctx.has_residual = len(inputs) > 3 and inputs[3] is not None
     ctx.save_for_backward(x, weight, rstd)
     ctx.mark_non_differentiable(rstd)
     # Cotangents that do not reach the loss arrive as None, not as materialized zero tensors (one op fewer each).
@@ -88,18 +119,24 @@ def _rms_norm_fwd_setup_context(ctx, inputs, output):
 
 
 def _rms_norm_fwd_backward(ctx, grad_out, _grad_rstd):
-    """(grad_x, grad_weight, None for eps[, grad_residual = grad_out]): the dispatcher leaves out a residual
-    argument that was not given, so the number of inputs is read from needs_input_grad."""
-    extra = (grad_out,) if len(ctx.needs_input_grad) == 4 else ()
+    """(grad_x, grad_weight, None for eps[, grad_residual = grad_out][, None for rope]): the dispatcher leaves out
+    trailing optional arguments that were not given, so the number of inputs is read from needs_input_grad."""
+    extra = [None] * (len(ctx.needs_input_grad) - 3)
+    if ctx.has_residual:
+        extra[0] = grad_out
     if grad_out is None:
         return None, None, None, *extra
     x, weight, rstd = ctx.saved_tensors
-    grad_x, grad_weight = _ops.rms_norm_bwd(grad_out.contiguous(), x, weight, rstd)
+    if ctx.rope is None:
+        grad_x, grad_weight = _ops.rms_norm_bwd(grad_out.contiguous(), x, weight, rstd)
+    else:
+        grad_x, grad_weight = _ops.rms_norm_bwd(grad_out.contiguous(), x, weight, rstd, ctx.rope)
     return grad_x, grad_weight, None, *extra
 
 
 def _rms_norm_bwd_setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
+    ctx.save_for_backward(*inputs[:4])
+    ctx.rope = inputs[4] if len(inputs) > 4 else None
     ctx.set_materialize_grads(False)  # the fused double backward takes an absent cotangent as None
 
 
@@ -116,7 +153,17 @@ def _rstd_of(x: torch.Tensor, rstd: torch.Tensor) -> torch.Tensor:
     return rstd + (r - r.detach())
 
 
-def _bwd_bwd_composite(grad_out, x, weight, rstd, u, v):
+def _rotate(t: torch.Tensor, rope: torch.Tensor, inverse: bool) -> torch.Tensor:
+    """R t (or R^T t) for t [..., n, heads, d] with differentiable ops: pair (a, b) at position p turned by
+    rope[p] = (cos, sin) per pair (the kernels' RoPE)."""
+    cos, sin = rope[:, None, :, 0], rope[:, None, :, 1]  # [n, 1, d / 2]
+    if inverse:
+        sin = -sin
+    a, b = t[..., 0::2], t[..., 1::2]
+    return torch.stack((a * cos - b * sin, a * sin + b * cos), -1).flatten(-2)
+
+
+def _bwd_bwd_composite(grad_out, x, weight, rstd, u, v, rope=None):
     """Vector-Jacobian product of (grad_x, grad_weight) = rms_norm_bwd(g, x, w, rstd) with differentiable torch ops
     (what rms_norm_bwd_bwd computes fused; its own backward differentiates this), per row of d elements:
 
@@ -127,11 +174,14 @@ def _bwd_bwd_composite(grad_out, x, weight, rstd, u, v):
         dg = w h + r V x
         dw = sum over rows of g h
         dx = ((3 r^5 s t / d^2) - (r^3 / d) (q + p)) x - (r^3 t / d) a - (r^3 s / d) U + r V g
-    (dr/dx = -r^3 x / d). rstd gets no gradient: its dependence on x is part of dx. Returns (dg, dx, dw).
+    (dr/dx = -r^3 x / d). rstd gets no gradient: its dependence on x is part of dx. With RoPE R, g is R^T grad_out
+    and dg is R applied to the formula's. Returns (dg, dx, dw).
     """
     d = x.shape[-1]
     acc = rstd.dtype
     xf, gf, wf = x.to(acc), grad_out.to(acc), weight.to(acc)
+    if rope is not None:
+        gf = _rotate(gf, rope, inverse=True)
     u = torch.zeros_like(xf) if u is None else u.to(acc)
     v = torch.zeros_like(wf) if v is None else v.to(acc)
 
@@ -145,6 +195,8 @@ def _bwd_bwd_composite(grad_out, x, weight, rstd, u, v):
     h = r * u - (r3_d * t) * xf
 
     dg = wf * h + r * v * xf
+    if rope is not None:
+        dg = _rotate(dg, rope, inverse=False)
     dw = (gf * h).reshape(-1, d).sum(0)
     dx = (3 * r3_d * r * r * s * t / d - r3_d * (q + p)) * xf - (r3_d * t) * a - (r3_d * s) * u + r * v * gf
     return dg.to(grad_out.dtype), dx.to(x.dtype), dw.to(weight.dtype)
@@ -152,26 +204,31 @@ def _bwd_bwd_composite(grad_out, x, weight, rstd, u, v):
 
 def _rms_norm_bwd_backward(ctx, grad_grad_x, grad_grad_weight):
     """rms_norm_bwd's VJP: the fused double backward (rms_norm_bwd_bwd; math in _bwd_bwd_composite)."""
+    rope_grad = (None,) if ctx.rope is not None else ()
     if grad_grad_x is None and grad_grad_weight is None:
-        return None, None, None, None
+        return None, None, None, None, *rope_grad
     grad_out, x, weight, rstd = ctx.saved_tensors
     u = None if grad_grad_x is None else grad_grad_x.contiguous()
     v = None if grad_grad_weight is None else grad_grad_weight.contiguous()
-    dg, dx, dw = _ops.rms_norm_bwd_bwd(grad_out, x, weight, rstd, u, v)
-    return dg, dx, dw, None
+    if ctx.rope is None:
+        dg, dx, dw = _ops.rms_norm_bwd_bwd(grad_out, x, weight, rstd, u, v)
+    else:
+        dg, dx, dw = _ops.rms_norm_bwd_bwd(grad_out, x, weight, rstd, u, v, ctx.rope)
+    return dg, dx, dw, None, *rope_grad
 
 
 def _rms_norm_bwd_bwd_setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
+    ctx.save_for_backward(*inputs[:6])
+    ctx.rope = inputs[6] if len(inputs) > 6 else None
     ctx.set_materialize_grads(False)
 
 
 def _rms_norm_bwd_bwd_backward(ctx, grad_dg, grad_dx, grad_dw):
     """Third order: the VJP of _bwd_bwd_composite, with a graph when the caller asks for one (every order exact)."""
-    inputs = ctx.saved_tensors
+    inputs = (*ctx.saved_tensors, ctx.rope)
     create_graph = torch.is_grad_enabled()
     wrt = [i for i, t in enumerate(inputs) if t is not None and ctx.needs_input_grad[i]]
-    grads = [None] * len(inputs)
+    grads = [None] * len(ctx.needs_input_grad)
     pairs = [(o, c) for o, c in zip(range(3), (grad_dg, grad_dx, grad_dw)) if c is not None]
     if wrt and pairs:
         with torch.enable_grad():
