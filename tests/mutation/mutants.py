@@ -428,6 +428,22 @@ MUTANTS = [
         RMS_NORM,
     ),
     Mutant(
+        "rms-rope-inverse-rotation",
+        RMS_NORM_CU,
+        "const A sign = kInverse ? A(-1) : A(1);",
+        "const A sign = A(1);",
+        "The backward turns grad_out by R instead of R^T before the norm's backward.",
+        RMS_NORM,
+    ),
+    Mutant(
+        "rms-rope-fwd-pair",
+        RMS_NORM_CU,
+        "o.v[k + 1] = from_accum<T>(a * sn + b * c);",
+        "o.v[k + 1] = from_accum<T>(a * sn - b * c);",
+        "The forward's RoPE writes the second element of each pair with the wrong sign of its cosine term.",
+        RMS_NORM,
+    ),
+    Mutant(
         "rms-bwd-rstd-cubed",
         RMS_NORM_CU,
         "const A coef = rstd * rstd * rstd * dot / static_cast<A>(p.dim);",
