@@ -479,8 +479,8 @@ MUTANTS = [
     Mutant(
         "rms-bwd-bwd-v-operand",
         RMS_NORM_CU,
-        "og.v[k] = from_accum<T>(wk * h + r * vk * xk);",
-        "og.v[k] = from_accum<T>(wk * h + r * vk * gk);",
+        "dga.v[k] = wk * h + r * vk * xk;",
+        "dga.v[k] = wk * h + r * vk * gk;",
         "Wrong operand in the epilogue: grad_grad_out's v term multiplies grad_out instead of x.",
         RMS_NORM,
     ),
