@@ -336,6 +336,25 @@ def test_rope_double_backward_matches_reference(dtype, backend):
             assert err <= (1e-11 if dtype == torch.float64 else 2e-5) * scale, f"{shape} d/d{name}: error {err:.3e}"
 
 
+@pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16))
+def test_simulated_rope_double_backward_16bit_matches_cpu_kernel(dtype):
+    """The 16-bit double backward with RoPE in the simulator (d = 66: pairs, not 16-byte vectors) against the CPU
+    kernel, which computes the same float32 math (checked against float64 above): equal up to about one rounding of
+    the result's dtype."""
+    shape = (1, 33, 2, 66)
+    x, weight, grad_out = _inputs(shape, dtype, seed=3)
+    u, v, _ = _inputs(shape, dtype, seed=4)
+    v = v[:66].contiguous()
+    rope = _rope_table(33, 66, dtype)
+    _, rstd = fwd_op(x, weight, EPS, rope=rope)
+    args = (grad_out, x, weight, rstd, u, v)
+    bwd_bwd_op = torch.ops.ttt_kernels.rms_norm_bwd_bwd
+    got = run_in_simulator(lambda: bwd_bwd_op(*args, rope=rope))
+    for name, g, want in zip(("grad_grad_out", "grad_x", "grad_weight"), got, bwd_bwd_op(*args, rope=rope)):
+        err = (g.double() - want.double()).abs().max().item()
+        assert err <= 2 * torch.finfo(dtype).eps * want.abs().max().item(), f"{name}: difference {err:.3e}"
+
+
 def test_rope_gradients_to_third_order_and_opcheck():
     x, weight, grad_out = _inputs((2, 5, 2, 6), torch.float64)
     rope = _rope_table(5, 6, torch.float64)
