@@ -65,8 +65,10 @@ int main() {
   auto op = c10::Dispatcher::singleton()
                 .findSchemaOrThrow("ttt_kernels::rms_norm_fwd", "")
                 .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, double,
+                                                          const std::optional<at::Tensor>&,
                                                           const std::optional<at::Tensor>&)>();
-  const auto [out_t, rstd_t] = op.call(xt, wt, kEps, std::nullopt);
+  // (x, weight, eps, residual, rope): no residual, no RoPE.
+  const auto [out_t, rstd_t] = op.call(xt, wt, kEps, std::nullopt, std::nullopt);
   const double op_error = max_error(x.data(), weight.data(), out_t.contiguous().data_ptr<float>());
   std::printf("torch.ops.ttt_kernels.rms_norm_fwd via the dispatcher: max error %.2e\n", op_error);
 

@@ -76,8 +76,8 @@ def _sgd_gemm_update(weight, a, b, step):
 OPS = (
     Op(
         "rms_norm",
-        "RMSNorm (forward, backward, fused double backward; optional fused residual add)",
-        "`ttt_kernels.ops.rms_norm(x, weight, eps, residual=None)`",
+        "RMSNorm (forward, backward, fused double backward; optional fused residual add, or RoPE after a QK-norm)",
+        "`ttt_kernels.ops.rms_norm(x, weight, eps, residual=None, rope=None)`",
         "CPU + CUDA",
         ops.rms_norm,
         reference.rms_norm,
