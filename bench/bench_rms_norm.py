@@ -8,6 +8,8 @@ grad_out, rstd; write out, rstd, grad_x, grad_weight) divided by the time. On a 
     python bench/bench_rms_norm.py [--quick] [--device cuda] [--threads N] [--out results.json]
 """
 
+import math
+
 import harness
 import torch
 import torch.nn.functional as F
@@ -80,7 +82,7 @@ def bench(shapes, rope_shapes, dtypes, repeats: int, device: torch.device) -> li
     for dtype in dtypes:
         for shape, rope in cases:
             gen = torch.Generator().manual_seed(0)
-            rows, d = shape[0] * (shape[1] if rope is not None else 1), shape[-1]
+            rows, d = math.prod(shape[:-1]), shape[-1]
             x = torch.randn(*shape, generator=gen).to(device, dtype)
             w = (1 + 0.1 * torch.randn(d, generator=gen)).to(device, dtype)
             g = torch.randn(*shape, generator=gen).to(device, dtype)

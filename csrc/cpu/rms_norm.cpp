@@ -243,8 +243,9 @@ void fwd(const RmsNormParams& p) {
   parallel_for(0, p.rows, std::max<int64_t>(1, kGrainElements / dim), [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t offset = row * dim;
-      rstd[row] = rope != nullptr ? fwd_rope_row(x + offset, w, rope + rope_position(p, row) * dim, out + offset, dim, eps)
-                                  : fwd_row(x + offset, w, res ? res + offset : nullptr, out + offset, dim, eps);
+      rstd[row] = rope != nullptr
+                      ? fwd_rope_row(x + offset, w, rope + rope_position(p, row) * dim, out + offset, dim, eps)
+                      : fwd_row(x + offset, w, res ? res + offset : nullptr, out + offset, dim, eps);
     }
   });
 }

@@ -7,8 +7,8 @@
 //   rms_norm_bwd_bwd(grad_out, x, weight, rstd, grad_grad_x? [..., d], grad_grad_weight? [d], rope?)
 //     -> (grad_grad_out [..., d], grad_x [..., d], grad_weight [d])      the backward's vector-Jacobian product
 // rows = x.numel() / d; rstd is float32 (float64 for float64 x), and so is rope: (cos, sin) of each position's angle
-// per pair (2i, 2i + 1) of the last dimension (include/ttt_kernels/rms_norm.h). Autograd, fake tensors and the Python API are in
-// python/ttt_kernels/ops/rms_norm.py.
+// per pair (2i, 2i + 1) of the last dimension (include/ttt_kernels/rms_norm.h). Autograd, fake tensors and the Python
+// API are in python/ttt_kernels/ops/rms_norm.py.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/core/ScalarType.h>
@@ -87,8 +87,9 @@ void check_rope(const char* op, const OptTensor& rope, const at::Tensor& x) {
   TORCH_CHECK(rope->is_contiguous(), op, ": rope must be contiguous, got strides ", rope->strides());
 }
 
-// t itself, or with RoPE and a start at an odd element a copy: the CUDA kernels rotate pairs of elements in one
-// thread, so every row tensor they read starts at an even element (their launchers refuse others).
+// t itself, or with RoPE and a start at an odd element a copy (after the argument checks, which see the caller's
+// tensors): the CUDA kernels rotate pairs of elements in one thread, so every row tensor they read starts at an even
+// element (their launchers refuse others).
 at::Tensor pairs_aligned(const at::Tensor& t, const OptTensor& rope) {
   const bool odd = rope && t.defined() && reinterpret_cast<uintptr_t>(t.data_ptr()) % (2 * t.element_size()) != 0;
   return odd ? t.clone() : t;
@@ -114,14 +115,14 @@ void set_params(RmsNormParams& params, const at::Tensor& x, const at::Tensor& we
 template <typename Launch>
 std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& x_in, const at::Tensor& weight_in, double eps,
                                            const OptTensor& residual, const OptTensor& rope, Launch&& launch) {
-  const at::Tensor x = pairs_aligned(x_in, rope);
-  const at::Tensor weight = pairs_aligned(weight_in, rope);
-  check_inputs("rms_norm_fwd", x, weight);
+  check_inputs("rms_norm_fwd", x_in, weight_in);
   TORCH_CHECK(eps > 0.0 && std::isfinite(eps), "rms_norm_fwd: eps must be a finite number > 0, got ", eps);
-  if (residual) check_like("rms_norm_fwd", "residual", *residual, "x", x, x);
+  if (residual) check_like("rms_norm_fwd", "residual", *residual, "x", x_in, x_in);
   TORCH_CHECK(!(residual && rope), "rms_norm_fwd: residual and rope cannot be combined (a residual is added after ",
               "a post-norm, RoPE follows a QK-norm)");
-  check_rope("rms_norm_fwd", rope, x);
+  check_rope("rms_norm_fwd", rope, x_in);
+  const at::Tensor x = pairs_aligned(x_in, rope);
+  const at::Tensor weight = pairs_aligned(weight_in, rope);
   at::Tensor out = at::empty(x.sizes(), x.options());
   at::Tensor rstd = at::empty({x.numel() / x.size(-1)}, x.options().dtype(rstd_dtype(x)));
   RmsNormParams params;
@@ -140,11 +141,11 @@ template <typename Launch>
 std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_out_in, const at::Tensor& x_in,
                                             const at::Tensor& weight_in, const at::Tensor& rstd,
                                             const OptTensor& rope, Launch&& launch) {
+  check_bwd_inputs("rms_norm_bwd", grad_out_in, x_in, weight_in, rstd);
+  check_rope("rms_norm_bwd", rope, x_in);
   const at::Tensor grad_out = pairs_aligned(grad_out_in, rope);
   const at::Tensor x = pairs_aligned(x_in, rope);
   const at::Tensor weight = pairs_aligned(weight_in, rope);
-  check_bwd_inputs("rms_norm_bwd", grad_out, x, weight, rstd);
-  check_rope("rms_norm_bwd", rope, x);
   at::Tensor grad_x = at::empty(x.sizes(), x.options());
   at::Tensor grad_weight = at::empty(weight.sizes(), weight.options());
   RmsNormParams params;
@@ -167,25 +168,24 @@ template <typename Launch>
 BwdBwdResult double_backward(const at::Tensor& grad_out_in, const at::Tensor& x_in, const at::Tensor& weight_in,
                              const at::Tensor& rstd, const OptTensor& grad_grad_x_in,
                              const OptTensor& grad_grad_weight_in, const OptTensor& rope, Launch&& launch) {
+  const char* op = "rms_norm_bwd_bwd";
+  check_bwd_inputs(op, grad_out_in, x_in, weight_in, rstd);
+  check_rope(op, rope, x_in);
+  if (grad_grad_x_in) check_like(op, "grad_grad_x", *grad_grad_x_in, "x", x_in, x_in);
+  if (grad_grad_weight_in) check_like(op, "grad_grad_weight", *grad_grad_weight_in, "weight", weight_in, x_in);
   const at::Tensor grad_out = pairs_aligned(grad_out_in, rope);
   const at::Tensor x = pairs_aligned(x_in, rope);
   const at::Tensor weight = pairs_aligned(weight_in, rope);
-  const OptTensor grad_grad_x = grad_grad_x_in ? OptTensor(pairs_aligned(*grad_grad_x_in, rope)) : std::nullopt;
-  const OptTensor grad_grad_weight =
-      grad_grad_weight_in ? OptTensor(pairs_aligned(*grad_grad_weight_in, rope)) : std::nullopt;
-  const char* op = "rms_norm_bwd_bwd";
-  check_bwd_inputs(op, grad_out, x, weight, rstd);
-  check_rope(op, rope, x);
-  if (grad_grad_x) check_like(op, "grad_grad_x", *grad_grad_x, "x", x, x);
-  if (grad_grad_weight) check_like(op, "grad_grad_weight", *grad_grad_weight, "weight", weight, x);
+  const at::Tensor grad_grad_x = pairs_aligned(grad_grad_x_in.value_or(at::Tensor()), rope);
+  const at::Tensor grad_grad_weight = pairs_aligned(grad_grad_weight_in.value_or(at::Tensor()), rope);
   at::Tensor grad_grad_out = at::empty(x.sizes(), x.options());
   at::Tensor grad_x = at::empty(x.sizes(), x.options());
   at::Tensor grad_weight = at::empty(weight.sizes(), weight.options());
   RmsNormParams params;
   set_params(params, x, weight, rstd, rope);
   params.grad_out = grad_out.data_ptr();
-  params.grad_grad_x = grad_grad_x ? grad_grad_x->data_ptr() : nullptr;
-  params.grad_grad_weight = grad_grad_weight ? grad_grad_weight->data_ptr() : nullptr;
+  params.grad_grad_x = grad_grad_x.defined() ? grad_grad_x.data_ptr() : nullptr;
+  params.grad_grad_weight = grad_grad_weight.defined() ? grad_grad_weight.data_ptr() : nullptr;
   params.grad_grad_out = grad_grad_out.data_ptr();
   params.grad_x = grad_x.data_ptr();
   params.grad_weight = grad_weight.data_ptr();
@@ -193,8 +193,8 @@ BwdBwdResult double_backward(const at::Tensor& grad_out_in, const at::Tensor& x_
                                 {"x", x},
                                 {"weight", weight},
                                 {"rstd", rstd},
-                                {"grad_grad_x", grad_grad_x.value_or(at::Tensor())},
-                                {"grad_grad_weight", grad_grad_weight.value_or(at::Tensor())},
+                                {"grad_grad_x", grad_grad_x},
+                                {"grad_grad_weight", grad_grad_weight},
                                 {"grad_grad_out", grad_grad_out},
                                 {"grad_x", grad_x},
                                 {"grad_weight", grad_weight},

@@ -11,6 +11,12 @@ inline CUresult cuGetErrorString(CUresult, const char** message) {
   *message = "not supported by the CUDA simulator";
   return CUDA_SUCCESS;
 }
-inline CUresult cuMemsetD8Async(CUdeviceptr, unsigned char, std::size_t, CUstream) { return CUDA_ERROR_NOT_SUPPORTED; }
-inline CUresult cuMemsetD16Async(CUdeviceptr, unsigned short, std::size_t, CUstream) { return CUDA_ERROR_NOT_SUPPORTED; }
-inline CUresult cuMemsetD32Async(CUdeviceptr, unsigned int, std::size_t, CUstream) { return CUDA_ERROR_NOT_SUPPORTED; }
+inline CUresult cuMemsetD8Async(CUdeviceptr, unsigned char, std::size_t, CUstream) {
+  return CUDA_ERROR_NOT_SUPPORTED;
+}
+inline CUresult cuMemsetD16Async(CUdeviceptr, unsigned short, std::size_t, CUstream) {
+  return CUDA_ERROR_NOT_SUPPORTED;
+}
+inline CUresult cuMemsetD32Async(CUdeviceptr, unsigned int, std::size_t, CUstream) {
+  return CUDA_ERROR_NOT_SUPPORTED;
+}

@@ -284,7 +284,7 @@ class TTTE2EModel(nn.Module):
     # Building blocks
 
     def _fast_dtype(self) -> torch.dtype:
-        return torch.float64 if self.embed.weight.dtype == torch.float64 else torch.float32
+        return _compute_dtype(self.embed.weight.dtype)
 
     def _norm(
         self, x: torch.Tensor, norm: _Norm, residual: torch.Tensor | None = None, rope: torch.Tensor | None = None

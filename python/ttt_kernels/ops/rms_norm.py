@@ -127,10 +127,7 @@ def _rms_norm_fwd_backward(ctx, grad_out, _grad_rstd):
     if grad_out is None:
         return None, None, None, *extra
     x, weight, rstd = ctx.saved_tensors
-    if ctx.rope is None:
-        grad_x, grad_weight = _ops.rms_norm_bwd(grad_out.contiguous(), x, weight, rstd)
-    else:
-        grad_x, grad_weight = _ops.rms_norm_bwd(grad_out.contiguous(), x, weight, rstd, ctx.rope)
+    grad_x, grad_weight = _ops.rms_norm_bwd(grad_out.contiguous(), x, weight, rstd, ctx.rope)
     return grad_x, grad_weight, None, *extra
 
 
@@ -204,16 +201,13 @@ def _bwd_bwd_composite(grad_out, x, weight, rstd, u, v, rope=None):
 
 def _rms_norm_bwd_backward(ctx, grad_grad_x, grad_grad_weight):
     """rms_norm_bwd's VJP: the fused double backward (rms_norm_bwd_bwd; math in _bwd_bwd_composite)."""
-    rope_grad = (None,) if ctx.rope is not None else ()
+    rope_grad = (None,) * (len(ctx.needs_input_grad) - 4)  # the dispatcher leaves out a rope that was not given
     if grad_grad_x is None and grad_grad_weight is None:
         return None, None, None, None, *rope_grad
     grad_out, x, weight, rstd = ctx.saved_tensors
     u = None if grad_grad_x is None else grad_grad_x.contiguous()
     v = None if grad_grad_weight is None else grad_grad_weight.contiguous()
-    if ctx.rope is None:
-        dg, dx, dw = _ops.rms_norm_bwd_bwd(grad_out, x, weight, rstd, u, v)
-    else:
-        dg, dx, dw = _ops.rms_norm_bwd_bwd(grad_out, x, weight, rstd, u, v, ctx.rope)
+    dg, dx, dw = _ops.rms_norm_bwd_bwd(grad_out, x, weight, rstd, u, v, ctx.rope)
     return dg, dx, dw, None, *rope_grad
 
 
