@@ -642,6 +642,25 @@ def test_prefill_matches_decode_and_meta_loss(overrides):
             torch.testing.assert_close(w, w2, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("overrides", [dict(bos_token_id=7), dict(num_kv_heads=1, inner_max_norm=0.05)])
+def test_explicit_chunk_step_matches_autograd(overrides):
+    """The inference chunk step on the package's ops, its backward written out (model/chunk_step.py: no graph, only
+    the fast weights' gradient), against the same step under autograd on the same ops: 2 suffix blocks (the gradient
+    of the first crosses the second's attention), grouped-query attention, masked targets, clipped steps."""
+    model = _model(_config(**overrides))
+    tokens = _tokens(2, 5 * 16 + 3, seed=16)
+    tokens[0, 20:30] = 7
+    explicit, explicit_logits = model.prefill(tokens, return_logits=True)
+    # The dispatch in _chunk_step is by op-set name: the same ops under another name run under autograd.
+    model._opset = dataclasses.replace(model._opset, name="package (autograd)")
+    autograd, autograd_logits = model.prefill(tokens, return_logits=True)
+    torch.testing.assert_close(explicit_logits, autograd_logits, rtol=1e-12, atol=1e-12)
+    for w, w2 in zip(explicit.fast, autograd.fast, strict=True):
+        torch.testing.assert_close(w, w2, rtol=1e-12, atol=1e-14)
+    for kv, kv2 in zip(explicit.kv, autograd.kv, strict=True):
+        torch.testing.assert_close(kv, kv2, rtol=1e-12, atol=1e-12)
+
+
 def test_generate():
     model = _model(_config()).float()
     prompt = _tokens(2, 40, seed=11)

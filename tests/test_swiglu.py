@@ -233,6 +233,59 @@ def test_simulated_batched_cuda_mlp_matches_reference(weight_dtype):
         _assert_close_to_reference(inputs, got)
 
 
+# (grad_x, grad_w1, grad_w3, grad_w2) selected: the static MLP of an inference step, the fast weights of the first
+# suffix block, one weight, and the input with one weight.
+OUTPUT_MASKS = [
+    (True, False, False, False),
+    (False, True, True, True),
+    (False, False, False, True),
+    (True, True, False, False),
+]
+
+
+@pytest.mark.parametrize("simulated", [False, True], ids=["cpu", "simulator"])
+@pytest.mark.parametrize("batched", [False, True], ids=["unbatched", "batched"])
+def test_output_mask_selects_gradients(simulated, batched):
+    """swiglu_mlp_bwd(output_mask): the selected gradients equal those of the full call bit for bit (their GEMMs are
+    the same), the others are None."""
+    dtype = torch.bfloat16 if simulated else torch.float32
+    if batched:
+        x, w1, w3, w2, gy = _batched_inputs(2, 7, 16, 24, dtype, torch.float32, seed=4)
+    else:
+        x, w1, w3, w2, gy = _mlp_inputs((2, 5), 16, 24, dtype, seed=4)
+
+    def run():
+        _, h = fwd_op(x, w1, w3, w2)
+        full = bwd_op(gy, x, w1, w3, w2, h, None)
+        return full, [bwd_op(gy, x, w1, w3, w2, h, None, list(mask)) for mask in OUTPUT_MASKS]
+
+    full, masked = run_in_simulator(run) if simulated else run()
+    for mask, got in zip(OUTPUT_MASKS, masked, strict=True):
+        for keep, g, f in zip(mask, got, full, strict=True):
+            if keep:
+                assert torch.equal(g, f), mask
+            else:
+                assert g is None, mask
+
+
+def test_frozen_weights_get_no_gradient_work():
+    """The autograd formula asks the backward only for the inputs that need a gradient: with frozen weights, the
+    input's gradient and the second order through it are those of trainable ones."""
+    x, w1, w3, w2, gy = _mlp_inputs((3, 4), 12, 20)
+    xl = x.clone().requires_grad_()
+    want = torch.autograd.grad(
+        ops.swiglu_mlp(xl, *(w.clone().requires_grad_() for w in (w1, w3, w2))), xl, gy, create_graph=True
+    )[0]
+    got = torch.autograd.grad(ops.swiglu_mlp(xl, w1, w3, w2), xl, gy, create_graph=True)[0]
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    torch.testing.assert_close(
+        torch.autograd.grad(got.square().sum(), xl)[0],
+        torch.autograd.grad(want.square().sum(), xl)[0],
+        rtol=1e-12,
+        atol=1e-12,
+    )
+
+
 def test_batched_arguments_are_checked():
     x, w1, w3, w2, _ = _batched_inputs(2, 3, 8, 16)
     bad = [
@@ -265,6 +318,8 @@ def test_opcheck():
     torch.library.opcheck(fwd_op, (xb, w1b, w3b, w2b))
     _, hb = fwd_op(xb.detach(), w1b.detach(), w3b.detach(), w2b.detach())
     torch.library.opcheck(bwd_op, (gyb, xb, w1b, w3b, w2b, hb.requires_grad_(), None))
+    for mask in OUTPUT_MASKS:
+        torch.library.opcheck(bwd_op, (gyb, xb, w1b, w3b, w2b, hb, None, list(mask)))
 
 
 def test_torch_compile_fullgraph():

@@ -4,7 +4,9 @@
 //
 //   swiglu_mlp_fwd(x [..., d], w1 [m, d], w3 [m, d], w2 [d, m]) -> (y [..., d], h [rows, m, 2])
 //     or, batched (the fast weights of B sequences): x [B, n, d], w1 [B, m, d], w3 [B, m, d], w2 [B, d, m]
-//   swiglu_mlp_bwd(grad_y, x, w1, w3, w2, h, grad_h?) -> (grad_x, grad_w1, grad_w3, grad_w2)
+//   swiglu_mlp_bwd(grad_y, x, w1, w3, w2, h, grad_h?, output_mask) -> (grad_x, grad_w1, grad_w3, grad_w2)
+//     output_mask (bool[4], default all true) selects the gradients computed; the others are undefined (None in
+//     Python) and their GEMMs skipped, like ATen's backward ops (a frozen weight, an input without a gradient).
 //   swiglu_gate_bwd_bwd(h, da, grad_h?, cot_dh [rows, 2, m], cot_a) -> (cot_h, cot_da, dh [rows, 2, m], a)
 //
 // rows = x.numel() / d (B * n when batched). Weights have x's dtype, or float32 when x is bfloat16 / float16 (fp32
@@ -22,6 +24,7 @@
 #include <c10/core/ScalarType.h>
 #include <torch/library.h>
 
+#include <array>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -222,17 +225,17 @@ void check_bwd(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& 
 }
 
 using BwdResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+// Which of (grad_x, grad_w1, grad_w3, grad_w2) to compute.
+using BwdMask = std::array<bool, 4>;
 
 BwdResult mlp_bwd_cpu_kernels(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& w1,
                               const at::Tensor& w3, const at::Tensor& w2, const at::Tensor& h,
-                              const OptTensor& grad_h, const MlpShape& s) {
+                              const OptTensor& grad_h, const MlpShape& s, const BwdMask& mask) {
   const at::ScalarType acc = cpu_acc(x.scalar_type());
   const int64_t rows = s.batch * s.rows;
   const int64_t m = s.m;
   const at::Tensor dyf = rows3(grad_y, s).to(acc);
   const at::Tensor xf = rows3(x, s).to(acc);
-  const at::Tensor w1f = weight3(w1).to(acc);
-  const at::Tensor w3f = weight3(w3).to(acc);
   const at::Tensor w2f = weight3(w2).to(acc);
   const at::Tensor hf = h.to(acc);
   const at::Tensor ghf = grad_h ? grad_h->to(acc) : at::Tensor();
@@ -246,37 +249,42 @@ BwdResult mlp_bwd_cpu_kernels(const at::Tensor& grad_y, const at::Tensor& x, con
   const at::Tensor dh4 = dh.view({s.batch, s.rows, 2, m});
   const at::Tensor dh1 = dh4.select(2, 0);
   const at::Tensor dh3 = dh4.select(2, 1);
-  at::Tensor dx = cpu_bmm(dh1, w1f);
-  cpu_bgemm(dx, dh3, w3f, 1.0, 1.0);
-  const at::ScalarType wt = w1.scalar_type();
-  const auto weight_grad = [&](const at::Tensor& g, const at::Tensor& w) { return g.to(wt).view(w.sizes()); };
-  return {dx.to(x.scalar_type()).view(x.sizes()), weight_grad(cpu_bmm(mT(dh1), xf), w1),
-          weight_grad(cpu_bmm(mT(dh3), xf), w3), weight_grad(cpu_bmm(mT(dyf), a), w2)};
+  at::Tensor dx;
+  if (mask[0]) {
+    dx = cpu_bmm(dh1, weight3(w1).to(acc));
+    cpu_bgemm(dx, dh3, weight3(w3).to(acc), 1.0, 1.0);
+    dx = dx.to(x.scalar_type()).view(x.sizes());
+  }
+  // grad = g^T b in w's dtype and shape, when selected.
+  const auto weight_grad = [&](bool selected, const at::Tensor& g, const at::Tensor& b, const at::Tensor& w) {
+    return selected ? cpu_bmm(mT(g), b).to(w.scalar_type()).view(w.sizes()) : at::Tensor();
+  };
+  return {dx, weight_grad(mask[1], dh1, xf, w1), weight_grad(mask[2], dh3, xf, w3), weight_grad(mask[3], dyf, a, w2)};
 }
 
 template <typename Backend>
 BwdResult mlp_bwd_device(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& w1, const at::Tensor& w3,
-                         const at::Tensor& w2, const at::Tensor& h, const OptTensor& grad_h, const MlpShape& s) {
+                         const at::Tensor& w2, const at::Tensor& h, const OptTensor& grad_h, const MlpShape& s,
+                         const BwdMask& mask) {
   check_cuda_mlp("swiglu_mlp_bwd", x, s.d, s.m);
   const at::ScalarType dt = x.scalar_type();
   const at::ScalarType wt = w1.scalar_type();
   const int64_t rows = s.batch * s.rows;
   const int64_t m = s.m;
-  at::Tensor dx = at::empty(x.sizes(), x.options());
+  at::Tensor dx = mask[0] ? at::empty(x.sizes(), x.options()) : at::Tensor();
   // The weight gradients come out of the GEMMs in float32 (zero without rows); 16-bit weights get a converted copy.
   const at::TensorOptions f32 = x.options().dtype(at::kFloat);
-  const auto alloc = [&](const at::Tensor& w) {
+  const auto alloc = [&](bool selected, const at::Tensor& w) {
+    if (!selected) return at::Tensor();
     return rows > 0 ? at::empty(w.sizes(), f32) : at::zeros(w.sizes(), f32);
   };
-  at::Tensor dw1 = alloc(w1);
-  at::Tensor dw3 = alloc(w3);
-  at::Tensor dw2 = alloc(w2);
+  at::Tensor dw1 = alloc(mask[1], w1);
+  at::Tensor dw3 = alloc(mask[2], w3);
+  at::Tensor dw2 = alloc(mask[3], w2);
   if (rows > 0) {
     const at::Tensor dy3 = rows3(aligned_contiguous(grad_y), s);
     const at::Tensor x3 = rows3(aligned_contiguous(x), s);
     const at::Tensor w2c = weight3(gemm_weight<Backend>(w2, dt));
-    // [w1; w3] per batch entry: dh viewed as [B, n, 2m] times it is dx.
-    const at::Tensor w13 = pack_rows<Backend>({weight3(w1), weight3(w3)}, dt, false);
     at::Tensor da = at::empty({s.batch, s.rows, m}, x.options());
     gemm<Backend>(GemmEpilogue::kStore, dy3, w2c, da);
 
@@ -290,24 +298,30 @@ BwdResult mlp_bwd_device(const at::Tensor& grad_y, const at::Tensor& x, const at
     Backend::swiglu_bwd(p);
 
     const at::Tensor dh4 = dh.view({s.batch, s.rows, 2, m});
-    gemm<Backend>(GemmEpilogue::kStore, dh.view({s.batch, s.rows, 2 * m}), w13, rows3(dx, s));
-    gemm<Backend>(GemmEpilogue::kAccumulate, mT(dh4.select(2, 0)), x3, weight3(dw1));
-    gemm<Backend>(GemmEpilogue::kAccumulate, mT(dh4.select(2, 1)), x3, weight3(dw3));
-    gemm<Backend>(GemmEpilogue::kAccumulate, mT(dy3), a, weight3(dw2));
+    if (mask[0]) {
+      // [w1; w3] per batch entry: dh viewed as [B, n, 2m] times it is dx.
+      const at::Tensor w13 = pack_rows<Backend>({weight3(w1), weight3(w3)}, dt, false);
+      gemm<Backend>(GemmEpilogue::kStore, dh.view({s.batch, s.rows, 2 * m}), w13, rows3(dx, s));
+    }
+    if (mask[1]) gemm<Backend>(GemmEpilogue::kAccumulate, mT(dh4.select(2, 0)), x3, weight3(dw1));
+    if (mask[2]) gemm<Backend>(GemmEpilogue::kAccumulate, mT(dh4.select(2, 1)), x3, weight3(dw3));
+    if (mask[3]) gemm<Backend>(GemmEpilogue::kAccumulate, mT(dy3), a, weight3(dw2));
   }
   if (wt == at::kFloat) return {dx, dw1, dw3, dw2};
-  return {dx, pack_rows<Backend>({dw1}, wt, false), pack_rows<Backend>({dw3}, wt, false),
-          pack_rows<Backend>({dw2}, wt, false)};
+  const auto to_weight_dtype = [&](const at::Tensor& g) {
+    return g.defined() ? pack_rows<Backend>({g}, wt, false) : at::Tensor();
+  };
+  return {dx, to_weight_dtype(dw1), to_weight_dtype(dw3), to_weight_dtype(dw2)};
 }
 
 BwdResult mlp_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& w1, const at::Tensor& w3,
-                      const at::Tensor& w2, const at::Tensor& h, const OptTensor& grad_h) {
+                      const at::Tensor& w2, const at::Tensor& h, const OptTensor& grad_h, BwdMask mask) {
   const MlpShape s = check_mlp("swiglu_mlp_bwd", x, w1, w3, w2);
   check_bwd(grad_y, x, h, grad_h, s);
 #if defined(TTT_KERNELS_WITH_SIM)
-  if (sim::config().enabled) return mlp_bwd_device<SimBackend>(grad_y, x, w1, w3, w2, h, grad_h, s);
+  if (sim::config().enabled) return mlp_bwd_device<SimBackend>(grad_y, x, w1, w3, w2, h, grad_h, s, mask);
 #endif
-  return mlp_bwd_cpu_kernels(grad_y, x, w1, w3, w2, h, grad_h, s);
+  return mlp_bwd_cpu_kernels(grad_y, x, w1, w3, w2, h, grad_h, s, mask);
 }
 
 // ---- swiglu_gate_bwd_bwd --------------------------------------------------------------------------------------------
@@ -392,13 +406,13 @@ std::tuple<at::Tensor, at::Tensor> mlp_fwd_cuda(const at::Tensor& x, const at::T
 }
 
 BwdResult mlp_bwd_cuda(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& w1, const at::Tensor& w3,
-                       const at::Tensor& w2, const at::Tensor& h, const OptTensor& grad_h) {
+                       const at::Tensor& w2, const at::Tensor& h, const OptTensor& grad_h, BwdMask mask) {
   const MlpShape s = check_mlp("swiglu_mlp_bwd", x, w1, w3, w2);
   check_bwd(grad_y, x, h, grad_h, s);
   const c10::cuda::CUDAGuard guard(x.device());
   const ops::NvtxRange range("swiglu_mlp_bwd", ' ', x.scalar_type(), " d", s.d, " m", s.m,
                              w1.dim() == 3 ? " batched" : "");
-  return mlp_bwd_device<CudaBackend>(grad_y, x, w1, w3, w2, h, grad_h, s);
+  return mlp_bwd_device<CudaBackend>(grad_y, x, w1, w3, w2, h, grad_h, s, mask);
 }
 
 GateBwdBwdResult gate_bwd_bwd_cuda(const at::Tensor& h, const at::Tensor& da, const OptTensor& grad_h,
@@ -418,8 +432,9 @@ GateBwdBwdResult gate_bwd_bwd_cuda(const at::Tensor& h, const at::Tensor& da, co
 TORCH_LIBRARY_FRAGMENT(ttt_kernels, m) {
   m.def("swiglu_mlp_fwd(Tensor x, Tensor w1, Tensor w3, Tensor w2) -> (Tensor y, Tensor h)");
   m.def(
-      "swiglu_mlp_bwd(Tensor grad_y, Tensor x, Tensor w1, Tensor w3, Tensor w2, Tensor h, Tensor? grad_h) -> "
-      "(Tensor grad_x, Tensor grad_w1, Tensor grad_w3, Tensor grad_w2)");
+      "swiglu_mlp_bwd(Tensor grad_y, Tensor x, Tensor w1, Tensor w3, Tensor w2, Tensor h, Tensor? grad_h, "
+      "bool[4] output_mask=[True, True, True, True]) -> (Tensor grad_x, Tensor grad_w1, Tensor grad_w3, "
+      "Tensor grad_w2)");
   m.def(
       "swiglu_gate_bwd_bwd(Tensor h, Tensor da, Tensor? grad_h, Tensor cot_dh, Tensor cot_a) -> "
       "(Tensor cot_h, Tensor cot_da, Tensor dh, Tensor a)");

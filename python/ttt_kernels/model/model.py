@@ -18,6 +18,8 @@ from torch import nn
 
 from ..profiling import phase
 from . import official
+from .chunk_step import chunk_step as _explicit_chunk_step
+from .chunk_step import compute_dtype
 from .config import TTTE2EConfig, check_int
 from .opset import OPSETS
 
@@ -94,12 +96,6 @@ class TTTE2EState:
     inner_lr: float
     cuda_graph: bool = False
     chunk_graph: "_ChunkStepGraph | None" = None  # the captured chunk step (cuda_graph)
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype math on ``dtype`` values runs in: float64 for float64, float32 otherwise (a Python rule, not
-    torch.promote_types: that is an op call, counted like any other)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _bounded_insert(cache: dict, key, value, capacity: int) -> None:
@@ -284,7 +280,7 @@ class TTTE2EModel(nn.Module):
     # Building blocks
 
     def _fast_dtype(self) -> torch.dtype:
-        return _compute_dtype(self.embed.weight.dtype)
+        return compute_dtype(self.embed.weight.dtype)
 
     def _norm(
         self, x: torch.Tensor, norm: _Norm, residual: torch.Tensor | None = None, rope: torch.Tensor | None = None
@@ -333,20 +329,34 @@ class TTTE2EModel(nn.Module):
         a list of key/value pairs in order, at most k-1 of them used) and their own keys. Returns (out, (k, v))."""
         c, att = self.config, blk.attn
         bsz, n, _ = x.shape
+        q, k, v = self._project_qkv(att, x)
+        # QK-norm and RoPE (pairs rotated in float32 for 16-bit activations), one op each.
+        rope = self._rope_rotations(pos0, n, c.head_dim, x.device, compute_dtype(x.dtype))
+        q = self._norm(q, att.q_norm, rope=rope)
+        k = self._norm(k, att.k_norm, rope=rope)
+        keys, values = self._windowed_kv(past, k, v)
+        out = self._opset.swa_attention(q, keys, values, c.window)
+        return F.linear(out.reshape(bsz, n, -1), att.wo.weight), (k, v)
+
+    def _project_qkv(self, att: _Attention, x: torch.Tensor) -> tuple:
+        """q [B, n, H, hd], k and v [B, n, Hkv, hd] of x [B, n, d] (views of contiguous products)."""
+        c = self.config
+        bsz, n, _ = x.shape
         q = F.linear(x, att.wq.weight).view(bsz, n, c.num_heads, c.head_dim)
         k = F.linear(x, att.wk.weight).view(bsz, n, c.kv_heads, c.head_dim)
         v = F.linear(x, att.wv.weight).view(bsz, n, c.kv_heads, c.head_dim)
-        # QK-norm and RoPE (pairs rotated in float32 for 16-bit activations), one op each.
-        rope = self._rope_rotations(pos0, n, c.head_dim, x.device, _compute_dtype(x.dtype))
-        q = self._norm(q, att.q_norm, rope=rope)
-        k = self._norm(k, att.k_norm, rope=rope)
-        keys, values = k, v
-        if past:
-            # Keys beyond the window are masked anyway; dropping them keeps the problem [n x (k-1+n)].
-            keys = torch.cat([p[0] for p in past] + [k], 1)[:, -(c.window - 1 + n) :]
-            values = torch.cat([p[1] for p in past] + [v], 1)[:, -(c.window - 1 + n) :]
-        out = self._opset.swa_attention(q, keys, values, c.window)
-        return F.linear(out.reshape(bsz, n, -1), att.wo.weight), (k, v)
+        return q, k, v
+
+    def _windowed_kv(self, past: list, k: torch.Tensor, v: torch.Tensor) -> tuple:
+        """The keys and values n queries read: the earlier pairs in ``past`` followed by the chunk's own k, v
+        [B, n, Hkv, hd], at most k-1+n positions (keys beyond the window are masked anyway; dropping them keeps the
+        problem [n x (k-1+n)])."""
+        if not past:
+            return k, v
+        keep = self.config.window - 1 + k.shape[1]
+        keys = torch.cat([p[0] for p in past] + [k], 1)[:, -keep:]
+        values = torch.cat([p[1] for p in past] + [v], 1)[:, -keep:]
+        return keys, values
 
     def _block(self, blk: _Block, x: torch.Tensor, pos0: int, past: list, fast=None) -> tuple:
         """One block over x [B, n, d]; ``fast``: this suffix block's (w1, w3, w2), batched (fast weights) or not
@@ -379,7 +389,7 @@ class TTTE2EModel(nn.Module):
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         """Final norm and tied LM head, in float32 (float64 for a float64 model): [B, n, d] -> [B, n, V]."""
         logits = F.linear(self._norm(x, self.norm_f), self.embed.weight)
-        return logits.to(_compute_dtype(logits.dtype))
+        return logits.to(compute_dtype(logits.dtype))
 
     def _token_losses(self, x: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy of each target [B, n] (0 where masked) and the mask of counted targets."""
@@ -917,7 +927,12 @@ class TTTE2EModel(nn.Module):
     def _chunk_step(self, h, targets, pos0, fast: tuple, kv: list, inner_lr: float) -> tuple:
         """_ttt_step as a function of tensors: h [B, b, d], targets [B, b], pos0 (int, or a 0-d int64 tensor), the
         fast weights and kv[j] the window of suffix block j (or None). Returns (x [B, b, d], the next fast weights,
-        the next windows), detached."""
+        the next windows), detached.
+
+        The package's ops run the step with its backward written out (model/chunk_step.py); the reference ops run
+        it under autograd, the definition the tests compare it with."""
+        if self._opset.name == "package":
+            return _explicit_chunk_step(self, h, targets, pos0, fast, kv, inner_lr)
         with torch.enable_grad():
             fast = tuple(w.detach().requires_grad_() for w in fast)
             x, kvs = self._suffix(h, pos0, fast, [[w] if w is not None else [] for w in kv])

@@ -4,8 +4,10 @@ Native ops (csrc/ops/swiglu.cpp), rows = x.numel() / d:
 
 - ``swiglu_mlp_fwd(x, w1, w3, w2) -> (y, h)``: h [rows, m, 2] holds the pre-activations (h1, h3) interleaved.
   Batched (each sequence its own fast weights): x [B, n, d], w1, w3 [B, m, d], w2 [B, d, m], rows = B n.
-- ``swiglu_mlp_bwd(grad_y, x, w1, w3, w2, h, grad_h) -> (grad_x, grad_w1, grad_w3, grad_w2)``: grad_h (optional) is
-  a gradient flowing into h directly; it is nonzero only in the double backward, which differentiates h.
+- ``swiglu_mlp_bwd(grad_y, x, w1, w3, w2, h, grad_h, output_mask) -> (grad_x, grad_w1, grad_w3, grad_w2)``: grad_h
+  (optional) is a gradient flowing into h directly; it is nonzero only in the double backward, which differentiates
+  h. output_mask (4 bools, default all true) selects the gradients computed: the others are None, their GEMMs
+  skipped (the autograd formula passes which inputs need a gradient).
 - ``swiglu_gate_bwd_bwd(h, da, grad_h, cot_dh, cot_a) -> (cot_h, cot_da, dh, a)``: the gate's fused element-wise
   double backward (and the recomputed dh [rows, 2, m] and a).
 
@@ -86,8 +88,8 @@ def _swiglu_mlp_fwd_fake(x, w1, w3, w2):
 
 
 @torch.library.register_fake("ttt_kernels::swiglu_mlp_bwd")
-def _swiglu_mlp_bwd_fake(grad_y, x, w1, w3, w2, h, grad_h):
-    return x.new_empty(x.shape), w1.new_empty(w1.shape), w3.new_empty(w3.shape), w2.new_empty(w2.shape)
+def _swiglu_mlp_bwd_fake(grad_y, x, w1, w3, w2, h, grad_h, output_mask=(True, True, True, True)):
+    return tuple(t.new_empty(t.shape) if keep else None for t, keep in zip((x, w1, w3, w2), output_mask))
 
 
 @torch.library.register_fake("ttt_kernels::swiglu_gate_bwd_bwd")
@@ -111,11 +113,11 @@ def _fwd_backward(ctx, grad_y, grad_h):
         return None, None, None, None
     grad_y = torch.zeros_like(x) if grad_y is None else grad_y.contiguous()
     grad_h = None if grad_h is None else grad_h.contiguous()
-    return _ops.swiglu_mlp_bwd(grad_y, x, w1, w3, w2, h, grad_h)
+    return _ops.swiglu_mlp_bwd(grad_y, x, w1, w3, w2, h, grad_h, list(ctx.needs_input_grad))
 
 
 def _bwd_setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
+    ctx.save_for_backward(*inputs[:7])  # not output_mask: the outputs it leaves out are None, without cotangents
     ctx.set_materialize_grads(False)
 
 
@@ -187,6 +189,7 @@ def _bwd_backward(ctx, u_x, u_w1, u_w3, u_w2):
         d_w2,
         cot_h.to(h.dtype),
         d_e,
+        *[None] * (len(ctx.needs_input_grad) - 7),  # output_mask, when given
     )
 
 
