@@ -167,9 +167,16 @@ def test_auto_checkpointing_matches_reference_model(monkeypatch, kept):
     tokens = _tokens(2, 5 * 16 + 1, kept)
     loss, per_chunk, grads = _loss_and_grads(model, tokens)
     assert sum(recomputed) == 4 - kept  # chunk 0 and the last `kept` chunks keep their graphs
+    assert len(recomputed) > sum(recomputed)  # the first call recomputes the prefix slices before the last
     ref_loss, ref_per_chunk, ref_grads = _loss_and_grads(reference_copy(model), tokens, checkpoint=False)
     _assert_close(per_chunk, ref_per_chunk, "per-chunk losses")
     _assert_close(grads, ref_grads, "grad")
+    # The next call has measured the prefix slices' graphs: they fit the floor and keep their graphs.
+    recomputed.clear()
+    _, again_per_chunk, again_grads = _loss_and_grads(model, tokens)
+    assert len(recomputed) == sum(recomputed) == 4 - kept
+    _assert_close(again_per_chunk, ref_per_chunk, "per-chunk losses, prefix kept")
+    _assert_close(again_grads, ref_grads, "grad, prefix kept")
 
 
 @pytest.mark.parametrize(
@@ -459,13 +466,21 @@ def test_checkpointing_bounds_held_memory():
 def test_auto_checkpointing_holds_at_most_half_more(monkeypatch):
     """checkpoint="auto" keeps the graphs of the last chunks within half of what recomputing every chunk holds (the
     64 MiB floor of that budget removed, so that it binds on these small problems), and all of them where they fit
-    the floor."""
+    the floor: the chunks' from the first call, the prefix slices' once a call has measured them."""
     model = _model(_config()).float()
+    recomputed = []
+    apply = _Recompute.apply
+    monkeypatch.setattr(_Recompute, "apply", lambda run, *a: recomputed.append(run.__qualname__) or apply(run, *a))
     for n_chunks in (4, 16, 64):
         tokens = _tokens(1, n_chunks * 16 + 1, 0)
         every = _held_bytes(model, tokens, checkpoint=False)
-        if every < 60 << 20:  # fits the floor: every graph is kept
-            assert _held_bytes(model, tokens) == every
+        if every < 60 << 20:  # fits the floor
+            recomputed.clear()
+            model.meta_loss(tokens)
+            assert not any("_segment_runner" in r for r in recomputed), (n_chunks, recomputed)
+            recomputed.clear()
+            model.meta_loss(tokens)
+            assert recomputed == [], (n_chunks, recomputed)
         with monkeypatch.context() as patch:
             patch.setattr("ttt_kernels.model.model._AUTO_MIN_BUDGET", 0)
             held = {mode: _held_bytes(model, tokens, checkpoint=mode) for mode in (True, "auto")}

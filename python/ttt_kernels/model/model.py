@@ -238,6 +238,9 @@ class TTTE2EModel(nn.Module):
         # (segment, hd, device, dtype) -> the table of a segment's _ROPE_SEGMENT positions.
         self._rope_cache = {}
         self._rope_segments = {}
+        # meta_loss(checkpoint="auto"): (B, slice size, dtype, device) -> bytes per token the graph of a prefix slice
+        # holds, measured on the last slice of each call (the next calls size what they keep with it).
+        self._prefix_token_bytes = {}
         self.reset_parameters()
 
     @property
@@ -479,7 +482,8 @@ class TTTE2EModel(nn.Module):
         level: only every ``checkpoint_group``-th chunk's fast weights are kept; a group of chunks is recomputed in
         the backward, chunk by chunk. ``checkpoint_prefix``: run the prefix blocks in slices of
         ``checkpoint_prefix_group`` chunks (default: the chunks covering two windows, ceil(2k/b)), each but the last
-        recomputed in the backward: a slice
+        recomputed in the backward (under "auto", not those that fit the 64 MiB floor, as measured in the previous
+        call of the same shape): a slice
         keeps only its input (the embedding of its tokens) and, per prefix block, the keys/values of its last k-1
         positions (the window the next slices read), so the prefix blocks' activations are never held for the whole
         sequence. With ``config.ttt`` False (the baselines) every block is a prefix block in this sense. The default
@@ -517,11 +521,12 @@ class TTTE2EModel(nn.Module):
         blocks = list(self.prefix_blocks if c.ttt else self.blocks)
         budgeted = checkpoint == "auto" and c.ttt and torch.is_grad_enabled()
         prefix_saved = _SavedBytes()  # what the prefix's graph holds, part of "auto"'s budget
+        kept_slice_bytes = 0  # of it, the graphs of prefix slices before the last that "auto" keeps (within the floor)
         with prefix_saved if budgeted else contextlib.nullcontext():
             with phase("ttt.embedding"):
                 h = self.embed(inputs)
             if checkpoint_prefix and blocks and torch.is_grad_enabled():
-                h = self._sliced_blocks(blocks, h, checkpoint_prefix_group * b)
+                h, kept_slice_bytes = self._sliced_blocks(blocks, h, checkpoint_prefix_group * b, budgeted)
             else:
                 with phase("ttt.prefix"):
                     for blk in blocks:
@@ -536,7 +541,7 @@ class TTTE2EModel(nn.Module):
         hist = [[] for _ in range(c.num_suffix_layers)]
         meta = _MetaArgs(inner_lr, first_order, -(-(c.window - 1) // b), self._chunk_params())
         if budgeted:
-            losses = self._budgeted_segments(h, targets, fast, meta, prefix_saved.total)
+            losses = self._budgeted_segments(h, targets, fast, meta, prefix_saved.total - kept_slice_bytes)
         else:
             if checkpoint is True:
                 levels = (checkpoint_group, 1) if checkpoint_group > 1 else (1,)
@@ -589,28 +594,42 @@ class TTTE2EModel(nn.Module):
         """W_0 for a block with a dynamic MLP run without inner steps (TTT off), None for a prefix block."""
         return self._static_fast(blk) if hasattr(blk, "prime") else None
 
-    def _sliced_blocks(self, blocks: list, h: torch.Tensor, size: int) -> torch.Tensor:
+    def _sliced_blocks(self, blocks: list, h: torch.Tensor, size: int, budgeted: bool = False) -> tuple:
         """``blocks`` (no inner steps) over h [B, T, d] from position 0, in slices of ``size`` positions, each but the
         last a _Recompute: it keeps its input slice of h and the keys/values of its last k-1 positions per block (the
         window the following slices read; their gradients come back through those slices), and recomputes the rest
-        in the backward. Returns the output [B, T, d]."""
+        in the backward. ``budgeted`` (checkpoint="auto"): the slices just before the last also keep their graphs
+        (not recomputed) as far as _AUTO_MIN_BUDGET holds them, sized by the bytes per token the last slice's graph
+        held in an earlier call of the same shape (the first call measures). Returns (the output [B, T, d], the bytes
+        the graphs of those kept slices hold)."""
         t, keep = h.shape[1], self.config.window - 1
         params = [p for blk in blocks for p in blk.parameters() if p.requires_grad]
+        n_slices = -(-t // size)
+        key = (h.shape[0], size, h.dtype, h.device)
+        token_bytes = self._prefix_token_bytes.get(key) if budgeted else None
+        plain_from = n_slices - 1  # slices from this one on keep their graphs
+        if token_bytes:
+            plain_from -= min(n_slices - 1, int(_AUTO_MIN_BUDGET // (token_bytes * size)))
         hist = [[] for _ in blocks]  # per block: (k, v) tails of the earlier slices, in order
-        outs = []
-        for lo in range(0, t, size):
+        outs, kept_bytes = [], 0
+        for i, lo in enumerate(range(0, t, size)):
             past = [_window(pieces, keep) for pieces in hist]
             run = self._slice_runner(blocks, lo, len(past[0]))
             args = (h[:, lo : lo + size], *_flatten_kv(past))
-            with phase(f"ttt.prefix_slice {lo // size}"):
-                if lo + size < t:
+            with phase(f"ttt.prefix_slice {i}"):
+                if i < plain_from:
                     res = _Recompute.apply(run, len(args), *args, *params)
-                else:  # the last slice keeps its graph: its backward comes first, recomputing it would gain nothing
-                    res = run(*args, create_graph=True)
+                else:  # the last slice's backward comes first: recomputing it would gain nothing
+                    with _SavedBytes(exclude={h.untyped_storage().data_ptr()}) as saved:
+                        res = run(*args, create_graph=True)
+                    if i < n_slices - 1:
+                        kept_bytes += saved.total
+                    elif budgeted:
+                        _bounded_insert(self._prefix_token_bytes, key, saved.total / (t - lo), 16)
             outs.append(res[0])
-            for i, pieces in enumerate(hist):
-                pieces.append((res[1 + 2 * i], res[2 + 2 * i]))
-        return torch.cat(outs, 1) if len(outs) > 1 else outs[0]
+            for j, pieces in enumerate(hist):
+                pieces.append((res[1 + 2 * j], res[2 + 2 * j]))
+        return (torch.cat(outs, 1) if len(outs) > 1 else outs[0]), kept_bytes
 
     def _slice_runner(self, blocks: list, pos0: int, n_past: int):
         """blocks over one slice, for _Recompute: run(h, *past k/v, create_graph) -> (h, *(k, v) tail per block).
