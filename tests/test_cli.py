@@ -17,6 +17,7 @@ import sys
 import time
 import zlib
 
+import numpy as np
 import pytest
 import torch
 
@@ -278,14 +279,13 @@ def test_demo_small(tmp_path, corpus_file, capsys):
 def test_demo_keeps_its_time_budget(tmp_path, corpus_file, capsys, monkeypatch):
     """Training, evaluation and the sample all fit in --minutes (here 15 s) on a machine far slower than calibrated
     (each evaluation batch made to take 1 s more): the evaluation stops at the budget with the windows read so far."""
-    meta_loss = TTTE2EModel.meta_loss
+    chunk_losses = evaluate.chunk_losses
 
-    def slow_without_grad(self, *args, **kwargs):  # evaluation runs without gradients, training with
-        if not torch.is_grad_enabled():
-            time.sleep(1.0)
-        return meta_loss(self, *args, **kwargs)
+    def slow_evaluation(*args, **kwargs):
+        time.sleep(1.0)
+        return chunk_losses(*args, **kwargs)
 
-    monkeypatch.setattr(TTTE2EModel, "meta_loss", slow_without_grad)
+    monkeypatch.setattr(evaluate, "chunk_losses", slow_evaluation)
     out = tmp_path / "demo"
     start = time.perf_counter()
     args = ["demo", "--minutes", "0.25", "--out", str(out), "--corpus", corpus_file, "--context", "64", *MODEL]
@@ -306,6 +306,48 @@ def test_evaluation_deadline_reads_the_same_windows_for_every_setting(trained, c
     cut = evaluate.evaluate([("a", model)], windows, inner_lr=1.0, batch=2, deadline=0.0, progress=False)
     assert cut[0].windows == 2  # at least one batch, then the passed deadline stops it
     assert cut[0].chunk_losses != full[0].chunk_losses
+
+
+def test_chunk_losses_are_meta_losses(trained, corpus_file):
+    """The evaluation's per-chunk losses, read with prefill a slice at a time (slices that are not multiples of b
+    too), are meta_loss's, for a batch of windows and for one window given as a memmap."""
+    ckpt = checkpoint.Checkpoint(str(trained))
+    model = TTTE2EModel(ckpt.config).double()
+    ckpt.load_model(model)
+    windows = data.evaluation_windows(data.load_corpus(corpus_file, None).validation, 64, 3)
+    with torch.no_grad():
+        want = model.meta_loss(windows)[1]
+    for slice_tokens in (4096, 24):
+        got = evaluate.chunk_losses(model, windows, 1.0, slice_tokens=slice_tokens)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    path = os.path.join(os.path.dirname(corpus_file), "window.bin")
+    windows[1].numpy().astype(np.uint8).tofile(path)
+    got = evaluate.chunk_losses(model, np.memmap(path, dtype=np.uint8, mode="r"), 1.0, slice_tokens=24)
+    torch.testing.assert_close(got, want[1:2], rtol=1e-12, atol=1e-12)
+
+
+def test_eval_document_and_generate_from_a_prompt_file(trained, corpus_file, tmp_path, capsys):
+    """eval --document reads one long context from a file (mapped, a slice at a time); generate --prompt-file prints
+    the continuation only."""
+    report = tmp_path / "doc.json"
+    assert main(["eval", str(trained), "--document", corpus_file, "--json", str(report), "--ttt-off"]) == 0
+    text = capsys.readouterr().out
+    result = json.load(open(report))
+    size = os.path.getsize(corpus_file)
+    assert result["context"] == (size - 1) // 16 * 16 and f"the first {result['context']} tokens of" in text
+    assert len(result["runs"]) == 2 and len(result["runs"][0]["chunk_losses"]) == result["context"] // 16
+    assert main(["eval", str(trained), "--document", corpus_file, "--context", "96", "--json", str(report)]) == 0
+    assert len(json.load(open(report))["runs"][0]["chunk_losses"]) == 6
+    capsys.readouterr()
+    _fails(["eval", str(trained), "--document", corpus_file, "--context", str(size)], capsys, "--document", "bytes")
+    _fails(["eval", str(trained), "--document", str(tmp_path / "none.txt")], capsys, "--document: cannot read")
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_bytes(b"def f" * 2000)
+    assert main(["generate", str(trained), "--prompt-file", str(prompt), "--max-new-tokens", "9", "--seed", "1"]) == 0
+    captured = capsys.readouterr()
+    assert len(captured.out) == 9 + 1 and "[10000 prompt + 9 new bytes" in captured.err
+    prompt.write_bytes(b"")
+    _fails(["generate", str(trained), "--prompt-file", str(prompt)], capsys, "--prompt-file: the prompt is empty")
 
 
 def test_demo_does_not_replace_a_training_checkpoint(trained, corpus_file, capsys):

@@ -133,8 +133,8 @@ OPS = (
 )
 
 
-# The bench scripts: each op's, then the model's.
-BENCH_SCRIPTS = (*dict.fromkeys(b for op in OPS for b in op.benches), "model")
+# The bench scripts: each op's, then the model's (its steps, then long contexts).
+BENCH_SCRIPTS = (*dict.fromkeys(b for op in OPS for b in op.benches), "model", "long_context")
 
 
 def op_table() -> str:

@@ -103,7 +103,17 @@ def _eval_parser(sub) -> None:
     )
     p.add_argument("checkpoints", nargs="+", metavar="CKPT")
     _add_corpus(p, "default: the first checkpoint's training corpus")
-    p.add_argument("--context", type=int, help="tokens per window (default: the first checkpoint's training context)")
+    p.add_argument(
+        "--document",
+        metavar="FILE",
+        help="instead of windows of the corpus: one long context, the first --context + 1 bytes of this file "
+        "(default: all of it), read a slice at a time in constant memory",
+    )
+    p.add_argument(
+        "--context",
+        type=int,
+        help="tokens per window (default: the first checkpoint's training context; with --document, the file)",
+    )
     p.add_argument("--windows", type=int, default=32, help="held-out windows to average over (default 32)")
     p.add_argument("--batch", type=int, default=4, help="windows per forward pass (default 4)")
     p.add_argument("--ttt-off", action="store_true", help="also evaluate each TTT checkpoint with TTT off")

@@ -8,6 +8,7 @@ import platform
 import sys
 import time
 
+import numpy as np
 import torch
 
 from ttt_kernels.model import TTTE2EModel
@@ -128,17 +129,22 @@ def run_eval(args) -> int:
             raise CLIError(f"{option}: the directory of {path} does not exist")
     ckpts = [checkpoint.Checkpoint(p) for p in args.checkpoints]
     first = ckpts[0].trainer.get("settings", {})
-    context = args.context or first.get("context")
-    if not context:
-        raise CLIError("--context is required (the checkpoint does not record its training context)")
-    for c in ckpts:
-        check_context(c.config, context, f" of {c.directory}")
-    corpus_path = args.corpus if args.corpus is not None else first.get("corpus")
-    corpus = data.load_corpus(corpus_path, args.corpus_suffix if args.corpus else first.get("corpus_suffix"))
-    data.require_length(corpus, context)
-    windows = data.evaluation_windows(corpus.validation, context, args.windows).to(device)
-    print(f"corpus: {corpus.describe()}")
-    print(f"evaluation: {len(windows)} held-out windows of {context} tokens on {device}")
+    if args.document is not None:
+        document, context = _document(args.document, args.context, ckpts)
+        windows = None
+        print(f"evaluation: the first {context} tokens of {args.document} as one context on {device}")
+    else:
+        context = args.context or first.get("context")
+        if not context:
+            raise CLIError("--context is required (the checkpoint does not record its training context)")
+        for c in ckpts:
+            check_context(c.config, context, f" of {c.directory}")
+        corpus_path = args.corpus if args.corpus is not None else first.get("corpus")
+        corpus = data.load_corpus(corpus_path, args.corpus_suffix if args.corpus else first.get("corpus_suffix"))
+        data.require_length(corpus, context)
+        windows = data.evaluation_windows(corpus.validation, context, args.windows).to(device)
+        print(f"corpus: {corpus.describe()}")
+        print(f"evaluation: {len(windows)} held-out windows of {context} tokens on {device}")
     runs = []
     for c in ckpts:
         name = _run_name(c.directory, args.checkpoints)
@@ -147,14 +153,23 @@ def run_eval(args) -> int:
         if args.ttt_off and c.config.ttt:
             settings = [(f"{name} (TTT on)", True), (f"{name} (TTT off)", False)]
         for run_name, ttt in settings:
-            model = _load(c, device, ttt=ttt, tokens=args.batch * context)
-            runs += evaluate.evaluate(
-                [(run_name, model)], windows, inner_lr=eta, batch=args.batch, progress=args.progress
+            # Activations of one prefill slice (of each window of a batch) at a time.
+            model = _load(
+                c, device, ttt=ttt, tokens=min(context, _PREFILL_SLICE) * (1 if windows is None else args.batch)
             )
+            if windows is None:
+                runs += evaluate.evaluate_document(
+                    [(run_name, model)], document, context, inner_lr=eta, progress=args.progress
+                )
+            else:
+                runs += evaluate.evaluate(
+                    [(run_name, model)], windows, inner_lr=eta, batch=args.batch, progress=args.progress
+                )
             del model
     windows_k = [c.config.window for c in ckpts if c.config.window < context]
     window = min(windows_k) if windows_k else None
-    rows = _report_runs(runs, context, window, args.plot, f"loss by position ({len(windows)} held-out windows)")
+    read = f"{len(windows)} held-out windows" if windows is not None else os.path.basename(args.document)
+    rows = _report_runs(runs, context, window, args.plot, f"loss by position ({read})")
     for r in runs:
         print(f"{r.name}: {r.tokens_per_second:.0f} tokens/s")
     if args.json:
@@ -167,6 +182,27 @@ def run_eval(args) -> int:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
     return 0
+
+
+def _document(path: str, context: int | None, ckpts: list) -> tuple:
+    """eval --document: the file mapped as a 1-D token source, and the context read from it (--context, or the
+    file's length - 1, rounded down to a multiple of every checkpoint's mini-batch size)."""
+    try:
+        size = os.path.getsize(path)
+        document = np.memmap(path, dtype=np.uint8, mode="r") if size else None
+    except OSError as e:
+        raise CLIError(f"--document: cannot read {path}: {e.strerror}") from None
+    unit = evaluate.bucket_unit_of([c.config.mini_batch_size for c in ckpts])
+    if context is None:
+        context = (size - 1) // unit * unit
+    if context < unit or context + 1 > size:
+        raise CLIError(
+            f"--document: {path} has {size} bytes; a context of {context} needs {context + 1}, and at least "
+            f"{unit + 1} (one mini-batch of every checkpoint and its next token)"
+        )
+    for c in ckpts:
+        check_context(c.config, context, f" of {c.directory}")
+    return document, context
 
 
 class _GenerateProgress:
@@ -190,6 +226,10 @@ class _GenerateProgress:
             bar.close()
 
 
+# Tokens per prefill slice (TTTE2EModel.prefill's default): what generate holds activations for at once.
+_PREFILL_SLICE = 4096
+
+
 def run_generate(args) -> int:
     device = runtime.setup(args.device, args.threads)
     _positive(args.max_new_tokens + 1, "--max-new-tokens + 1")
@@ -198,24 +238,32 @@ def run_generate(args) -> int:
     if not 0 < args.top_p <= 1:
         raise CLIError(f"--top-p must be in (0, 1], got {args.top_p}")
     if args.prompt_file is not None:
+        # Mapped, not read: prefill takes the prompt a slice at a time, so a file of any size fits.
         try:
-            with open(args.prompt_file, "rb") as f:
-                prompt = list(f.read())
+            prompt = np.memmap(args.prompt_file, dtype=np.uint8, mode="r") if os.path.getsize(args.prompt_file) else []
         except OSError as e:
             raise CLIError(f"--prompt-file: cannot read {args.prompt_file}: {e.strerror}") from None
+        what = "--prompt-file"
     else:
-        prompt = data.encode(args.prompt)
-    if not prompt:
-        raise CLIError("--prompt: the prompt is empty (expected at least one byte)")
+        prompt = np.array(data.encode(args.prompt), dtype=np.uint8)
+        what = "--prompt"
+    if not len(prompt):
+        raise CLIError(f"{what}: the prompt is empty (expected at least one byte)")
     ckpt = checkpoint.Checkpoint(args.checkpoint)
-    model = _load(ckpt, device, ttt=not args.no_ttt, tokens=len(prompt))
+    model = _load(ckpt, device, ttt=not args.no_ttt, tokens=min(len(prompt), _PREFILL_SLICE))
     eta = args.inner_lr if args.inner_lr is not None else _final_inner_lr(ckpt)
-    tokens = torch.tensor(prompt, dtype=torch.int64, device=device)
     bars = _GenerateProgress(args.progress)
     start = time.perf_counter()
     try:
         out = model.generate(
-            tokens, args.max_new_tokens, args.temperature, args.top_p, args.seed, inner_lr=eta, progress=bars.update
+            prompt,
+            args.max_new_tokens,
+            args.temperature,
+            args.top_p,
+            args.seed,
+            inner_lr=eta,
+            progress=bars.update,
+            include_prompt=args.prompt_file is None,
         )
     finally:
         bars.close()

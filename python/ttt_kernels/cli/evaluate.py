@@ -9,7 +9,9 @@ import dataclasses
 import math
 import time
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .progress import progress_bar
 
@@ -47,9 +49,9 @@ def evaluate(
     deadline: float | None = None,
     progress: bool | None = None,
 ) -> list[Run]:
-    """Runs meta_loss (no outer gradient; the inner steps still happen when the config has TTT on) of every
-    ``(name, model)`` in ``models`` over the windows [N, T+1], ``batch`` windows at a time (each batch through every
-    model in turn), and returns one Run per model: the per-chunk losses averaged over the windows.
+    """Runs every ``(name, model)`` in ``models`` over the windows [N, T+1] (chunk_losses: the inner steps happen when
+    the config has TTT on), ``batch`` windows at a time (each batch through every model in turn), and returns one Run
+    per model: the per-chunk losses averaged over the windows.
 
     ``deadline`` (a time.perf_counter() value): stop before a batch that would end after it, judged by the slowest
     batch so far; every model then has read the same windows (at least one batch). ``progress``: a bar over the
@@ -65,7 +67,7 @@ def evaluate(
         batch_start = time.perf_counter()
         for k, (_, model) in enumerate(models):
             t0 = time.perf_counter()
-            _, per_chunk = model.eval().meta_loss(windows[i : i + batch], inner_lr)
+            per_chunk = chunk_losses(model.eval(), windows[i : i + batch], inner_lr)
             s = per_chunk.double().sum(0)
             totals[k] = s if totals[k] is None else totals[k] + s
             seconds[k] += time.perf_counter() - t0
@@ -78,6 +80,58 @@ def evaluate(
         Run(name, m.config.mini_batch_size, m.config.window, (total / count).tolist(), tokens / t if t else 0.0, count)
         for (name, m), total, t in zip(models, totals, seconds)
     ]
+
+
+def _read(tokens, lo: int, hi: int, device: torch.device) -> torch.Tensor:
+    """tokens[..., lo:hi] of a [B, T+1] tensor or a 1-D source (numpy array or memmap) as int64 [B, hi - lo]."""
+    if isinstance(tokens, torch.Tensor):
+        return tokens[:, lo:hi].to(device, torch.int64)
+    return torch.from_numpy(np.array(tokens[lo:hi], dtype=np.int64)).to(device)[None]
+
+
+@torch.no_grad()
+def chunk_losses(model, tokens, inner_lr: float, slice_tokens: int = 4096, progress=None) -> torch.Tensor:
+    """The per-chunk mean losses [B, T/b] of ``tokens`` [B, T+1] (inputs tokens[:, :-1], targets tokens[:, 1:]), or
+    [1, T/b] of one sequence of T+1 tokens given as a 1-D source (a memmap of a document): what
+    ``model.meta_loss(tokens)`` returns without an outer gradient, read with ``model.prefill`` a slice at a time, in
+    memory bounded by the slice (never the whole sequence's activations or logits). ``progress``: called with the
+    number of tokens of each slice read."""
+    n = (tokens.shape[1] if isinstance(tokens, torch.Tensor) else len(tokens)) - 1
+    b, bos = model.config.mini_batch_size, model.config.bos_token_id
+    device = model.embed.weight.device
+    state, sums, counts = None, None, None
+    for lo in range(0, n, slice_tokens):
+        piece = _read(tokens, lo, min(lo + slice_tokens, n) + 1, device)  # inputs and the target after each
+        state, logits = model.prefill(piece[:, :-1], state, inner_lr=inner_lr, return_logits=True)
+        targets = piece[:, 1:]
+        # logits: float32, float64 for a float64 model (the dtype of meta_loss's losses)
+        ce = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
+        valid = torch.ones_like(ce) if bos is None else (targets != bos).to(ce.dtype)
+        if sums is None:
+            sums = ce.new_zeros(ce.shape[0], -(-n // b))
+            counts = torch.zeros_like(sums)
+        chunk = torch.arange(lo, lo + ce.shape[1], device=device) // b
+        sums.index_add_(1, chunk, ce * valid)
+        counts.index_add_(1, chunk, valid)
+        if progress is not None:
+            progress(ce.shape[1])
+    return sums / counts.clamp(min=1)
+
+
+def evaluate_document(models: list, document, context: int, *, inner_lr: float, progress: bool | None = None):
+    """Every ``(name, model)`` over the first ``context`` + 1 tokens of one long ``document`` (a 1-D source: a
+    memmap of a file), read a slice at a time (chunk_losses): loss by position over one long context, in memory that
+    does not grow with it. Returns one Run per model."""
+    runs = []
+    for name, model in models:
+        bar = progress_bar(context, name, "tok", progress) or _NoBar()
+        start = time.perf_counter()
+        per_chunk = chunk_losses(model.eval(), document[: context + 1], inner_lr, progress=bar.update)
+        seconds = time.perf_counter() - start
+        bar.close()
+        b, window = model.config.mini_batch_size, model.config.window
+        runs.append(Run(name, b, window, per_chunk[0].double().tolist(), context / seconds, 1))
+    return runs
 
 
 class _NoBar:
@@ -108,9 +162,14 @@ def buckets(context: int, unit: int, window: int | None) -> list[tuple[int, int]
 
 
 def bucket_unit(runs: list) -> int:
+    return bucket_unit_of([r.chunk_size for r in runs])
+
+
+def bucket_unit_of(chunk_sizes: list) -> int:
+    """The least common multiple of the chunk sizes: buckets aligned to every run's chunks."""
     unit = 1
-    for r in runs:
-        unit = unit * r.chunk_size // math.gcd(unit, r.chunk_size)
+    for b in chunk_sizes:
+        unit = unit * b // math.gcd(unit, b)
     return unit
 
 

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -213,6 +214,40 @@ class _Recompute(torch.autograd.Function):
             else [None] * len(wrt)
         )
         return (None, None, *(next(grads) if t.requires_grad else None for t in (*inputs, *ctx.params)))
+
+
+class _SliceSource:
+    """The prompt of TTTE2EModel.prefill: an int64 tensor [B, n] (read as views), or one sequence as a 1-D token
+    source (numpy array or memmap of integers, bytes, 1-D integer tensor) converted one slice at a time."""
+
+    def __init__(self, tokens, device: torch.device):
+        self.tokens, self.device = tokens, device
+        if isinstance(tokens, torch.Tensor) and tokens.dim() == 2:
+            self.batch_size, self.length = tokens.shape
+            return
+        if isinstance(tokens, (bytes, bytearray, memoryview)):
+            self.tokens = np.frombuffer(tokens, dtype=np.uint8)
+        elif isinstance(tokens, torch.Tensor):
+            if tokens.dim() != 1 or tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
+                raise ValueError(
+                    "TTTE2EModel.prefill: tokens must be an int64 tensor [batch, length] or a 1-D integer token "
+                    f"source, got a tensor {tokens.dtype}{list(tokens.shape)}"
+                )
+        elif not (isinstance(tokens, np.ndarray) and tokens.ndim == 1 and np.issubdtype(tokens.dtype, np.integer)):
+            desc = f"an array {tokens.dtype}{list(tokens.shape)}" if isinstance(tokens, np.ndarray) else type(tokens)
+            raise ValueError(
+                "TTTE2EModel.prefill: tokens must be an int64 tensor [batch, length] or a 1-D integer token source "
+                f"(numpy array or memmap, bytes, 1-D tensor), got {desc}"
+            )
+        self.batch_size, self.length = 1, len(self.tokens)
+
+    def read(self, lo: int, hi: int) -> torch.Tensor:
+        """Tokens lo..hi-1 as an int64 tensor [B, hi - lo] on the device."""
+        if isinstance(self.tokens, torch.Tensor) and self.tokens.dim() == 2:
+            return self.tokens[:, lo:hi]
+        if isinstance(self.tokens, np.ndarray):  # a copy: a read-only memmap cannot back a tensor
+            return torch.from_numpy(np.array(self.tokens[lo:hi], dtype=np.int64)).to(self.device)[None]
+        return self.tokens[lo:hi].to(self.device, torch.int64)[None]
 
 
 class TTTE2EModel(nn.Module):
@@ -772,7 +807,7 @@ class TTTE2EModel(nn.Module):
     @torch.no_grad()
     def prefill(
         self,
-        tokens: torch.Tensor,
+        tokens,
         state: TTTE2EState | None = None,
         *,
         inner_lr: float = 1.0,
@@ -781,26 +816,35 @@ class TTTE2EModel(nn.Module):
         cuda_graph: bool = False,
         progress=None,
     ):
-        """Reads a prompt [B, n] (continuing ``state`` if given, else from a new state with ``inner_lr`` and
-        ``cuda_graph``, see :meth:`new_state`). ``progress``: called as progress("prefill", tokens read, n) after each
-        slice.
+        """Reads a prompt (continuing ``state`` if given, else from a new state with ``inner_lr`` and ``cuda_graph``,
+        see :meth:`new_state`). ``progress``: called as progress("prefill", tokens read, n) after each slice.
+
+        ``tokens``: an int64 tensor [B, n] on the model's device, or one sequence as a 1-D token source read a slice
+        at a time (a 1-D integer numpy array or ``np.memmap``, ``bytes``, or a 1-D integer tensor): a prompt of any
+        length in memory bounded by the slice.
 
         The prompt is read in slices of ``slice_tokens`` tokens, each continuing the state of the previous one (the
         same logits and fast weights as one pass, up to rounding): prefix blocks run over a slice at a time, suffix
         blocks chunk by chunk with one first-order TTT step for every chunk of b tokens whose next token is known.
         Slices keep the activations of the prefix blocks ([B, slice, mlp_size] per block) cache-sized and the memory
         of a long prompt bounded (one pass over 64K tokens was 1.6x slower per token: docs/model.md). Returns the
-        state (its ``logits`` are the last token's), or (state, logits [B, n, V]) with ``return_logits``.
+        state (its ``logits`` are the last token's), or (state, logits [B, n, V]) with ``return_logits`` (which
+        holds every position's logits: for a long prompt, prefill slice by slice and keep what is needed instead).
         """
-        self._check_tokens(tokens, "prefill", 1)
         check_int(slice_tokens, "TTTE2EModel.prefill: slice_tokens")
+        source = _SliceSource(tokens, self.embed.weight.device)
+        n = source.length
+        piece = source.read(0, min(slice_tokens, n))
+        self._check_tokens(piece, "prefill", 1)
         if state is None:
-            state = self.new_state(tokens.shape[0], inner_lr=inner_lr, cuda_graph=cuda_graph)
-        n = tokens.shape[1]
+            state = self.new_state(source.batch_size, inner_lr=inner_lr, cuda_graph=cuda_graph)
         logits = []
         with phase("ttt.prefill"):
             for i in range(0, n, slice_tokens):
-                logits.append(self._feed(state, tokens[:, i : i + slice_tokens], return_logits))
+                if i:
+                    piece = source.read(i, min(i + slice_tokens, n))
+                    self._check_tokens(piece, "prefill", 1)
+                logits.append(self._feed(state, piece, return_logits))
                 if progress is not None:
                     progress("prefill", min(i + slice_tokens, n), n)
         return (state, torch.cat(logits, 1)) if return_logits else state
@@ -823,7 +867,7 @@ class TTTE2EModel(nn.Module):
     @torch.no_grad()
     def generate(
         self,
-        prompt: torch.Tensor,
+        prompt,
         max_new_tokens: int,
         temperature: float = 1.0,
         top_p: float = 1.0,
@@ -832,25 +876,28 @@ class TTTE2EModel(nn.Module):
         inner_lr: float = 1.0,
         cuda_graph: bool = False,
         progress=None,
+        include_prompt: bool = True,
     ) -> torch.Tensor:
-        """Prefills ``prompt`` ([n] or [B, n]) and samples ``max_new_tokens`` tokens (temperature 0: greedy; top_p:
-        nucleus sampling), decoding (and test-time training) as it goes. Returns prompt + new tokens, [B, n + new]
-        ([n + new] for a 1-d prompt). Deterministic for a given seed. ``progress``: called as progress(phase, done,
-        total) after each prefill slice (phase "prefill", in tokens) and each sampled token ("decode")."""
+        """Prefills ``prompt`` ([B, n], or one sequence: [n] or a 1-D token source as :meth:`prefill` takes, e.g. a
+        memmap of a file) and samples ``max_new_tokens`` tokens (temperature 0: greedy; top_p: nucleus sampling),
+        decoding (and test-time training) as it goes. Returns prompt + new tokens, [B, n + new] ([n + new] for one
+        sequence), or only the new tokens without ``include_prompt`` (a long prompt is then never held as a tensor).
+        Deterministic for a given seed. ``progress``: called as progress(phase, done, total) after each prefill slice
+        (phase "prefill", in tokens) and each sampled token ("decode")."""
         check_int(max_new_tokens, "TTTE2EModel.generate: max_new_tokens", minimum=0)
         if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
             raise ValueError(f"TTTE2EModel.generate: temperature must be a finite number >= 0, got {temperature!r}")
         if not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
             raise ValueError(f"TTTE2EModel.generate: top_p must be in (0, 1], got {top_p!r}")
-        squeeze = isinstance(prompt, torch.Tensor) and prompt.dim() == 1
-        tokens = prompt[None] if squeeze else prompt
+        squeeze = not (isinstance(prompt, torch.Tensor) and prompt.dim() == 2)
         gen = torch.Generator(device=self.embed.weight.device)
         if seed is None:
             gen.seed()
         else:
             gen.manual_seed(seed)
-        state = self.prefill(tokens, inner_lr=inner_lr, cuda_graph=cuda_graph, progress=progress)
-        out, logits = [tokens], state.logits
+        state = self.prefill(prompt, inner_lr=inner_lr, cuda_graph=cuda_graph, progress=progress)
+        source = _SliceSource(prompt, self.embed.weight.device)
+        out, logits = [source.read(0, source.length)] if include_prompt else [], state.logits
         for i in range(max_new_tokens):
             tok = _sample(logits, temperature, top_p, gen)
             out.append(tok[:, None])
@@ -858,7 +905,7 @@ class TTTE2EModel(nn.Module):
                 logits = self.decode(state, tok)
             if progress is not None:
                 progress("decode", i + 1, max_new_tokens)
-        result = torch.cat(out, 1)
+        result = torch.cat(out, 1) if out else logits.new_empty((state.batch_size, 0), dtype=torch.int64)
         return result[0] if squeeze else result
 
     def _check_state(self, state, batch_size: int) -> None:
