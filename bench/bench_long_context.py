@@ -32,11 +32,12 @@ import numpy as np
 import torch
 
 from ttt_kernels.model import TTTE2EConfig, TTTE2EModel
+from ttt_kernels.model.model import PREFILL_SLICE_TOKENS
 
 CONTEXTS = (8192, 32768, 131072, 524288, 1048576, 2097152)
 MAX_CONTEXT = {"tiny": 2097152, "small": 524288}
 VARIANTS = ("ttt-e2e", "swa", "full attention")
-WARMUP_TOKENS = 4096
+WARMUP_TOKENS = PREFILL_SLICE_TOKENS  # one slice
 # TTT-E2E at the longest context: this many tokens prefilled from position 0 and from the end of the prompt, in turn.
 POSITION_CHECK_TOKENS = 32768
 POSITION_CHECK_ROUNDS = 5
@@ -51,11 +52,6 @@ def _config(preset: str, variant: str, context: int) -> TTTE2EConfig:
     if variant == "swa":
         return TTTE2EConfig.preset(preset, ttt=False)
     return TTTE2EConfig.preset(preset, ttt=False, window=context + 1)
-
-
-def _status_kib(key: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(key))
 
 
 def _now(device: torch.device) -> float:
@@ -103,7 +99,7 @@ def _child(preset: str, variant: str, context: int, data: str, device: torch.dev
     else:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # VmHWM := VmRSS
-        before = _status_kib("VmRSS:")
+        before = harness.proc_status_kib("VmRSS")
     # Short prompts are read again (fresh states) until MIN_MEASURED_S have been timed: the median of the repeats.
     runs, slice_ms, measured = [], [], 0.0
     while not runs or measured < MIN_MEASURED_S:
@@ -111,7 +107,11 @@ def _child(preset: str, variant: str, context: int, data: str, device: torch.dev
         state = model.prefill(source[:context], progress=lambda *_, m=marks: m.append(_now(device)))
         runs.append(marks[-1] - marks[0])
         measured += runs[-1]
-        slice_ms += list(np.diff(marks) * 1e3 / (np.diff([0, *range(4096, context, 4096), context]) / 1024))
+        slice_ms += list(
+            np.diff(marks)
+            * 1e3
+            / (np.diff([0, *range(PREFILL_SLICE_TOKENS, context, PREFILL_SLICE_TOKENS), context]) / 1024)
+        )
     prefill_s = float(np.median(runs))
     position = _position_check(model, state, source, context, device) if check else None
     following = torch.from_numpy(np.array(source[context : context + decode_tokens], dtype=np.int64)).to(device)
@@ -128,7 +128,7 @@ def _child(preset: str, variant: str, context: int, data: str, device: torch.dev
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) / 1024
     else:
-        peak = _status_kib("VmHWM:")
+        peak = harness.proc_status_kib("VmHWM")
     print(
         json.dumps(
             dict(

@@ -27,7 +27,6 @@ allocated device memory instead of RSS, and prefill also runs TTT-E2E with the c
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -79,14 +78,6 @@ def _step(model: TTTE2EModel, kind: str, tokens: torch.Tensor):
         model.prefill(tokens[:, :-1])
 
 
-def _rss_kib() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS in /proc/self/status")
-
-
 def _step_child(preset: str, batch: int, t: int, ops: str, kind: str) -> None:
     """Prints the peak RSS (MiB, as JSON) of two steps above the RSS of the process with its model built: what
     training or inference adds, the one-time allocations of the code paths the step takes included (a warm-up on
@@ -94,10 +85,10 @@ def _step_child(preset: str, batch: int, t: int, ops: str, kind: str) -> None:
     model = _model(preset)
     model.ops = ops
     tokens = _tokens(t + 1, model.config.vocab_size, batch)
-    base = _rss_kib()
+    base = harness.proc_status_kib("VmRSS")
     for _ in range(2):
         _step(model, kind, tokens)
-    print(json.dumps(dict(peak_mib=(_peak_rss_kib() - base) / 1024)))
+    print(json.dumps(dict(peak_mib=(harness.proc_status_kib("VmHWM") - base) / 1024)))
 
 
 def bench_steps(configs, repeats: int, measure_memory: bool = True) -> list[dict]:
@@ -206,27 +197,17 @@ def bench_prefill(presets, contexts, repeats: int) -> list[dict]:
     return rows
 
 
-def _peak_rss_kib() -> int:
-    """This process's peak resident set size in KiB: VmHWM of its address space (getrusage's ru_maxrss would
-    include the parent's peak, which Linux carries over fork and exec)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
 def _memory_child(preset: str, t: int, mode: str) -> None:
     """Runs one meta-training step and prints its peak RSS above the baseline (MiB), as JSON."""
     model = _model(preset)
     tokens = _tokens(t + 1, model.config.vocab_size)
     model.meta_loss(tokens[:, : model.config.mini_batch_size + 1])[0].backward()  # warm up allocator and ops
     model.zero_grad(set_to_none=True)
-    base = _peak_rss_kib()
+    base = harness.proc_status_kib("VmHWM")
     start = time.perf_counter()
     model.meta_loss(tokens, **MEMORY_MODES[mode])[0].backward()
     seconds = time.perf_counter() - start
-    print(json.dumps(dict(peak_mib=(_peak_rss_kib() - base) / 1024, seconds=seconds)))
+    print(json.dumps(dict(peak_mib=(harness.proc_status_kib("VmHWM") - base) / 1024, seconds=seconds)))
 
 
 def _child_json(flag: str, *args) -> dict:

@@ -78,6 +78,16 @@ class Laps:
         return [b - a for a, b in zip(self.marks, self.marks[1:])]
 
 
+def proc_status_kib(field: str) -> int:
+    """A KiB field of /proc/self/status: "VmRSS" (resident set now) or "VmHWM" (its peak: getrusage's ru_maxrss would
+    include the parent's peak, which Linux carries over fork and exec)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
 def stats(samples: list[float]) -> dict:
     """{"median_s", "min_s", "max_s", "repeats"} of timings in seconds."""
     return {

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ttt_kernels.model import TTTE2EModel
+from ttt_kernels.model.model import PREFILL_SLICE_TOKENS
 
 from . import checkpoint, data, evaluate, runtime
 from .errors import CLIError
@@ -155,7 +156,7 @@ def run_eval(args) -> int:
         for run_name, ttt in settings:
             # Activations of one prefill slice (of each window of a batch) at a time.
             model = _load(
-                c, device, ttt=ttt, tokens=min(context, _PREFILL_SLICE) * (1 if windows is None else args.batch)
+                c, device, ttt=ttt, tokens=min(context, PREFILL_SLICE_TOKENS) * (1 if windows is None else args.batch)
             )
             if windows is None:
                 runs += evaluate.evaluate_document(
@@ -226,10 +227,6 @@ class _GenerateProgress:
             bar.close()
 
 
-# Tokens per prefill slice (TTTE2EModel.prefill's default): what generate holds activations for at once.
-_PREFILL_SLICE = 4096
-
-
 def run_generate(args) -> int:
     device = runtime.setup(args.device, args.threads)
     _positive(args.max_new_tokens + 1, "--max-new-tokens + 1")
@@ -250,7 +247,7 @@ def run_generate(args) -> int:
     if not len(prompt):
         raise CLIError(f"{what}: the prompt is empty (expected at least one byte)")
     ckpt = checkpoint.Checkpoint(args.checkpoint)
-    model = _load(ckpt, device, ttt=not args.no_ttt, tokens=min(len(prompt), _PREFILL_SLICE))
+    model = _load(ckpt, device, ttt=not args.no_ttt, tokens=min(len(prompt), PREFILL_SLICE_TOKENS))
     eta = args.inner_lr if args.inner_lr is not None else _final_inner_lr(ckpt)
     bars = _GenerateProgress(args.progress)
     start = time.perf_counter()

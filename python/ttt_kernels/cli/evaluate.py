@@ -9,9 +9,10 @@ import dataclasses
 import math
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
+
+from ttt_kernels.model.model import PREFILL_SLICE_TOKENS, TokenSource
 
 from .progress import progress_bar
 
@@ -82,26 +83,22 @@ def evaluate(
     ]
 
 
-def _read(tokens, lo: int, hi: int, device: torch.device) -> torch.Tensor:
-    """tokens[..., lo:hi] of a [B, T+1] tensor or a 1-D source (numpy array or memmap) as int64 [B, hi - lo]."""
-    if isinstance(tokens, torch.Tensor):
-        return tokens[:, lo:hi].to(device, torch.int64)
-    return torch.from_numpy(np.array(tokens[lo:hi], dtype=np.int64)).to(device)[None]
-
-
 @torch.no_grad()
-def chunk_losses(model, tokens, inner_lr: float, slice_tokens: int = 4096, progress=None) -> torch.Tensor:
+def chunk_losses(
+    model, tokens, inner_lr: float, slice_tokens: int = PREFILL_SLICE_TOKENS, progress=None
+) -> torch.Tensor:
     """The per-chunk mean losses [B, T/b] of ``tokens`` [B, T+1] (inputs tokens[:, :-1], targets tokens[:, 1:]), or
-    [1, T/b] of one sequence of T+1 tokens given as a 1-D source (a memmap of a document): what
+    [1, T/b] of one sequence of T+1 tokens given as a 1-D source (TokenSource: a memmap of a document): what
     ``model.meta_loss(tokens)`` returns without an outer gradient, read with ``model.prefill`` a slice at a time, in
     memory bounded by the slice (never the whole sequence's activations or logits). ``progress``: called with the
     number of tokens of each slice read."""
-    n = (tokens.shape[1] if isinstance(tokens, torch.Tensor) else len(tokens)) - 1
-    b, bos = model.config.mini_batch_size, model.config.bos_token_id
     device = model.embed.weight.device
+    source = TokenSource(tokens, device)
+    n = source.length - 1
+    b, bos = model.config.mini_batch_size, model.config.bos_token_id
     state, sums, counts = None, None, None
     for lo in range(0, n, slice_tokens):
-        piece = _read(tokens, lo, min(lo + slice_tokens, n) + 1, device)  # inputs and the target after each
+        piece = source.read(lo, min(lo + slice_tokens, n) + 1)  # inputs and the target after each
         state, logits = model.prefill(piece[:, :-1], state, inner_lr=inner_lr, return_logits=True)
         targets = piece[:, 1:]
         # logits: float32, float64 for a float64 model (the dtype of meta_loss's losses)

@@ -31,6 +31,9 @@ KV = tuple[torch.Tensor, torch.Tensor]
 _AUTO_BUDGET_FRACTION = 0.5
 _AUTO_MIN_BUDGET = 64 << 20  # keys (after QK-norm and RoPE) and values, [B, n, Hkv, hd] each
 
+# Tokens per slice of a prompt (TTTE2EModel.prefill's default): the activations held at once when reading one.
+PREFILL_SLICE_TOKENS = 4096
+
 # Positions per cached RoPE table (TTTE2EModel._rope_rotations): prefill slices and chunks fall inside one.
 _ROPE_SEGMENT = 4096
 
@@ -216,9 +219,10 @@ class _Recompute(torch.autograd.Function):
         return (None, None, *(next(grads) if t.requires_grad else None for t in (*inputs, *ctx.params)))
 
 
-class _SliceSource:
-    """The prompt of TTTE2EModel.prefill: an int64 tensor [B, n] (read as views), or one sequence as a 1-D token
-    source (numpy array or memmap of integers, bytes, 1-D integer tensor) converted one slice at a time."""
+class TokenSource:
+    """Tokens read a slice at a time (TTTE2EModel.prefill and generate, the CLI's evaluation): an int64 tensor [B, n]
+    (read as views), or one sequence as a 1-D token source (numpy array or memmap of integers, bytes, 1-D integer
+    tensor) converted one slice at a time."""
 
     def __init__(self, tokens, device: torch.device):
         self.tokens, self.device = tokens, device
@@ -812,7 +816,7 @@ class TTTE2EModel(nn.Module):
         *,
         inner_lr: float = 1.0,
         return_logits: bool = False,
-        slice_tokens: int = 4096,
+        slice_tokens: int = PREFILL_SLICE_TOKENS,
         cuda_graph: bool = False,
         progress=None,
     ):
@@ -832,7 +836,7 @@ class TTTE2EModel(nn.Module):
         holds every position's logits: for a long prompt, prefill slice by slice and keep what is needed instead).
         """
         check_int(slice_tokens, "TTTE2EModel.prefill: slice_tokens")
-        source = _SliceSource(tokens, self.embed.weight.device)
+        source = TokenSource(tokens, self.embed.weight.device)
         n = source.length
         piece = source.read(0, min(slice_tokens, n))
         self._check_tokens(piece, "prefill", 1)
@@ -896,7 +900,7 @@ class TTTE2EModel(nn.Module):
         else:
             gen.manual_seed(seed)
         state = self.prefill(prompt, inner_lr=inner_lr, cuda_graph=cuda_graph, progress=progress)
-        source = _SliceSource(prompt, self.embed.weight.device)
+        source = TokenSource(prompt, self.embed.weight.device)
         out, logits = [source.read(0, source.length)] if include_prompt else [], state.logits
         for i in range(max_new_tokens):
             tok = _sample(logits, temperature, top_p, gen)
