@@ -18,6 +18,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+# ---- the command line's corpus -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def corpus_file(tmp_path_factory):
+    """A deterministic Python-like text file of ~40 KB."""
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    lines = [f"def f{i}(x, y={i % 7}):\n    return x * y + {i * 31 % 97}  # {'abc' * (i % 5)}\n" for i in range(800)]
+    path.write_text("".join(lines))
+    return str(path)
+
+
 # ---- kernel coverage -------------------------------------------------------------------------------------------------
 
 

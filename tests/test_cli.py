@@ -36,15 +36,6 @@ MODEL = [
 SMALL = [*MODEL, "--context", "64", "--batch", "2", "--val-every", "3", "--val-windows", "2", "--no-progress"]
 
 
-@pytest.fixture(scope="module")
-def corpus_file(tmp_path_factory):
-    """A deterministic Python-like text file of ~40 KB."""
-    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
-    lines = [f"def f{i}(x, y={i % 7}):\n    return x * y + {i * 31 % 97}  # {'abc' * (i % 5)}\n" for i in range(800)]
-    path.write_text("".join(lines))
-    return str(path)
-
-
 def _train(out, corpus, *extra):
     return main(["train", "--out", str(out), "--corpus", corpus, *SMALL, *extra])
 

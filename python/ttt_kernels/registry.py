@@ -133,8 +133,8 @@ OPS = (
 )
 
 
-# The bench scripts: each op's, then the model's (its steps, then long contexts).
-BENCH_SCRIPTS = (*dict.fromkeys(b for op in OPS for b in op.benches), "model", "long_context")
+# The bench scripts: each op's, then the model's (its steps, long contexts, training on several processes).
+BENCH_SCRIPTS = (*dict.fromkeys(b for op in OPS for b in op.benches), "model", "long_context", "distributed")
 
 
 def op_table() -> str:

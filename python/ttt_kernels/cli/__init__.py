@@ -3,6 +3,7 @@ byte-level corpus that ships with every Python (its standard library's source), 
 
     ttt-kernels demo       # meta-train the tiny preset for ~5 minutes, loss by position with TTT on vs off
     ttt-kernels train --out run1 --steps 500
+    torchrun --nproc-per-node 2 -m ttt_kernels train --out run2 --strategy fsdp
     ttt-kernels eval run1 run2 --plot loss.png
     ttt-kernels generate run1 --prompt "def main("
     ttt-kernels bench | info | selfcheck
@@ -93,6 +94,22 @@ def _train_parser(sub) -> None:
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, help="progress bar (default: on a terminal)")
     g.add_argument("--log-every", type=int, default=10, help="without the bar, print a line every N steps")
     _add_runtime(p)
+    g = p.add_argument_group(
+        "several processes", "under torchrun --nproc-per-node N (docs/distributed.md); --batch is the global batch"
+    )
+    g.add_argument(
+        "--strategy",
+        choices=("ddp", "fsdp"),
+        default="ddp",
+        help="ddp: a full replica per process (default); fsdp: parameters, gradients and AdamW state sharded (FSDP2)",
+    )
+    g.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="a rank waiting longer than this for the others (one died or hangs) fails (default 600)",
+    )
 
 
 def _eval_parser(sub) -> None:

@@ -11,6 +11,7 @@ import time
 import numpy as np
 import torch
 
+from ttt_kernels import distributed
 from ttt_kernels.model import TTTE2EModel
 from ttt_kernels.model.model import PREFILL_SLICE_TOKENS
 
@@ -54,7 +55,33 @@ def run_bench(args) -> int:
 
 
 def run_train(args) -> int:
-    device = runtime.setup(args.device, args.threads)
+    try:
+        world = distributed.world_from_env()
+    except ValueError as e:
+        raise CLIError(f"the launcher's environment: {e}") from None
+    if not (math.isfinite(args.dist_timeout) and args.dist_timeout > 0):
+        raise CLIError(f"--dist-timeout must be a finite number of seconds > 0, got {args.dist_timeout}")
+    device = runtime.setup(args.device, args.threads, world)
+    if world is None:
+        return _train_command(args, device, None)
+    distributed.init_process_group(device, args.dist_timeout)
+    try:
+        status = _train_command(args, device, world)
+        torch.distributed.barrier()  # no rank tears the group down while another still uses it
+        return status
+    except RuntimeError as e:
+        if not distributed.is_collective_failure(e):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CLIError(
+            f"rank {world.rank} of {world.size}: a collective operation failed, probably because another rank "
+            f"stopped or hangs (see its output; --dist-timeout {args.dist_timeout:g} s): {first}"
+        ) from None
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _train_command(args, device: torch.device, world) -> int:
     given = {k: getattr(args, k, None) for k in _TRAIN_KEYS}
     _positive(args.stop_after, "--stop-after")
     if args.minutes is not None and not args.minutes > 0:
@@ -76,13 +103,18 @@ def run_train(args) -> int:
         seconds=None if args.minutes is None else 60 * args.minutes,
         progress=args.progress,
         log_every=args.log_every,
+        world=world,
+        strategy=args.strategy,
     )
+    if world is not None and not world.is_main:
+        return 0
     out = args.out or args.resume
     last = result.history[-1]["loss"] if result.history else float("nan")
     val = f", validation loss {result.validation[-1]['loss']:.4f}" if result.validation else ""
     print(
         f"step {result.step}/{result.settings['steps']}: train loss {last:.4f}{val}; "
-        f"{result.tokens_per_second:.0f} tokens/s on {device}; checkpoint {out}"
+        f"{result.tokens_per_second:.0f} tokens/s on {f'{world.size} processes' if world else device}; "
+        f"checkpoint {out}"
     )
     if result.stopped_early:
         print(f"stopped early ({result.stopped_early}); continue with: ttt-kernels train --resume {out}")

@@ -149,17 +149,28 @@ class WindowSampler:
     """Random training windows of ``length`` + 1 tokens, deterministic given the seed.
 
     Offsets are drawn uniformly from a private torch.Generator; :meth:`state_dict` / :meth:`load_state_dict` save
-    and restore it (and the number of batches drawn), so a resumed run draws the same windows.
+    and restore it (and the number of batches drawn), so a resumed run draws the same windows. ``rank`` of
+    ``world_size`` processes: every process draws the same ``batch_size`` offsets (the global batch) and reads its
+    share, rows [rank * batch_size / world_size, (rank + 1) * batch_size / world_size): the sequence of global
+    batches is the same for any number of processes.
     """
 
-    def __init__(self, tokens: torch.Tensor, length: int, batch_size: int, seed: int):
+    def __init__(
+        self, tokens: torch.Tensor, length: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1
+    ):
+        if batch_size % world_size:
+            raise CLIError(
+                f"--batch ({batch_size}, the global batch) must be a multiple of the number of processes ({world_size})"
+            )
         self.tokens, self.length, self.batch_size = tokens, length, batch_size
+        per = batch_size // world_size
+        self.rows = slice(rank * per, (rank + 1) * per)
         self.generator = torch.Generator().manual_seed(seed)
         self.batches = 0
 
     def next_batch(self) -> torch.Tensor:
         high = len(self.tokens) - self.length  # offsets 0 .. len - (length + 1)
-        offsets = torch.randint(0, high, (self.batch_size,), generator=self.generator)
+        offsets = torch.randint(0, high, (self.batch_size,), generator=self.generator)[self.rows]
         self.batches += 1
         return torch.stack([self.tokens[o : o + self.length + 1] for o in offsets.tolist()]).long()
 

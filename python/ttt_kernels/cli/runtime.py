@@ -25,12 +25,16 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def setup(device: str | None, threads: int | None) -> torch.device:
-    """torch threads (default: the cores this process may run on) and the device (default: cuda if available)."""
+def setup(device: str | None, threads: int | None, world=None) -> torch.device:
+    """torch threads (default: the cores this process may run on, shared among the node's processes of ``world``,
+    a ttt_kernels.distributed.World) and the device (default: cuda if available; "cuda" is the local rank's GPU)."""
     if threads is not None and threads < 1:
         raise CLIError(f"--threads must be >= 1, got {threads}")
-    torch.set_num_threads(threads or available_cores())
+    local = world.local_size if world is not None else 1
+    torch.set_num_threads(threads or max(1, available_cores() // local))
     name = device or default_device()
+    if world is not None and name == "cuda":
+        name = f"cuda:{world.local_rank}"
     try:
         dev = torch.device(name)
     except RuntimeError:
@@ -39,6 +43,8 @@ def setup(device: str | None, threads: int | None) -> torch.device:
         raise CLIError(f"--device {name}: no CUDA device is visible (use --device cpu)")
     if dev.type not in ("cpu", "cuda"):
         raise CLIError(f"--device: unsupported device {name!r} (expected cpu, cuda or cuda:N)")
+    if dev.type == "cuda" and world is not None:
+        torch.cuda.set_device(dev)
     return dev
 
 

@@ -4,7 +4,8 @@ Outer optimiser: AdamW (no weight decay on norm weights), learning rate with a l
 over ``warmup`` steps then a cosine decay to ``lr * min_lr_ratio`` at the last step, and a global gradient-norm
 clip. The inner learning rate eta warms up linearly from ``inner_lr_start`` (0.1) to ``inner_lr`` (1) over
 ``inner_warmup`` steps, as in the paper. Each step draws ``batch`` random windows of ``context`` + 1 tokens from the
-train split with a generator seeded by ``seed``.
+train split with a generator seeded by ``seed``. On several processes (torchrun; ttt_kernels.distributed) ``batch`` is
+the global batch, each rank reads its share, and the trajectory is the single process's, to rounding.
 """
 
 import contextlib
@@ -20,6 +21,7 @@ import time
 
 import torch
 
+from ttt_kernels import distributed
 from ttt_kernels.model import TTTE2EConfig, TTTE2EModel
 from ttt_kernels.profiling import phase
 
@@ -287,6 +289,38 @@ def _unlock_out(held) -> None:
     lock.close()
 
 
+class _StopRequests:
+    """On several processes SIGINT and SIGTERM (torchrun forwards them to every rank; a scheduler may signal only
+    one) set a flag instead of interrupting: the ranks agree on it at the end of each step and all save that step
+    together (an interrupt in the middle of a collective would leave the other ranks waiting in it)."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {sig: signal.signal(sig, self._request) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def _request(self, signum, frame) -> None:
+        self.requested = True
+
+    def reduce(self, loss: torch.Tensor, clocks: tuple) -> tuple[float, bool, list]:
+        """One all-reduce at the end of a step: (the mean of the ranks' losses, whether any rank was asked to stop,
+        rank 0's ``clocks``: time decisions are taken on one clock)."""
+        import torch.distributed as dist
+
+        world, main = dist.get_world_size(), dist.get_rank() == 0
+        values = [loss.double() / world, torch.tensor(float(self.requested), dtype=torch.float64)]
+        values += [torch.tensor(c if main else 0.0, dtype=torch.float64) for c in clocks]
+        values = torch.stack([v.to(loss.device) for v in values])
+        dist.all_reduce(values)
+        loss_mean, stopping, *rank0_clocks = values.tolist()
+        return loss_mean, stopping > 0, rank0_clocks
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
 def _sigterm_raises_interrupt():
     """SIGTERM (a scheduler's kill) interrupts training like Ctrl-C, so that a checkpoint is saved. Returns the
     previous handler, to restore after training; None (nothing changed) outside the main thread."""
@@ -324,12 +358,22 @@ def make_optimizer(model: TTTE2EModel, s: dict) -> torch.optim.AdamW:
 
 
 @torch.no_grad()
-def validation_loss(model: TTTE2EModel, windows: torch.Tensor, inner_lr: float, batch: int) -> float:
-    losses = []
+def validation_loss(
+    model: torch.nn.Module, windows: torch.Tensor, inner_lr: float, batch: int, world: distributed.World | None = None
+) -> float:
+    """The mean meta-loss of ``windows``, ``batch`` at a time (each batch shared among the ranks of ``world``).
+    ``model``: what a training step calls (a TTTE2EModel, or its DDP / fully_shard wrapping)."""
+    total = torch.zeros((), dtype=torch.float64, device=windows.device)
     for i in range(0, len(windows), batch):
-        _, per_chunk = model.meta_loss(windows[i : i + batch], inner_lr)
-        losses.append(per_chunk.mean(1))
-    return torch.cat(losses).mean().item()
+        rows, weights = distributed.share(windows[i : i + batch], world)
+        _, per_chunk = model(rows, inner_lr)
+        total += (per_chunk.mean(1).double() * weights.to(total.device)).sum()
+    if world is not None:
+        import torch.distributed as dist
+
+        dist.all_reduce(total)
+        distributed.reshard(model)
+    return total.item() / len(windows)
 
 
 @dataclasses.dataclass
@@ -351,14 +395,24 @@ def _rng_state(sampler: data.WindowSampler, device: torch.device) -> dict:
     return state
 
 
-def _print_header(model: TTTE2EModel, s: dict, corpus: data.Corpus, device: torch.device, step: int) -> None:
-    """What the run is: model size, data, device and threads, where it starts."""
+def _print_header(
+    model: TTTE2EModel,
+    s: dict,
+    corpus: data.Corpus,
+    device: torch.device,
+    step: int,
+    world: distributed.World | None = None,
+    strategy: str = "ddp",
+) -> None:
+    """What the run is: model size, data, device and threads (and processes), where it starts."""
     c = model.config
     params = sum(p.numel() for p in model.parameters())
     kind = {"ttt": "TTT-E2E", "swa": "sliding-window baseline", "full": "full-attention baseline"}[s["baseline"]]
     where = f"cpu, {torch.get_num_threads()} threads" if device.type == "cpu" else str(device)
     if device.type == "cuda":
         where += f" ({torch.cuda.get_device_name(device)})"
+    if world is not None:
+        where = f"{world.size} processes ({strategy}), each on {where}"
     start = f"resuming at step {step}" if step else "from scratch"
     print(
         f"train: {kind}, preset {s['preset'] or 'custom'}, {params / 1e6:.2f}M parameters (L{c.num_layers} "
@@ -421,6 +475,8 @@ def train(
     origin: str = "train",
     reserve_steps: float = 0.0,
     header: bool = True,
+    world: distributed.World | None = None,
+    strategy: str = "ddp",
 ) -> TrainResult:
     """Trains (or resumes) and writes checkpoints to ``out`` (``resume``'s directory when None). ``stop_after``:
     stop after that many steps of this run; ``seconds``: stop when the next step would exceed this time budget.
@@ -430,7 +486,10 @@ def train(
     a checkpoint already (replaced when the first save's manifest is written). ``origin``: which command wrote
     the checkpoint (recorded in trainer-N.json). ``reserve_steps``: with ``seconds``, also keep the time of that
     many average steps free (for work after training whose cost scales like a step). ``header``: print a line
-    saying what is trained, on what, where (the demo prints its own)."""
+    saying what is trained, on what, where (the demo prints its own). ``world``: this process's rank among those
+    torchrun started (their process group initialized on ``device``), None for one process; ``strategy``: how the
+    model is distributed, "ddp" or "fsdp" (ttt_kernels.distributed). Rank 0 alone prints, logs metrics and holds
+    the directory lock; every rank writes its shards of each checkpoint."""
     ckpt = None
     if resume is not None:
         ckpt = checkpoint.Checkpoint(resume)
@@ -459,30 +518,45 @@ def train(
             "empty directory"
         )
 
-    lock = _lock_out(out)  # one writer per checkpoint directory
+    main = world is None or world.is_main
+    lock, error = None, None
     try:
-        _check_writable(out)
-        if ckpt is not None:  # the checkpoint's own config.json (a --config file may have moved since)
-            config = ckpt.config
-        else:
-            config = resolve_config(s["preset"], s["config"], s["set"], s["baseline"], s["context"])
-        check_context(config, s["context"])
-        runtime.check_memory(
-            config, device, tokens=s["batch"] * s["context"], training=True, what="the training configuration"
-        )
-        if corpus is None:
-            corpus = data.load_corpus(s["corpus"], s["corpus_suffix"])
-        data.require_length(corpus, s["context"])
+        try:
+            if main:
+                lock = _lock_out(out)  # one writer per checkpoint directory
+                _check_writable(out)
+            if ckpt is not None:  # the checkpoint's own config.json (a --config file may have moved since)
+                config = ckpt.config
+            else:
+                config = resolve_config(s["preset"], s["config"], s["set"], s["baseline"], s["context"])
+            check_context(config, s["context"])
+            per_rank = s["batch"] // (world.size if world else 1)
+            runtime.check_memory(
+                config, device, tokens=per_rank * s["context"], training=True, what="the training configuration"
+            )
+            if corpus is None:
+                corpus = data.load_corpus(s["corpus"], s["corpus_suffix"])
+            data.require_length(corpus, s["context"])
+            sampler = data.WindowSampler(
+                corpus.train, s["context"], s["batch"], s["seed"], *((world.rank, world.size) if world else ())
+            )
+        except CLIError as e:
+            if world is None:
+                raise
+            error = str(e)
+        if world is not None:
+            checkpoint.agree(error)  # every rank stops here if any rank's settings, data or directory are wrong
 
         torch.manual_seed(s["seed"])
         model = TTTE2EModel(config).to(device)
+        if ckpt is not None and world is not None and not ckpt.sharded:
+            ckpt.load_model(model)  # a single process's weights, before the wrapper shards or broadcasts them
+        step_module = model if world is None else distributed.wrap(model, strategy, device)
         optimizer = make_optimizer(model, s)
-        sampler = data.WindowSampler(corpus.train, s["context"], s["batch"], s["seed"])
         val_windows = data.evaluation_windows(corpus.validation, s["context"], s["val_windows"]).to(device)
         step, history, validation = 0, [], []
         if ckpt is not None:
-            ckpt.load_model(model)
-            optimizer.load_state_dict(ckpt.load_optimizer_state())
+            ckpt.load_training_state(model, optimizer)
             rng = ckpt.load_rng()
             torch.set_rng_state(rng["torch"])
             if "cuda" in rng and device.type == "cuda":
@@ -498,25 +572,35 @@ def train(
                 "history": history,
                 "validation": validation,
                 "corpus": corpus.source,
+                "processes": world.size if world else 1,
             }
+            if world is not None:
+                trainer["strategy"] = strategy
+                checkpoint.save_sharded(
+                    out, model, optimizer, step=step, trainer=trainer, rng=_rng_state(sampler, device)
+                )
+                return
             checkpoint.save(
                 out, model, step=step, trainer=trainer, optimizer=optimizer, rng=_rng_state(sampler, device)
             )
 
         total, tokens_per_step = s["steps"], s["batch"] * s["context"]
-        if header:
-            _print_header(model, s, corpus, device, step)
-        metrics = _Metrics(out, step if ckpt is not None else None)
-        bar = _Progress(total, step, progress, log_every)
-        previous_sigterm = _sigterm_raises_interrupt()
+        if header and main:
+            _print_header(model, s, corpus, device, step, world, strategy)
+        metrics = _Metrics(out, step if ckpt is not None else None) if main else None
+        bar = _Progress(total, step, progress if main else False, log_every if main else 0)
+        stop = _StopRequests() if world is not None else None
+        previous_sigterm = _sigterm_raises_interrupt() if world is None else None
         last_save = time.perf_counter()
         start, saved_step, stopped, run_steps = time.perf_counter(), step if ckpt is not None else None, None, 0
+        agreed_elapsed = 0.0
         try:
             while step < total:
                 if stop_after is not None and run_steps >= stop_after:
                     stopped = f"--stop-after {stop_after}"
                     break
-                elapsed = time.perf_counter() - start
+                # on several processes rank 0's clock at the end of the last step, so that all ranks stop together
+                elapsed = time.perf_counter() - start if world is None else agreed_elapsed
                 if seconds is not None and run_steps and elapsed + (1 + reserve_steps) * elapsed / run_steps > seconds:
                     stopped = f"time budget of {seconds:.0f} s"
                     break
@@ -525,11 +609,18 @@ def train(
                     group["lr"] = lr
                 t0 = time.perf_counter()
                 tokens = sampler.next_batch().to(device)
-                loss, _ = model.meta_loss(tokens, eta, **CHECKPOINTING[s["checkpointing"]])
+                loss, _ = step_module(tokens, eta, **CHECKPOINTING[s["checkpointing"]])
                 with phase("ttt.outer_backward"):
                     loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), s["grad_clip"]).item()
-                loss_value = loss.item()
+                grad_norm = distributed.local_value(
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), s["grad_clip"])
+                ).item()  # over every rank's gradients (reduced by the wrapper): the same on every rank
+                if world is None:
+                    loss_value, since_save = loss.item(), time.perf_counter() - last_save
+                else:  # the global batch's loss (the mean of the ranks' equal shares), whether a rank was stopped
+                    loss_value, stopping, (since_save, agreed_elapsed) = stop.reduce(
+                        loss.detach(), (time.perf_counter() - last_save, time.perf_counter() - start)
+                    )
                 if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):  # before the weights take the step
                     kept = f"; the last checkpoint (step {saved_step}) is kept" if saved_step is not None else ""
                     raise CLIError(
@@ -542,27 +633,29 @@ def train(
                 dt = time.perf_counter() - t0
                 history.append({"step": step, "loss": loss_value, "lr": lr, "inner_lr": eta, "grad_norm": grad_norm})
                 bar.update(step, total, loss_value, tokens_per_step / dt, lr, eta)
-                metrics.log(
-                    step,
-                    loss=loss_value,
-                    lr=lr,
-                    inner_lr=eta,
-                    grad_norm=grad_norm,
-                    tokens_per_s=tokens_per_step / dt,
-                    step_s=dt,
-                    elapsed_s=elapsed + dt,
-                )
+                if main:
+                    metrics.log(
+                        step,
+                        loss=loss_value,
+                        lr=lr,
+                        inner_lr=eta,
+                        grad_norm=grad_norm,
+                        tokens_per_s=tokens_per_step / dt,
+                        step_s=dt,
+                        elapsed_s=elapsed + dt,
+                    )
                 if s["val_every"] and (step % s["val_every"] == 0 or step == total):
-                    val = validation_loss(model, val_windows, s["inner_lr"], s["batch"])
+                    val = validation_loss(step_module, val_windows, s["inner_lr"], s["batch"], world)
                     validation.append({"step": step, "loss": val})
-                    metrics.log(step, val_loss=val)
-                    bar.write(f"step {step}: validation loss {val:.4f} ({len(val_windows)} held-out windows)")
-                if (save_every and step % save_every == 0) or (
-                    save_seconds and time.perf_counter() - last_save >= save_seconds
-                ):
+                    if main:
+                        metrics.log(step, val_loss=val)
+                        bar.write(f"step {step}: validation loss {val:.4f} ({len(val_windows)} held-out windows)")
+                if (save_every and step % save_every == 0) or (save_seconds and since_save >= save_seconds):
                     save()
                     saved_step, last_save = step, time.perf_counter()
-        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep the steps done so far
+                if world is not None and stopping:
+                    raise KeyboardInterrupt
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM (on several processes: at the end of the step on every rank)
             if step != saved_step:
                 save()
             raise CLIError(
@@ -570,9 +663,12 @@ def train(
             ) from None
         finally:
             bar.close()
-            metrics.close()
+            if metrics is not None:
+                metrics.close()
             if previous_sigterm is not None:
                 signal.signal(signal.SIGTERM, previous_sigterm)
+            if stop is not None:
+                stop.restore()
         train_seconds = time.perf_counter() - start
         if saved_step != step:
             save()
@@ -587,4 +683,5 @@ def train(
             stopped_early=stopped,
         )
     finally:
-        _unlock_out(lock)
+        if lock is not None:
+            _unlock_out(lock)

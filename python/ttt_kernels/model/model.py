@@ -591,6 +591,11 @@ class TTTE2EModel(nn.Module):
         self._assert_finite(per_chunk, "meta_loss", "loss")
         return per_chunk.mean(), per_chunk
 
+    def forward(self, tokens: torch.Tensor, inner_lr: float = 1.0, **options) -> tuple[torch.Tensor, torch.Tensor]:
+        """Calling the model is :meth:`meta_loss` (same arguments, same result): one forward for the whole meta-step,
+        the unit that DistributedDataParallel and fully_shard wrap (ttt_kernels.distributed)."""
+        return self.meta_loss(tokens, inner_lr, **options)
+
     def _assert_finite(self, t: torch.Tensor, what: str, name: str) -> None:
         if self.check_finite:
             torch._assert_async(
