@@ -3,19 +3,21 @@ and full attention, from 8K to 2M tokens (docs/long_context.md).
 
 For every preset, variant and context n, a fresh process builds the model (random weights, seed 0), reads n tokens
 from a memory-mapped file of random bytes with ``model.prefill`` (the prompt a 1-D source read a slice at a time),
-then decodes 4b tokens from that state (four TTT steps for TTT-E2E; again from copies of the state until 2 s have been
-timed, the median pass counts), and reports prefill milliseconds per 1K tokens
-(of the whole prompt, and the median over its 4K-token slices, which a burst of load on a shared machine does not
-move; prompts read in less than 5 s are read again until 5 s have been timed, and the median read counts), decode
-milliseconds per token and its peak RSS (VmHWM, reset after a 4K-token warm-up). Variants: TTT-E2E (the
-preset), the sliding-window baseline (``ttt=False``: the same blocks, the dynamic MLP frozen at W_0) and full
-attention (``ttt=False`` with a window as long as the context). Full attention costs O(n) per token: it runs until a
-point would exceed the time budget (``--budget-s``, predicted from the points measured), and the rest is
-extrapolated from a fit to the measured points (prefill seconds = a n + c n^2, decode seconds per token = a + c n)
-and marked as such. At TTT-E2E's longest context, 32K tokens are prefilled from position 0 and from the end of the
-prompt in turn, 5 times (the cost of a position, apart from the machine's drift during a long run). Prints a table,
-writes JSON (``--out``) and a PNG (``--plot``, log-x). ``--device cuda``: a bfloat16 model on the GPU, its peak
-allocated device memory instead of the RSS.
+then decodes 4b tokens from that state (four TTT steps for TTT-E2E; again from copies of the state until 2 s have
+been timed, the median pass counts), and reports prefill milliseconds per 1K tokens (of the whole prompt, and the
+median over its 4K-token slices, which a burst of load on a shared machine does not move; prompts read in less than 5
+s are read again until 5 s have been timed, and the median read counts), decode milliseconds per token and its peak
+RSS (VmHWM, reset after a 4K-token warm-up). Variants: TTT-E2E (the preset), the sliding-window baseline
+(``ttt=False``: the same blocks, the dynamic MLP frozen at W_0) and full attention (``ttt=False`` with a window as
+long as the context). Full attention costs O(n) per token: it runs until a point would exceed the time budget
+(``--budget-s``, predicted from the points measured), and the rest is extrapolated from a fit to the measured points
+(prefill seconds = a n + c n^2, decode seconds per token = a + c n) and marked as such. At TTT-E2E's longest context
+the prompt is read paired: after each 4K-token slice, one 4K-token slice continuing a state of 8K tokens (a copy, the
+same tokens every time) is timed back to back with it, and the median ratio of the pairs by position bucket is the
+cost of a position against the cost at 8K, whatever the machine's speed does during the long read (on a shared host
+it drifts by tens of percent within a minute); decode passes after the prompt alternate with passes after the 8K
+tokens the same way. Prints a table, writes JSON (``--out``) and a PNG (``--plot``, log-x). ``--device cuda``: a
+bfloat16 model on the GPU, its peak allocated device memory instead of the RSS.
 """
 
 import argparse
@@ -38,9 +40,8 @@ CONTEXTS = (8192, 32768, 131072, 524288, 1048576, 2097152)
 MAX_CONTEXT = {"tiny": 2097152, "small": 524288}
 VARIANTS = ("ttt-e2e", "swa", "full attention")
 WARMUP_TOKENS = PREFILL_SLICE_TOKENS  # one slice
-# TTT-E2E at the longest context: this many tokens prefilled from position 0 and from the end of the prompt, in turn.
-POSITION_CHECK_TOKENS = 32768
-POSITION_CHECK_ROUNDS = 5
+# TTT-E2E at the longest context: every slice of the prompt paired with a slice continuing a state of this many tokens.
+REFERENCE_TOKENS = 8192
 DEVICE = torch.device("cpu")  # --device
 MIN_MEASURED_S = 5.0
 MIN_DECODE_S = 2.0
@@ -66,25 +67,46 @@ def _copy_state(state):
     return dataclasses.replace(state, kv=list(state.kv), pending_kv=list(state.pending_kv))
 
 
-def _position_check(model, state, source, context: int, device: torch.device) -> dict:
-    """Prefill ms/1K of POSITION_CHECK_TOKENS tokens continuing ``state`` (at position ``context``) and from a new
-    state (position 0), alternated POSITION_CHECK_ROUNDS times: the position's own cost, apart from the machine's
-    drift over a long run."""
-    n = POSITION_CHECK_TOKENS
-    times = {"from 0": [], f"from {context}": []}
-    for _ in range(POSITION_CHECK_ROUNDS):
-        for name, start in times.items():
-            continued = _copy_state(state)
-            t0 = _now(device)
-            if name == "from 0":
-                model.prefill(source[:n])
-            else:
-                model.prefill(source[context : context + n], continued)
-            start.append((_now(device) - t0) * 1e3 / (n / 1024))
-    return {name: float(np.median(v)) for name, v in times.items()}
+def _paired_read(model, source, context: int, device: torch.device) -> tuple:
+    """Reads source[:context] a 4K-token slice at a time; after each slice, times one slice continuing a copy of a
+    REFERENCE_TOKENS-token state. Returns (the state after the prompt, the reference state, ms/1K of each slice, ms/1K
+    of each reference slice, each slice's first position)."""
+    size = PREFILL_SLICE_TOKENS
+    reference = model.prefill(source[:REFERENCE_TOKENS])
+    reference_slice = source[REFERENCE_TOKENS : REFERENCE_TOKENS + size]
+    state, slice_ms, reference_ms = None, [], []
+    for lo in range(0, context, size):
+        hi = min(lo + size, context)
+        t0 = _now(device)
+        state = model.prefill(source[lo:hi], state)
+        t1 = _now(device)
+        model.prefill(reference_slice, _copy_state(reference))
+        t2 = _now(device)
+        slice_ms.append((t1 - t0) * 1e3 / ((hi - lo) / 1024))
+        reference_ms.append((t2 - t1) * 1e3 / (size / 1024))
+    return state, reference, slice_ms, reference_ms, list(range(0, context, size))
 
 
-def _child(preset: str, variant: str, context: int, data: str, device: torch.device, check: bool) -> None:
+def _position_buckets(slice_ms: list, reference_ms: list, positions: list) -> dict:
+    """Median slice / reference ratio per bucket of positions [8K, 16K), [16K, 32K), ... (x2 each)."""
+    buckets, lo = {}, REFERENCE_TOKENS
+    while lo < positions[-1] + 1:
+        hi = 2 * lo
+        ratios = [a / b for a, b, p in zip(slice_ms, reference_ms, positions) if lo <= p < hi]
+        if ratios:
+            buckets[f"{lo // 1024}K-{hi // 1024}K"] = float(np.median(ratios))
+        lo = hi
+    return buckets
+
+
+def _child(
+    preset: str,
+    variant: str,
+    context: int,
+    data: str,
+    device: torch.device,
+    check: bool,
+) -> None:
     """One measurement (in a fresh process): prints its JSON. On a GPU the model is bfloat16 and the peak is the
     device memory allocated (the process's RSS otherwise)."""
     torch.manual_seed(0)
@@ -100,31 +122,51 @@ def _child(preset: str, variant: str, context: int, data: str, device: torch.dev
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # VmHWM := VmRSS
         before = harness.proc_status_kib("VmRSS")
-    # Short prompts are read again (fresh states) until MIN_MEASURED_S have been timed: the median of the repeats.
-    runs, slice_ms, measured = [], [], 0.0
-    while not runs or measured < MIN_MEASURED_S:
-        marks = [_now(device)]  # after each 4K-token slice
-        state = model.prefill(source[:context], progress=lambda *_, m=marks: m.append(_now(device)))
-        runs.append(marks[-1] - marks[0])
-        measured += runs[-1]
-        slice_ms += list(
-            np.diff(marks)
-            * 1e3
-            / (np.diff([0, *range(PREFILL_SLICE_TOKENS, context, PREFILL_SLICE_TOKENS), context]) / 1024)
-        )
+    if check:  # one paired read (the longest prompt)
+        state, reference, slice_ms, reference_ms, positions = _paired_read(model, source, context, device)
+        tokens = [min(PREFILL_SLICE_TOKENS, context - p) / 1024 for p in positions]
+        runs = [sum(ms * k for ms, k in zip(slice_ms, tokens)) / 1e3]
+        position = _position_buckets(slice_ms, reference_ms, positions)
+    else:  # read again (fresh states) until MIN_MEASURED_S have been timed: the median of the repeats
+        runs, slice_ms, position = [], [], None
+        while not runs or sum(runs) < MIN_MEASURED_S:
+            marks = [_now(device)]  # after each 4K-token slice
+            state = model.prefill(source[:context], progress=lambda *_, m=marks: m.append(_now(device)))
+            runs.append(marks[-1] - marks[0])
+            slice_ms += list(
+                np.diff(marks)
+                * 1e3
+                / (
+                    np.diff(
+                        [
+                            0,
+                            *range(PREFILL_SLICE_TOKENS, context, PREFILL_SLICE_TOKENS),
+                            context,
+                        ]
+                    )
+                    / 1024
+                )
+            )
     prefill_s = float(np.median(runs))
-    position = _position_check(model, state, source, context, device) if check else None
     following = torch.from_numpy(np.array(source[context : context + decode_tokens], dtype=np.int64)).to(device)
-    # From copies of the state after the prompt, until MIN_DECODE_S have been timed: the median pass.
-    passes, measured = [], 0.0
-    while not passes or measured < MIN_DECODE_S:
-        decoding = _copy_state(state)
+
+    def decode_pass(start_state) -> float:
+        decoding = _copy_state(start_state)
         start = _now(device)
         for token in following:
             model.decode(decoding, token.view(1))
-        passes.append(_now(device) - start)
-        measured += passes[-1]
+        return _now(device) - start
+
+    # From copies of the state after the prompt, until MIN_DECODE_S have been timed: the median pass. With the paired
+    # read, each pass is followed by one from the reference state: the median ratio is decode's cost against 8K.
+    passes, ratios = [], []
+    while not passes or sum(passes) < MIN_DECODE_S:
+        passes.append(decode_pass(state))
+        if check:
+            ratios.append(passes[-1] / decode_pass(reference))
     decode_s = float(np.median(passes))
+    if check:
+        position["decode"] = float(np.median(ratios))
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) / 1024
     else:
@@ -138,14 +180,21 @@ def _child(preset: str, variant: str, context: int, data: str, device: torch.dev
                 decode_ms_per_token=decode_s * 1e3 / decode_tokens,
                 peak_mib=peak / 1024,
                 growth_mib=(peak - before) / 1024,
-                position_check_ms_per_1k=position,
+                cost_vs_8k_by_position=position,
             )
         )
     )
 
 
 def _measure(preset: str, variant: str, context: int, data: str, check: bool) -> dict:
-    command = [sys.executable, __file__, "--threads", str(torch.get_num_threads()), "--device", str(DEVICE)]
+    command = [
+        sys.executable,
+        __file__,
+        "--threads",
+        str(torch.get_num_threads()),
+        "--device",
+        str(DEVICE),
+    ]
     command += ["--child", preset, variant, str(context), data, str(int(check))]
     out = subprocess.run(command, capture_output=True, text=True)
     if out.returncode != 0:
@@ -155,7 +204,11 @@ def _measure(preset: str, variant: str, context: int, data: str, check: bool) ->
 
 def _fit(xs, ys, powers) -> np.ndarray:
     """Least-squares coefficients of y = sum c_p x^p over ``powers`` (nonnegative: a cost)."""
-    coef, *_ = np.linalg.lstsq(np.array([[x**p for p in powers] for x in xs], dtype=float), np.array(ys), rcond=None)
+    coef, *_ = np.linalg.lstsq(
+        np.array([[x**p for p in powers] for x in xs], dtype=float),
+        np.array(ys),
+        rcond=None,
+    )
     return np.maximum(coef, 0)
 
 
@@ -171,7 +224,7 @@ def _row(preset, variant, context, r, extrapolated=False) -> dict:
         peak_mib=r.get("peak_mib"),
         growth_mib=r.get("growth_mib"),
         extrapolated=extrapolated,
-        position_check_ms_per_1k=r.get("position_check_ms_per_1k"),
+        cost_vs_8k_by_position=r.get("cost_vs_8k_by_position"),
     )
 
 
@@ -203,9 +256,9 @@ def _print_point(r: dict) -> None:
     else:
         mark = f" (slice median {r['slice_ms_per_1k_median']:.1f}), peak {r['peak_mib']:.0f} MiB"
         mark += f" (+{r['growth_mib']:.0f})"
-    if r["position_check_ms_per_1k"]:
-        check = ", ".join(f"{k}: {v:.1f}" for k, v in r["position_check_ms_per_1k"].items())
-        mark += f"; 32K-token prefill, ms/1K, {check}"
+    if r["cost_vs_8k_by_position"]:
+        check = ", ".join(f"{k}: {v:.3f}" for k, v in r["cost_vs_8k_by_position"].items())
+        mark += f"; cost / the cost at 8K, paired, by position: {check}"
     print(
         f"{r['preset']:<6} {r['variant']:<15} n={r['context']:<8} prefill {r['prefill_ms_per_1k']:9.1f} ms/1K, "
         f"decode {r['decode_ms_per_token']:8.2f} ms/token{mark}",
@@ -241,6 +294,13 @@ def _print_table(rows: list) -> None:
             line += "".join(_cell(v.get(x), "decode_ms_per_token", ".2f") for x in VARIANTS)
             line += "".join(_cell(v.get(x), "peak_mib", ".0f", 10) for x in ("ttt-e2e", "swa"))
             print(line)
+        for r in rows:
+            if r["preset"] == preset and r["cost_vs_8k_by_position"]:
+                print(
+                    f"TTT-E2E at n={r['context']}: a 4K-token slice's prefill time / that of a slice at 8K timed "
+                    "right after it, median by position; decode: a pass after the prompt / a pass after 8K tokens: "
+                    + ", ".join(f"{k}: {v:.3f}" for k, v in r["cost_vs_8k_by_position"].items())
+                )
 
 
 def _plot(rows: list, path: str) -> None:
@@ -254,9 +314,17 @@ def _plot(rows: list, path: str) -> None:
     for (ax_prefill, ax_decode), preset in zip(axes, presets):
         for variant in VARIANTS:
             points = [r for r in rows if r["preset"] == preset and r["variant"] == variant]
-            for ax, key in ((ax_prefill, "prefill_ms_per_1k"), (ax_decode, "decode_ms_per_token")):
+            for ax, key in (
+                (ax_prefill, "prefill_ms_per_1k"),
+                (ax_decode, "decode_ms_per_token"),
+            ):
                 measured = [r for r in points if not r["extrapolated"]]
-                (line,) = ax.plot([r["context"] for r in measured], [r[key] for r in measured], "o-", label=variant)
+                (line,) = ax.plot(
+                    [r["context"] for r in measured],
+                    [r[key] for r in measured],
+                    "o-",
+                    label=variant,
+                )
                 rest = [r for r in points if r["extrapolated"]]
                 if rest:
                     tail = measured[-1:] + rest
@@ -268,7 +336,10 @@ def _plot(rows: list, path: str) -> None:
                         mfc="none",
                         label=f"{variant} (extrapolated)",
                     )
-        for ax, what in ((ax_prefill, "prefill, ms per 1K tokens"), (ax_decode, "decode, ms per token")):
+        for ax, what in (
+            (ax_prefill, "prefill, ms per 1K tokens"),
+            (ax_decode, "decode, ms per token"),
+        ):
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
             ax.set_xlabel("context (tokens)")
@@ -284,11 +355,27 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="contexts up to 128K")
     parser.add_argument("--presets", nargs="+", default=["tiny", "small"], choices=sorted(MAX_CONTEXT))
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    parser.add_argument("--contexts", nargs="+", type=int, default=list(CONTEXTS), help="prompt lengths (tokens)")
-    parser.add_argument("--budget-s", type=float, default=120.0, help="longest full-attention prefill to run (s)")
+    parser.add_argument(
+        "--contexts",
+        nargs="+",
+        type=int,
+        default=list(CONTEXTS),
+        help="prompt lengths (tokens)",
+    )
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=120.0,
+        help="longest full-attention prefill to run (s)",
+    )
     parser.add_argument("--plot", help="write the PNG here")
     harness.add_arguments(parser)
-    parser.add_argument("--child", nargs=5, metavar=("PRESET", "VARIANT", "N", "DATA", "CHECK"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--child",
+        nargs=5,
+        metavar=("PRESET", "VARIANT", "N", "DATA", "CHECK"),
+        help=argparse.SUPPRESS,
+    )
     args = parser.parse_args()
     global DEVICE
     device = DEVICE = harness.setup(args)
@@ -303,7 +390,7 @@ def main() -> None:
     print(harness.describe(env))
     with tempfile.TemporaryDirectory() as tmp:
         data = os.path.join(tmp, "tokens.bin")
-        size = max(contexts) + POSITION_CHECK_TOKENS + 4096  # the prompts, then what is decoded or checked after them
+        size = max(contexts) + 4096  # the prompts, then what is decoded after them
         np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tofile(data)
         rows = bench(args.presets, args.variants, contexts, data, args.budget_s)
     _print_table(rows)
