@@ -127,6 +127,14 @@ def test_ranks_read_the_global_batch(corpus_file):
         data.WindowSampler(corpus.train, 64, 4, seed=3, rank=0, world_size=3)
 
 
+@pytest.mark.parametrize("command", [["eval", "CKPT"], ["generate", "CKPT"], ["demo"]])
+def test_only_train_runs_on_several_processes(command, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert f"{command[0]} runs in one process (WORLD_SIZE=2): start it without torchrun" in err
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # float64: the wrappers against one process, second order, with and without recomputation
 

@@ -54,6 +54,15 @@ def run_bench(args) -> int:
     return bench.run(args.only, args.bench_dir, args.threads)
 
 
+def _one_process(command: str) -> None:
+    """Only train runs on several processes: the others would each do the whole work and write the same files."""
+    if os.environ.get("WORLD_SIZE", "1") != "1":
+        raise CLIError(
+            f"{command} runs in one process (WORLD_SIZE={os.environ['WORLD_SIZE']}): start it without torchrun; "
+            "only train runs on several processes"
+        )
+
+
 def run_train(args) -> int:
     try:
         world = distributed.world_from_env()
@@ -151,6 +160,7 @@ def _report_runs(runs: list, context: int, window: int | None, plot: str | None,
 
 
 def run_eval(args) -> int:
+    _one_process("eval")
     device = runtime.setup(args.device, args.threads)
     _positive(args.windows, "--windows")
     _positive(args.batch, "--batch")
@@ -260,6 +270,7 @@ class _GenerateProgress:
 
 
 def run_generate(args) -> int:
+    _one_process("generate")
     device = runtime.setup(args.device, args.threads)
     _positive(args.max_new_tokens + 1, "--max-new-tokens + 1")
     if not (math.isfinite(args.temperature) and args.temperature >= 0):
@@ -313,6 +324,7 @@ _SAMPLE_RESERVE_S = 10
 
 
 def run_demo(args) -> int:
+    _one_process("demo")
     wall_start = time.perf_counter()
     device = runtime.setup(args.device, args.threads)
     if not args.minutes > 0:
