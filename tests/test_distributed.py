@@ -20,6 +20,7 @@ import torch
 
 from ttt_kernels import distributed
 from ttt_kernels.cli import CLIError, checkpoint, data, main
+from ttt_kernels.cli import train as train_module
 from ttt_kernels.cli.train import METRICS_FILE
 from ttt_kernels.model import TTTE2EModel
 
@@ -133,6 +134,22 @@ def test_only_train_runs_on_several_processes(command, monkeypatch, capsys):
     assert main(command) == 2
     err = capsys.readouterr().err
     assert f"{command[0]} runs in one process (WORLD_SIZE=2): start it without torchrun" in err
+
+
+def test_a_signal_while_metrics_are_written_reaches_the_stop_flag():
+    """On several processes an interrupt must not stop one rank where it is: a signal caught while rank 0 writes its
+    metrics goes to the handler in place before (the stop flag), not to a KeyboardInterrupt of rank 0 alone."""
+    stop = train_module._StopRequests()
+    try:
+        with train_module._interrupts_deferred():
+            signal.raise_signal(signal.SIGTERM)
+            assert not stop.requested  # deferred to the end of the block
+        assert stop.requested
+    finally:
+        stop.restore()
+    with pytest.raises(KeyboardInterrupt):  # one process: Python's SIGINT handler, as before
+        with train_module._interrupts_deferred():
+            signal.raise_signal(signal.SIGINT)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -38,9 +38,10 @@ from .errors import CLIError
 FORMAT = "ttt-kernels-checkpoint"
 VERSION = 1
 MANIFEST = "manifest.json"
-_STATE_DIR = re.compile(r"^state-\d+-[0-9a-f]{8}$")  # a sharded save's directory
+_STATE_NAME = r"state-\d+-[0-9a-f]{8}"  # a sharded save's directory
+_STATE_DIR = re.compile(f"^{_STATE_NAME}$")
 _OWN_FILE = re.compile(
-    r"^(config\.json|(model|optimizer|trainer|rng)-\d+\.(safetensors|pt|json)|state-\d+-[0-9a-f]{8}|\.tmp-.*)$"
+    rf"^(config\.json|(model|optimizer|trainer|rng)-\d+\.(safetensors|pt|json)|{_STATE_NAME}|\.tmp-.*)$"
 )
 
 
@@ -370,9 +371,10 @@ class Checkpoint:
             raise CLIError(f"checkpoint {self.directory}: cannot load the model weights: {e}") from None
 
     def load_training_state(self, model: TTTE2EModel, optimizer) -> None:
-        """The weights and the optimizer state into ``model`` (plain, under DDP, or sharded by fully_shard) and its
-        ``optimizer``, whichever number of processes wrote the checkpoint and whichever reads it (a collective call
-        on every rank of a distributed run)."""
+        """The optimizer state into ``optimizer`` of ``model`` (plain, under DDP, or sharded by fully_shard), and
+        from a sharded checkpoint the weights too (those of a single process's files are loaded with load_model,
+        before a wrapper shards the model), whichever number of processes wrote the checkpoint and whichever reads
+        it (a collective call on every rank of a distributed run)."""
         import torch.distributed as dist
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
@@ -388,11 +390,10 @@ class Checkpoint:
             return
         saved = torch.load(self._files["optimizer"], map_location="cpu", weights_only=True)
         if not dist.is_initialized():
-            self.load_model(model)
             optimizer.load_state_dict(saved)
             return
-        # A single process's files, read whole by every rank: the weights were loaded before wrapping (load_model);
-        # the optimizer state is indexed by parameter position, which set_state_dict wants as parameter names.
+        # A single process's file, read whole by every rank: the optimizer state is indexed by parameter position,
+        # which set_state_dict wants as parameter names.
         names = {id(p): n for n, p in model.named_parameters()}
         order = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
         by_name = {

@@ -228,23 +228,35 @@ class _Metrics:
                 self.board.close()
 
 
+def _handle_interrupts(handler) -> dict:
+    """Installs ``handler`` for SIGINT and SIGTERM; returns the previous handlers (nothing changed, {} outside the
+    main thread, where Python delivers no signals)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore_handlers(previous: dict) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
 @contextlib.contextmanager
 def _interrupts_deferred():
-    """SIGINT and SIGTERM arriving inside the block raise KeyboardInterrupt when it ends (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+    """SIGINT and SIGTERM arriving inside the block reach the handlers in place before it when it ends (Python's
+    KeyboardInterrupt, training's SIGTERM interrupt, or the stop flag of a run on several processes); a signal
+    whose previous disposition is not a Python handler (default, ignored) raises KeyboardInterrupt."""
     caught = []
-    previous = {
-        sig: signal.signal(sig, lambda signum, frame: caught.append(signum)) for sig in (signal.SIGINT, signal.SIGTERM)
-    }
+    previous = _handle_interrupts(lambda signum, frame: caught.append(signum))
     try:
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    if caught:
-        raise KeyboardInterrupt
+        _restore_handlers(previous)
+    for signum in caught:
+        handler = previous[signum]
+        if not callable(handler):
+            raise KeyboardInterrupt
+        handler(signum, None)
 
 
 def _lock_out(out: str):
@@ -296,9 +308,7 @@ class _StopRequests:
 
     def __init__(self):
         self.requested = False
-        self.previous = {}
-        if threading.current_thread() is threading.main_thread():
-            self.previous = {sig: signal.signal(sig, self._request) for sig in (signal.SIGINT, signal.SIGTERM)}
+        self.previous = _handle_interrupts(self._request)
 
     def _request(self, signum, frame) -> None:
         self.requested = True
@@ -317,8 +327,7 @@ class _StopRequests:
         return loss_mean, stopping > 0, rank0_clocks
 
     def restore(self) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
+        _restore_handlers(self.previous)
 
 
 def _sigterm_raises_interrupt():
@@ -549,8 +558,8 @@ def train(
 
         torch.manual_seed(s["seed"])
         model = TTTE2EModel(config).to(device)
-        if ckpt is not None and world is not None and not ckpt.sharded:
-            ckpt.load_model(model)  # a single process's weights, before the wrapper shards or broadcasts them
+        if ckpt is not None and not ckpt.sharded:
+            ckpt.load_model(model)  # a single process's weights, before a wrapper shards or broadcasts them
         step_module = model if world is None else distributed.wrap(model, strategy, device)
         optimizer = make_optimizer(model, s)
         val_windows = data.evaluation_windows(corpus.validation, s["context"], s["val_windows"]).to(device)
@@ -616,9 +625,9 @@ def train(
                     torch.nn.utils.clip_grad_norm_(model.parameters(), s["grad_clip"])
                 ).item()  # over every rank's gradients (reduced by the wrapper): the same on every rank
                 if world is None:
-                    loss_value, since_save = loss.item(), time.perf_counter() - last_save
+                    loss_value = loss.item()
                 else:  # the global batch's loss (the mean of the ranks' equal shares), whether a rank was stopped
-                    loss_value, stopping, (since_save, agreed_elapsed) = stop.reduce(
+                    loss_value, stopping, (agreed_since_save, agreed_elapsed) = stop.reduce(
                         loss.detach(), (time.perf_counter() - last_save, time.perf_counter() - start)
                     )
                 if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):  # before the weights take the step
@@ -650,6 +659,7 @@ def train(
                     if main:
                         metrics.log(step, val_loss=val)
                         bar.write(f"step {step}: validation loss {val:.4f} ({len(val_windows)} held-out windows)")
+                since_save = time.perf_counter() - last_save if world is None else agreed_since_save
                 if (save_every and step % save_every == 0) or (save_seconds and since_save >= save_seconds):
                     save()
                     saved_step, last_save = step, time.perf_counter()
