@@ -80,7 +80,7 @@ def _child(preset: str, strategy: str, batch: int, length: int, steps: int, out:
     held = sum(local_bytes(p) + (local_bytes(p.grad) if p.grad is not None else 0) for p in model.parameters())
     held += sum(local_bytes(v) for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v))
     mine = {
-        "step_s": sorted(times)[len(times) // 2],
+        "step_s": harness.stats(times)["median_s"],
         "peak_mib": (harness.proc_status_kib("VmHWM") - rss_before) / 1024,
         "held_mib": held / 2**20,
         "threads": torch.get_num_threads(),
