@@ -66,33 +66,35 @@ class _BlockTape:
 @torch.no_grad()
 def chunk_step(model, h, targets, pos0, fast: tuple, kv: list, inner_lr: float) -> tuple:
     """TTTE2EModel._chunk_step on the package's ops: h [B, b, d] (prefix output at positions pos0..), targets
-    [B, b], the fast weights and kv[j] the window of suffix block j (or None). Returns (x [B, b, d], the next fast
-    weights, the next windows)."""
+    [B, b], the fast weights and kv[j] the window of suffix block j (or None). Returns (the logits [B, b, V] the
+    loss read, in float32 (float64 for float64), the next fast weights, the next windows)."""
     x, tapes, windows = h, [], []
     for j, blk in enumerate(model.suffix_blocks):
         x, tape, new_kv = _block_forward(model, blk, x, pos0, kv[j], fast[3 * j : 3 * j + 3])
         tapes.append(tape)
         windows.append(model._keep_window(kv[j], new_kv))
     with phase("ttt.inner_step"):
-        new_fast = _inner_step(model, tapes, x, targets, fast, inner_lr)
-    return x, new_fast, windows
+        logits, new_fast = _inner_step(model, tapes, x, targets, fast, inner_lr)
+    return logits, new_fast, windows
 
 
 def _inner_step(model, tapes: list, x, targets, fast: tuple, inner_lr: float) -> tuple:
-    """The clipped SGD step of the fast weights on the chunk's loss, x [B, n, d] the last suffix block's output."""
+    """The clipped SGD step of the fast weights on the chunk's loss, x [B, n, d] the last suffix block's output.
+    Returns (the chunk's logits (TTTE2EModel._logits), the next fast weights)."""
     c = model.config
     eps = c.norm_eps
     # Loss gradient: dlogits = (softmax - onehot(target)) * valid / count per sequence, in the logits' dtype.
     nf, rnf = _ops.rms_norm_fwd(x, model.norm_f.weight, eps)
-    logits = F.linear(nf, model.embed.weight)
-    probs = torch.softmax(logits.to(compute_dtype(logits.dtype)), -1)
+    lin = F.linear(nf, model.embed.weight)
+    logits = lin.to(compute_dtype(lin.dtype))
+    probs = torch.softmax(logits, -1)
     probs.scatter_add_(-1, targets[..., None], probs.new_full((*targets.shape, 1), -1.0))
     if c.bos_token_id is None:
         probs.mul_(1.0 / targets.shape[1])
     else:
         valid = (targets != c.bos_token_id).to(probs.dtype)
         probs.mul_((valid / valid.sum(1, keepdim=True).clamp(min=1))[..., None])
-    dx = _ops.rms_norm_bwd(probs.to(logits.dtype) @ model.embed.weight, x, model.norm_f.weight, rnf)[0]
+    dx = _ops.rms_norm_bwd(probs.to(lin.dtype) @ model.embed.weight, x, model.norm_f.weight, rnf)[0]
 
     grads = [None] * len(fast)
     for j in reversed(range(len(tapes))):
@@ -107,7 +109,8 @@ def _inner_step(model, tapes: list, x, targets, fast: tuple, inner_lr: float) ->
         grads[3 * j : 3 * j + 3] = w_grads
         if j > 0:
             dx = _block_input_grad(model, blk, t, dx, dp)
-    return tuple(_ops.clip_sgd_update(list(fast), grads, float(inner_lr), float(c.inner_max_norm), True)[0])
+    new_fast = _ops.clip_sgd_update(list(fast), grads, float(inner_lr), float(c.inner_max_norm), True)[0]
+    return logits, tuple(new_fast)
 
 
 def _block_forward(model, blk, x, pos0, past, fast: tuple) -> tuple:

@@ -433,18 +433,19 @@ class TTTE2EModel(nn.Module):
         logits = F.linear(self._norm(x, self.norm_f), self.embed.weight)
         return logits.to(compute_dtype(logits.dtype))
 
-    def _token_losses(self, x: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cross-entropy of each target [B, n] (0 where masked) and the mask of counted targets."""
-        logits = self._logits(x)
+    def _token_losses(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-entropy of each target [B, n] under logits [B, n, V] (0 where masked) and the mask of counted
+        targets."""
         ce = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
         if self.config.bos_token_id is None:
             return ce, torch.ones_like(targets, dtype=torch.bool)
         valid = targets != self.config.bos_token_id
         return ce * valid, valid
 
-    def _chunk_loss(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Per-sequence loss of a chunk: sum of CE over its valid targets / their number (0 if none). [B]."""
-        ce, valid = self._token_losses(x, targets)
+    def _chunk_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Per-sequence loss of a chunk under its logits [B, n, V]: sum of CE over its valid targets / their number
+        (0 if none). [B]."""
+        ce, valid = self._token_losses(logits, targets)
         return ce.sum(1) / valid.sum(1).clamp(min=1)
 
     def _inner_step(
@@ -559,7 +560,8 @@ class TTTE2EModel(nn.Module):
         # Blocks without inner steps: the prefix, or every block with TTT off.
         blocks = list(self.prefix_blocks if c.ttt else self.blocks)
         budgeted = checkpoint == "auto" and c.ttt and torch.is_grad_enabled()
-        prefix_saved = _SavedBytes()  # what the prefix's graph holds, part of "auto"'s budget
+        # What the prefix's graph holds (parameters are held anyway), part of "auto"'s budget.
+        prefix_saved = _SavedBytes(exclude=self._parameter_storages())
         kept_slice_bytes = 0  # of it, the graphs of prefix slices before the last that "auto" keeps (within the floor)
         with prefix_saved if budgeted else contextlib.nullcontext():
             with phase("ttt.embedding"):
@@ -571,7 +573,7 @@ class TTTE2EModel(nn.Module):
                     for blk in blocks:
                         h = self._block(blk, h, 0, [], self._static_fast_or_none(blk))[0]
         if not c.ttt:
-            ce, valid = self._token_losses(h, targets)
+            ce, valid = self._token_losses(self._logits(h), targets)
             per_chunk = ce.view(bsz, n_chunks, b).sum(2) / valid.view(bsz, n_chunks, b).sum(2).clamp(min=1)
             self._assert_finite(per_chunk, "meta_loss", "loss")
             return per_chunk.mean(), per_chunk
@@ -604,13 +606,14 @@ class TTTE2EModel(nn.Module):
 
     def _budgeted_segments(self, h, targets, fast: tuple, meta: _MetaArgs, prefix_bytes: int) -> list:
         """The inner loop of ``checkpoint="auto"`` over h [B, n*b, d]: chunk 0 keeps its graph, which is measured
-        (G bytes); with C the bytes a recomputed chunk keeps (its fast weights and keys/values) and P those of the
-        prefix, the last k chunks keep their graphs, k G <= max((P + n C) / 2, 64 MiB) (half of what recomputing
-        every chunk holds; _kept_chunks), and the chunks between are recomputed. Kept graphs of the last chunks are
-        freed first by the backward, before any recomputation. Returns [loss [B] per chunk]."""
+        (G bytes, parameters left out); with C the bytes a recomputed chunk keeps (its fast weights and keys/values)
+        and P those of the prefix, the last k chunks keep their graphs, k (G - C) <= max((P + n C) / 2, 64 MiB) (the
+        kept graphs add at most half of what recomputing every chunk holds; _kept_chunks), and the chunks between are
+        recomputed. Kept graphs of the last chunks are freed first by the backward, before any recomputation.
+        Returns [loss [B] per chunk]."""
         b, s = self.config.mini_batch_size, self.config.num_suffix_layers
         n = h.shape[1] // b
-        with _SavedBytes(exclude={h.untyped_storage().data_ptr()}) as first:
+        with _SavedBytes(exclude={h.untyped_storage().data_ptr(), *self._parameter_storages()}) as first:
             losses, fast, kvs = self._segment(h[:, :b], targets[:, :b], 0, fast, [[]] * s, meta, n > 1, True, ())
         hist = [_last(kvs[j], meta.n_hist) for j in range(s)]
         chunk_bytes = sum(t.numel() * t.element_size() for t in (*fast, *_flatten_kv([kv[-1:] for kv in kvs])))
@@ -626,13 +629,18 @@ class TTTE2EModel(nn.Module):
             hist = [_last(hist[j] + kvs[j], meta.n_hist) for j in range(s)]
         return losses
 
+    def _parameter_storages(self) -> set:
+        """Data pointers of the parameters' storages: a graph saving a parameter holds no memory for it."""
+        return {p.untyped_storage().data_ptr() for p in self.parameters()}
+
     @staticmethod
     def _kept_chunks(n: int, prefix_bytes: int, chunk_bytes: int, graph_bytes: int) -> int:
-        """How many of chunks 1..n-1 keep their graphs under checkpoint="auto": k graph_bytes <= the budget, half of
-        what recomputing every chunk holds (prefix_bytes + n chunk_bytes), and at least _AUTO_MIN_BUDGET (small
-        problems keep every graph: their peak is set by the working set, not by what the graph holds)."""
+        """How many of chunks 1..n-1 keep their graphs under checkpoint="auto": k (graph_bytes - chunk_bytes) (what
+        keeping a graph adds to recomputing the chunk) <= the budget, half of what recomputing every chunk holds
+        (prefix_bytes + n chunk_bytes), and at least _AUTO_MIN_BUDGET (small problems keep every graph: their peak is
+        set by the working set, not by what the graph holds)."""
         budget = max(int(_AUTO_BUDGET_FRACTION * (prefix_bytes + n * chunk_bytes)), _AUTO_MIN_BUDGET)
-        return min(n - 1, budget // max(graph_bytes, 1))
+        return min(n - 1, budget // max(graph_bytes - chunk_bytes, 1))
 
     def _static_fast_or_none(self, blk: _Block):
         """W_0 for a block with a dynamic MLP run without inner steps (TTT off), None for a prefix block."""
@@ -664,7 +672,7 @@ class TTTE2EModel(nn.Module):
                 if i < plain_from:
                     res = _Recompute.apply(run, len(args), *args, *params)
                 else:  # the last slice's backward comes first: recomputing it would gain nothing
-                    with _SavedBytes(exclude={h.untyped_storage().data_ptr()}) as saved:
+                    with _SavedBytes(exclude={h.untyped_storage().data_ptr(), *self._parameter_storages()}) as saved:
                         res = run(*args, create_graph=True)
                     if i < n_slices - 1:
                         kept_bytes += saved.total
@@ -782,7 +790,7 @@ class TTTE2EModel(nn.Module):
         second_order = create_graph and not meta.first_order
         with phase(f"ttt.chunk {pos0 // self.config.mini_batch_size}"):
             x, kvs = self._suffix(h, pos0, fast, past)
-            loss = self._chunk_loss(x, targets)
+            loss = self._chunk_loss(self._logits(x), targets)
             if step:
                 fast = self._inner_step(fast, loss, meta.inner_lr, second_order, retain_graph=create_graph)
         return loss, fast, kvs
@@ -962,8 +970,7 @@ class TTTE2EModel(nn.Module):
                 state.pending_h = state.pending_tokens = None
                 state.pending_kv = [None] * c.num_suffix_layers
             elif p == 0 and n - i > b:  # a whole chunk and its next token: forward and inner step in one pass
-                x = self._ttt_step(state, h[:, i : i + b], tokens[:, i + 1 : i + b + 1], state.pos)
-                outs.append(self._logits(x if all_logits else x[:, -1:]))
+                outs.append(self._ttt_step(state, h[:, i : i + b], tokens[:, i + 1 : i + b + 1], state.pos, all_logits))
                 state.pos, i = state.pos + b, i + b
             else:  # tokens of a chunk whose step must wait: forward with the current fast weights
                 m = min(b - p, n - i)
@@ -984,9 +991,11 @@ class TTTE2EModel(nn.Module):
         self._assert_finite(state.logits, "prefill/decode", "logits")
         return torch.cat(outs, 1) if all_logits else state.logits
 
-    def _ttt_step(self, state: TTTE2EState, h: torch.Tensor, targets: torch.Tensor, pos0: int) -> torch.Tensor:
+    def _ttt_step(self, state: TTTE2EState, h, targets, pos0: int, all_logits: bool = False) -> torch.Tensor:
         """Suffix forward of one chunk (prefix output h [B, b, d] at positions pos0..) with the state's fast weights,
-        its first-order inner step, and the commit of its keys/values. Returns the suffix output [B, b, d]."""
+        its first-order inner step, and the commit of its keys/values. Returns the logits (_logits) its loss read,
+        [B, b, V] with ``all_logits``, else the last position's [B, 1, V] (in its own storage: what the state keeps
+        does not hold the chunk's)."""
         n_pre = self.config.num_prefix_layers
         kv = state.kv[n_pre:]
         with phase(f"ttt.chunk {pos0 // self.config.mini_batch_size}"):
@@ -994,15 +1003,15 @@ class TTTE2EModel(nn.Module):
                 # Full windows: every later chunk step has these shapes.
                 if state.chunk_graph is None or state.chunk_graph.inner_lr != state.inner_lr:
                     state.chunk_graph = _ChunkStepGraph(self, h, targets, pos0, state.fast, kv, state.inner_lr)
-                x, state.fast, state.kv[n_pre:] = state.chunk_graph(h, targets, pos0, state.fast, kv)
-            else:
-                x, state.fast, state.kv[n_pre:] = self._chunk_step(h, targets, pos0, state.fast, kv, state.inner_lr)
-        return x
+                logits, state.fast, state.kv[n_pre:] = state.chunk_graph(h, targets, pos0, state.fast, kv)
+                return (logits if all_logits else logits[:, -1:]).clone()  # the graph's output buffer is reused
+            logits, state.fast, state.kv[n_pre:] = self._chunk_step(h, targets, pos0, state.fast, kv, state.inner_lr)
+        return logits if all_logits else logits[:, -1:].clone()
 
     def _chunk_step(self, h, targets, pos0, fast: tuple, kv: list, inner_lr: float) -> tuple:
         """_ttt_step as a function of tensors: h [B, b, d], targets [B, b], pos0 (int, or a 0-d int64 tensor), the
-        fast weights and kv[j] the window of suffix block j (or None). Returns (x [B, b, d], the next fast weights,
-        the next windows), detached.
+        fast weights and kv[j] the window of suffix block j (or None). Returns (the logits [B, b, V] of the chunk's
+        loss (_logits), the next fast weights, the next windows), detached.
 
         The package's ops run the step with its backward written out (model/chunk_step.py); the reference ops run
         it under autograd, the definition the tests compare it with."""
@@ -1011,9 +1020,10 @@ class TTTE2EModel(nn.Module):
         with torch.enable_grad():
             fast = tuple(w.detach().requires_grad_() for w in fast)
             x, kvs = self._suffix(h, pos0, fast, [[w] if w is not None else [] for w in kv])
-            new_fast = self._inner_step(fast, self._chunk_loss(x, targets), inner_lr, create_graph=False)
+            logits = self._logits(x)
+            new_fast = self._inner_step(fast, self._chunk_loss(logits, targets), inner_lr, create_graph=False)
         windows = [self._keep_window(old, (k.detach(), v.detach())) for old, (k, v) in zip(kv, kvs)]
-        return x.detach(), tuple(w.detach() for w in new_fast), windows
+        return logits.detach(), tuple(w.detach() for w in new_fast), windows
 
     # ---------------------------------------------------------------------------------------------------------------
     # Official (JAX) parameter layout
@@ -1040,8 +1050,9 @@ class _ChunkStepGraph:
     every chunk step has the same shapes; the position enters as a device tensor (RoPE is computed in the graph).
 
     The graph reads its inputs from static buffers (filled by copies before each replay) and writes its outputs to
-    static tensors (cloned after it, so that the state owns them); it reads the model's parameters in place, so it
-    sees parameter updates but not parameters replaced by new tensors (e.g. ``model.to``): start a new state then.
+    static tensors (the fast weights and windows cloned after it, so that the state owns them; the caller copies what
+    it keeps of the logits); it reads the model's parameters in place, so it sees parameter updates but not
+    parameters replaced by new tensors (e.g. ``model.to``): start a new state then.
     """
 
     def __init__(self, model: TTTE2EModel, h, targets, pos0: int, fast: tuple, kv: list, inner_lr: float):
@@ -1066,7 +1077,8 @@ class _ChunkStepGraph:
             self.outs = step()
 
     def __call__(self, h, targets, pos0: int, fast: tuple, kv: list) -> tuple:
-        """The chunk step on these inputs (shapes as at capture): (x, next fast weights, next windows)."""
+        """The chunk step on these inputs (shapes as at capture): (logits, next fast weights, next windows); the
+        logits are the graph's output buffer, overwritten by the next replay."""
         self.h.copy_(h)
         self.targets.copy_(targets)
         self.pos0.fill_(pos0)
@@ -1075,8 +1087,8 @@ class _ChunkStepGraph:
         ):
             static.copy_(w)
         self.graph.replay()
-        x, new_fast, windows = self.outs
-        return x.clone(), tuple(w.clone() for w in new_fast), [(k.clone(), v.clone()) for k, v in windows]
+        logits, new_fast, windows = self.outs
+        return logits, tuple(w.clone() for w in new_fast), [(k.clone(), v.clone()) for k, v in windows]
 
 
 def _sample(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator) -> torch.Tensor:

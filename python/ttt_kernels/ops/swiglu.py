@@ -23,6 +23,8 @@ import torch
 
 import ttt_kernels  # noqa: F401  (loads the native library that defines torch.ops.ttt_kernels)
 
+from ._autograd import engine_needs
+
 _ops = torch.ops.ttt_kernels
 
 _FLOATS = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -109,11 +111,12 @@ def _fwd_setup_context(ctx, inputs, output):
 
 def _fwd_backward(ctx, grad_y, grad_h):
     x, w1, w3, w2, h = ctx.saved_tensors
-    if grad_y is None and grad_h is None:
+    mask = engine_needs(ctx)
+    if (grad_y is None and grad_h is None) or not any(mask):
         return None, None, None, None
     grad_y = torch.zeros_like(x) if grad_y is None else grad_y.contiguous()
     grad_h = None if grad_h is None else grad_h.contiguous()
-    return _ops.swiglu_mlp_bwd(grad_y, x, w1, w3, w2, h, grad_h, list(ctx.needs_input_grad))
+    return _ops.swiglu_mlp_bwd(grad_y, x, w1, w3, w2, h, grad_h, mask)
 
 
 def _bwd_setup_context(ctx, inputs, output):
