@@ -69,10 +69,12 @@ def chunk_step(model, h, targets, pos0, fast: tuple, kv: list, inner_lr: float) 
     [B, b], the fast weights and kv[j] the window of suffix block j (or None). Returns (the logits [B, b, V] the
     loss read, in float32 (float64 for float64), the next fast weights, the next windows)."""
     x, tapes, windows = h, [], []
+    keep = model.config.window - 1
     for j, blk in enumerate(model.suffix_blocks):
-        x, tape, new_kv = _block_forward(model, blk, x, pos0, kv[j], fast[3 * j : 3 * j + 3])
+        x, tape = _block_forward(model, blk, x, pos0, kv[j], fast[3 * j : 3 * j + 3])
         tapes.append(tape)
-        windows.append(model._keep_window(kv[j], new_kv))
+        # The next window: the last k-1 of the keys/values the chunk's attention read (the window, then its own).
+        windows.append((tape.keys[:, -keep:], tape.values[:, -keep:]))
     with phase("ttt.inner_step"):
         logits, new_fast = _inner_step(model, tapes, x, targets, fast, inner_lr)
     return logits, new_fast, windows
@@ -115,7 +117,7 @@ def _inner_step(model, tapes: list, x, targets, fast: tuple, inner_lr: float) ->
 
 def _block_forward(model, blk, x, pos0, past, fast: tuple) -> tuple:
     """The suffix block over x [B, n, d] with the fast weights (w1, w3, w2), past: the window (k, v) or None.
-    Returns (x3, _BlockTape, (k, v) of the chunk's positions)."""
+    Returns (x3, _BlockTape)."""
     c, att = model.config, blk.attn
     eps = c.norm_eps
     x0 = x.contiguous()
@@ -137,7 +139,7 @@ def _block_forward(model, blk, x, pos0, past, fast: tuple) -> tuple:
     tape = _BlockTape(
         x0, r0, q, rq, k, rk, rope, qn, keys, values, o, lse, a, ra, x1, rp, p, hy, y, ry, x2, rf, f, hz, z, rz
     )
-    return x3, tape, (kn, v)
+    return x3, tape
 
 
 def _block_input_grad(model, blk, t: _BlockTape, dx2, dp) -> torch.Tensor:
