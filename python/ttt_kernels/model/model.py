@@ -560,8 +560,7 @@ class TTTE2EModel(nn.Module):
         # Blocks without inner steps: the prefix, or every block with TTT off.
         blocks = list(self.prefix_blocks if c.ttt else self.blocks)
         budgeted = checkpoint == "auto" and c.ttt and torch.is_grad_enabled()
-        # What the prefix's graph holds (parameters are held anyway), part of "auto"'s budget.
-        prefix_saved = _SavedBytes(exclude=self._parameter_storages())
+        prefix_saved = _SavedBytes()  # what the prefix's graph holds, part of "auto"'s budget
         kept_slice_bytes = 0  # of it, the graphs of prefix slices before the last that "auto" keeps (within the floor)
         with prefix_saved if budgeted else contextlib.nullcontext():
             with phase("ttt.embedding"):
@@ -606,14 +605,13 @@ class TTTE2EModel(nn.Module):
 
     def _budgeted_segments(self, h, targets, fast: tuple, meta: _MetaArgs, prefix_bytes: int) -> list:
         """The inner loop of ``checkpoint="auto"`` over h [B, n*b, d]: chunk 0 keeps its graph, which is measured
-        (G bytes, parameters left out); with C the bytes a recomputed chunk keeps (its fast weights and keys/values)
-        and P those of the prefix, the last k chunks keep their graphs, k (G - C) <= max((P + n C) / 2, 64 MiB) (the
-        kept graphs add at most half of what recomputing every chunk holds; _kept_chunks), and the chunks between are
-        recomputed. Kept graphs of the last chunks are freed first by the backward, before any recomputation.
-        Returns [loss [B] per chunk]."""
+        (G bytes); with C the bytes a recomputed chunk keeps (its fast weights and keys/values) and P those of the
+        prefix, the last k chunks keep their graphs, k G <= max((P + n C) / 2, 64 MiB) (half of what recomputing
+        every chunk holds; _kept_chunks), and the chunks between are recomputed. Kept graphs of the last chunks are
+        freed first by the backward, before any recomputation. Returns [loss [B] per chunk]."""
         b, s = self.config.mini_batch_size, self.config.num_suffix_layers
         n = h.shape[1] // b
-        with _SavedBytes(exclude={h.untyped_storage().data_ptr(), *self._parameter_storages()}) as first:
+        with _SavedBytes(exclude={h.untyped_storage().data_ptr()}) as first:
             losses, fast, kvs = self._segment(h[:, :b], targets[:, :b], 0, fast, [[]] * s, meta, n > 1, True, ())
         hist = [_last(kvs[j], meta.n_hist) for j in range(s)]
         chunk_bytes = sum(t.numel() * t.element_size() for t in (*fast, *_flatten_kv([kv[-1:] for kv in kvs])))
@@ -629,18 +627,13 @@ class TTTE2EModel(nn.Module):
             hist = [_last(hist[j] + kvs[j], meta.n_hist) for j in range(s)]
         return losses
 
-    def _parameter_storages(self) -> set:
-        """Data pointers of the parameters' storages: a graph saving a parameter holds no memory for it."""
-        return {p.untyped_storage().data_ptr() for p in self.parameters()}
-
     @staticmethod
     def _kept_chunks(n: int, prefix_bytes: int, chunk_bytes: int, graph_bytes: int) -> int:
-        """How many of chunks 1..n-1 keep their graphs under checkpoint="auto": k (graph_bytes - chunk_bytes) (what
-        keeping a graph adds to recomputing the chunk) <= the budget, half of what recomputing every chunk holds
-        (prefix_bytes + n chunk_bytes), and at least _AUTO_MIN_BUDGET (small problems keep every graph: their peak is
-        set by the working set, not by what the graph holds)."""
+        """How many of chunks 1..n-1 keep their graphs under checkpoint="auto": k graph_bytes <= the budget, half of
+        what recomputing every chunk holds (prefix_bytes + n chunk_bytes), and at least _AUTO_MIN_BUDGET (small
+        problems keep every graph: their peak is set by the working set, not by what the graph holds)."""
         budget = max(int(_AUTO_BUDGET_FRACTION * (prefix_bytes + n * chunk_bytes)), _AUTO_MIN_BUDGET)
-        return min(n - 1, budget // max(graph_bytes - chunk_bytes, 1))
+        return min(n - 1, budget // max(graph_bytes, 1))
 
     def _static_fast_or_none(self, blk: _Block):
         """W_0 for a block with a dynamic MLP run without inner steps (TTT off), None for a prefix block."""
@@ -672,7 +665,7 @@ class TTTE2EModel(nn.Module):
                 if i < plain_from:
                     res = _Recompute.apply(run, len(args), *args, *params)
                 else:  # the last slice's backward comes first: recomputing it would gain nothing
-                    with _SavedBytes(exclude={h.untyped_storage().data_ptr(), *self._parameter_storages()}) as saved:
+                    with _SavedBytes(exclude={h.untyped_storage().data_ptr()}) as saved:
                         res = run(*args, create_graph=True)
                     if i < n_slices - 1:
                         kept_bytes += saved.total
