@@ -15,6 +15,7 @@ import time
 import torch
 
 import ttt_kernels
+from ttt_kernels.cli import GLIBC_MALLOC
 from ttt_kernels.cli.runtime import gpu_description
 
 
@@ -147,6 +148,7 @@ def environment(device: torch.device) -> dict:
         "cpu_isa": build["cpu_isa"],
         "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "malloc": {k: os.environ[k] for k in GLIBC_MALLOC if k in os.environ},
     }
     if device.type == "cuda":
         env.update(gpu_description(device), cuda_archs_built=build["cuda_archs"])

@@ -70,6 +70,13 @@ def build_info() -> dict:
     return info
 
 
+def _malloc_settings() -> str:
+    """The glibc malloc thresholds the environment sets (the command line sets them: ttt_kernels.cli.GLIBC_MALLOC)."""
+    from .cli import GLIBC_MALLOC
+
+    return ", ".join(f"{k}={os.environ[k]}" for k in GLIBC_MALLOC if k in os.environ)
+
+
 def info() -> None:
     """Prints the version, the torch it was built for, the CPU ISA, the CUDA kernels and the simulator."""
     b = build_info()
@@ -86,6 +93,7 @@ def info() -> None:
         ("CPU ISA", b["cpu_isa"]),
         ("CPU threads", str(torch.get_num_threads())),
         ("OpenMP wait", os.environ.get("OMP_WAIT_POLICY", "not set (idle threads spin)")),
+        ("malloc", _malloc_settings() or "not set (glibc returns freed memory to the kernel)"),
         ("CUDA", cuda),
         ("simulator", "built" if b["simulator"] else "not built"),
     ]

@@ -238,28 +238,57 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def passive_openmp() -> None:
-    """Restarts this process with OMP_WAIT_POLICY=PASSIVE unless the variable is set.
+# glibc's malloc keeps freed memory for reuse instead of returning it to the kernel: blocks up to 32 MiB come from
+# the heap (not mmap), and the heap is trimmed only past 1 GiB free at its top (see tuned_environment).
+GLIBC_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 
-    torch's OpenMP (libgomp) lets idle worker threads spin between parallel regions; on a machine shared with
-    another busy process a spinning worker takes the core the other thread of a region is waiting for. Measured on 2
-    cores beside one busy loop (tiny preset, meta step, B=2, T=1K): 1.32 s with 2 threads, 0.47 s with 1 thread,
-    0.52 s with 2 threads and PASSIVE (docs/model.md). libgomp reads the variable once, when torch loads it, so it
-    must be set before that: the command restarts itself (``python -m ttt_kernels ...``). A value set by the user
-    (e.g. ACTIVE) is kept.
+
+def tuned_environment(environ, glibc: bool) -> dict:
+    """The variables the command line adds to ``environ`` (its process environment) before torch loads, ``glibc``:
+    whether the C library is glibc. A variable the user set is kept, and so are the malloc settings when any is set.
+
+    - ``OMP_WAIT_POLICY=PASSIVE``: torch's OpenMP (libgomp) lets idle worker threads spin between parallel regions;
+      on a machine shared with another busy process a spinning worker takes the core the other thread of a region is
+      waiting for. Measured on 2 cores beside one busy loop (tiny preset, meta step, B=2, T=1K): 1.14 s with 2
+      threads, 0.36 s with 1 thread, 0.44 s with 2 threads and PASSIVE (docs/cli.md).
+    - GLIBC_MALLOC (glibc only): by default glibc returns the memory a step freed to the kernel (the top of the heap
+      past a threshold, and every block over its mmap threshold), and the next step takes page faults to get it back:
+      11.6K faults per tiny prefill (B=2, T=1K), 56K per small one. Keeping it took the tiny prefill from 0.087 s
+      to 0.066 s and the small meta step from 4.02 s to 3.53 s at the same peak memory (docs/cli.md). Both
+      thresholds are set: setting the trim threshold alone fixes glibc's mmap threshold at 128 KiB (2x slower).
     """
-    if "OMP_WAIT_POLICY" in os.environ:
+    add = {}
+    if "OMP_WAIT_POLICY" not in environ:
+        add["OMP_WAIT_POLICY"] = "PASSIVE"
+    user_malloc = any(k in environ for k in GLIBC_MALLOC) or "glibc.malloc." in environ.get("GLIBC_TUNABLES", "")
+    if glibc and not user_malloc:
+        add.update(GLIBC_MALLOC)
+    return add
+
+
+def _glibc() -> bool:
+    try:
+        return (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+    except (AttributeError, ValueError, OSError):  # not a POSIX system, or not glibc
+        return False
+
+
+def restart_in_tuned_environment() -> None:
+    """Restarts this process (``python -m ttt_kernels ...``) with tuned_environment()'s variables, if it adds any:
+    libgomp and glibc's malloc read them once, at load, so they must be set before the process starts."""
+    add = tuned_environment(os.environ, _glibc())
+    if not add:
         return
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    os.environ.update(add)
     sys.stdout.flush()
     os.execv(sys.executable, [sys.executable, "-m", "ttt_kernels", *sys.argv[1:]])
 
 
 def main(argv=None) -> int:
-    """Runs the command line with ``argv`` (default: sys.argv[1:], after passive_openmp()) and returns the exit
-    status."""
+    """Runs the command line with ``argv`` (default: sys.argv[1:], after restart_in_tuned_environment()) and returns
+    the exit status."""
     if argv is None:
-        passive_openmp()
+        restart_in_tuned_environment()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
