@@ -676,6 +676,34 @@ def test_explicit_chunk_step_matches_autograd(overrides):
         torch.testing.assert_close(kv, kv2, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("overrides", [dict(bos_token_id=7), dict(num_kv_heads=1, inner_max_norm=0.05)])
+def test_explicit_meta_chunks_match_autograd(overrides):
+    """meta_loss on the package's ops runs each chunk's inner gradient written out (model/chunk_step.py), recorded by
+    autograd for the outer gradient; against the same ops with the inner gradient by torch.autograd.grad: loss and
+    every parameter's gradient, second and first order, with and without recomputation, and under no_grad."""
+    model = _model(_config(**overrides))
+    tokens = _tokens(2, 5 * 16 + 1, seed=17)
+    tokens[0, 20:30] = 7
+    autograd = dataclasses.replace(model._opset, name="package (autograd)")
+
+    def run(opset, **options):
+        model._opset = opset
+        model.zero_grad()
+        loss, per_chunk = model.meta_loss(tokens, 0.7, **options)
+        loss.backward()
+        with torch.no_grad():
+            no_grad_chunks = model.meta_loss(tokens, 0.7, **options)[1]
+        return per_chunk.detach(), no_grad_chunks, [p.grad.clone() for p in model.parameters()]
+
+    explicit = model._opset
+    for options in (dict(checkpoint=False), dict(checkpoint=True), dict(checkpoint=False, first_order=True)):
+        want, got = run(autograd, **options), run(explicit, **options)
+        torch.testing.assert_close(got[0], want[0], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(got[1], want[1], rtol=1e-12, atol=1e-12)
+        for g, w in zip(got[2], want[2], strict=True):
+            torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+
+
 def test_generate():
     model = _model(_config()).float()
     prompt = _tokens(2, 40, seed=11)

@@ -1,11 +1,16 @@
-"""The inference chunk step on the package's ops, with its first-order backward written out (prefill and decode).
+"""The chunk step on the package's ops, with its first-order backward written out: prefill and decode, and the inner
+step of meta-learning.
 
-One TTT step of inference is the suffix blocks' forward over a chunk of b tokens, the gradient of the chunk's loss
-with respect to the fast weights, and the clipped SGD update. Under autograd every op of the suffix is recorded and
-the backward runs a Python node per op, with gradients of parameters nobody asked for (the static MLPs' weights, the
-norms'). Here the forward keeps what the backward needs (the inputs of the norms and their rstd, the MLPs'
-pre-activations h, attention's logsumexp) and the backward calls the backward ops directly on the path to the fast
-weights: no graph, and about a third of the op calls.
+One TTT step is the suffix blocks' forward over a chunk of b tokens, the gradient of the chunk's loss with respect to
+the fast weights, and the clipped SGD update. Under autograd every op of the suffix is recorded and the inner gradient
+runs a Python node per op, with gradients of parameters nobody asked for (the static MLPs' weights, the norms'). Here
+the forward keeps what the backward needs (the inputs of the norms and their rstd, the MLPs' pre-activations h,
+attention's logsumexp) and the backward calls the backward ops directly on the path to the fast weights: about a
+third of the op calls, no autograd engine.
+
+Inference runs it under no_grad. Meta-learning runs it with autograd recording (the forward ops, then the backward
+ops, each differentiable once more by its registered formula): the outer gradient goes through the inner gradient
+exactly as through torch.autograd.grad(..., create_graph=True), second order included.
 
 Shapes: x [B, n, d]; q [B, n, H, hd], keys/values [B, k-1+n, Hkv, hd] (the window before the chunk, then its own);
 logits [B, n, V]. The loss of sequence s is the mean cross-entropy over its valid targets (TTTE2EModel._chunk_loss);
@@ -31,7 +36,8 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 @dataclasses.dataclass
 class _BlockTape:
     """What a suffix block's backward reads, named after the forward's values (TTTE2EModel._block):
-    x0 -> n0 = norm(x0) -> (q, k, v) -> attention o -> a = o wo^T -> x1 = x0 + norm(a) -> p = norm(x1)
+    x0 -> n0 = norm(x0) -> (q, k, v) -> (qn, kn) = QK-norm + RoPE -> attention o over keys, values = the window
+    and (kn, v) -> a = o wo^T -> x1 = x0 + norm(a) -> p = norm(x1)
     -> y = fast MLP(p) -> x2 = x1 + norm(y) -> f = norm(x2) -> z = static MLP(f) -> x3 = x2 + norm(z).
     r*: the rstd of each norm's input ([B n] or [B n H]); h*: the MLPs' pre-activations."""
 
@@ -43,6 +49,8 @@ class _BlockTape:
     rk: torch.Tensor
     rope: torch.Tensor
     qn: torch.Tensor
+    kn: torch.Tensor
+    v: torch.Tensor
     keys: torch.Tensor
     values: torch.Tensor
     o: torch.Tensor
@@ -68,35 +76,47 @@ def chunk_step(model, h, targets, pos0, fast: tuple, kv: list, inner_lr: float) 
     """TTTE2EModel._chunk_step on the package's ops: h [B, b, d] (prefix output at positions pos0..), targets
     [B, b], the fast weights and kv[j] the window of suffix block j (or None). Returns (the logits [B, b, V] the
     loss read, in float32 (float64 for float64), the next fast weights, the next windows)."""
-    x, tapes, windows = h, [], []
     keep = model.config.window - 1
-    for j, blk in enumerate(model.suffix_blocks):
-        x, tape = _block_forward(model, blk, x, pos0, kv[j], fast[3 * j : 3 * j + 3])
-        tapes.append(tape)
-        # The next window: the last k-1 of the keys/values the chunk's attention read (the window, then its own).
-        windows.append((tape.keys[:, -keep:], tape.values[:, -keep:]))
+    x, tapes = suffix_forward(model, h, pos0, fast, [[w] if w is not None else [] for w in kv])
+    # The next window: the last k-1 of the keys/values the chunk's attention read (the window, then its own).
+    windows = [(t.keys[:, -keep:], t.values[:, -keep:]) for t in tapes]
+    logits, rnf = head(model, x)
     with phase("ttt.inner_step"):
-        logits, new_fast = _inner_step(model, tapes, x, targets, fast, inner_lr)
-    return logits, new_fast, windows
+        grads = fast_weight_grads(model, tapes, x, rnf, logits, targets, fast)
+        new_fast = _ops.clip_sgd_update(list(fast), grads, float(inner_lr), float(model.config.inner_max_norm), True)
+    return logits, tuple(new_fast[0]), windows
 
 
-def _inner_step(model, tapes: list, x, targets, fast: tuple, inner_lr: float) -> tuple:
-    """The clipped SGD step of the fast weights on the chunk's loss, x [B, n, d] the last suffix block's output.
-    Returns (the chunk's logits (TTTE2EModel._logits), the next fast weights)."""
+def suffix_forward(model, h, pos0, fast: tuple, past: list) -> tuple:
+    """The suffix blocks over h [B, n, d] (prefix output at positions pos0..) with the fast weights; past[j]: the
+    earlier (k, v) pairs of suffix block j, in order. Returns (x [B, n, d], [_BlockTape per block])."""
+    x, tapes = h, []
+    for j, blk in enumerate(model.suffix_blocks):
+        x, tape = _block_forward(model, blk, x, pos0, past[j], fast[3 * j : 3 * j + 3])
+        tapes.append(tape)
+    return x, tapes
+
+
+def head(model, x) -> tuple:
+    """Final norm and tied LM head (TTTE2EModel._logits) of the last suffix block's output x [B, n, d]: (logits
+    [B, n, V] in float32 (float64 for float64), the final norm's rstd)."""
+    nf, rnf = _ops.rms_norm_fwd(x, model.norm_f.weight, model.config.norm_eps)
+    return F.linear(nf, model.embed.weight).to(compute_dtype(x.dtype)), rnf
+
+
+def fast_weight_grads(model, tapes: list, x, rnf, logits, targets, fast: tuple) -> list:
+    """The gradient of each sequence's chunk loss with respect to its fast weights ([w1, w3, w2] per suffix block),
+    from the blocks' tapes, their output x [B, n, d], the head's rstd and logits [B, n, V] (head)."""
     c = model.config
-    eps = c.norm_eps
     # Loss gradient: dlogits = (softmax - onehot(target)) * valid / count per sequence, in the logits' dtype.
-    nf, rnf = _ops.rms_norm_fwd(x, model.norm_f.weight, eps)
-    lin = F.linear(nf, model.embed.weight)
-    logits = lin.to(compute_dtype(lin.dtype))
-    probs = torch.softmax(logits, -1)
-    probs.scatter_add_(-1, targets[..., None], probs.new_full((*targets.shape, 1), -1.0))
+    probs = torch.softmax(logits, -1).scatter_add(-1, targets[..., None], logits.new_full((*targets.shape, 1), -1.0))
     if c.bos_token_id is None:
-        probs.mul_(1.0 / targets.shape[1])
+        probs = probs * (1.0 / targets.shape[1])
     else:
         valid = (targets != c.bos_token_id).to(probs.dtype)
-        probs.mul_((valid / valid.sum(1, keepdim=True).clamp(min=1))[..., None])
-    dx = _ops.rms_norm_bwd(probs.to(lin.dtype) @ model.embed.weight, x, model.norm_f.weight, rnf)[0]
+        probs = probs * (valid / valid.sum(1, keepdim=True).clamp(min=1))[..., None]
+    weight = model.embed.weight
+    dx = _ops.rms_norm_bwd(probs.to(weight.dtype) @ weight, x, model.norm_f.weight, rnf)[0]
 
     grads = [None] * len(fast)
     for j in reversed(range(len(tapes))):
@@ -111,12 +131,11 @@ def _inner_step(model, tapes: list, x, targets, fast: tuple, inner_lr: float) ->
         grads[3 * j : 3 * j + 3] = w_grads
         if j > 0:
             dx = _block_input_grad(model, blk, t, dx, dp)
-    new_fast = _ops.clip_sgd_update(list(fast), grads, float(inner_lr), float(c.inner_max_norm), True)[0]
-    return logits, tuple(new_fast)
+    return grads
 
 
-def _block_forward(model, blk, x, pos0, past, fast: tuple) -> tuple:
-    """The suffix block over x [B, n, d] with the fast weights (w1, w3, w2), past: the window (k, v) or None.
+def _block_forward(model, blk, x, pos0, past: list, fast: tuple) -> tuple:
+    """The suffix block over x [B, n, d] with the fast weights (w1, w3, w2), past: the earlier (k, v) pairs.
     Returns (x3, _BlockTape)."""
     c, att = model.config, blk.attn
     eps = c.norm_eps
@@ -126,7 +145,7 @@ def _block_forward(model, blk, x, pos0, past, fast: tuple) -> tuple:
     rope = model._rope_rotations(pos0, x0.shape[1], c.head_dim, x0.device, compute_dtype(x0.dtype))
     qn, rq = _ops.rms_norm_fwd(q, att.q_norm.weight, eps, rope=rope)
     kn, rk = _ops.rms_norm_fwd(k, att.k_norm.weight, eps, rope=rope)
-    keys, values = model._windowed_kv([past] if past is not None else [], kn, v)
+    keys, values = model._windowed_kv(past, kn, v)
     o, lse = _ops.swa_fwd(qn, keys, values, c.window, c.head_dim**-0.5)
     a = F.linear(o.flatten(2), att.wo.weight)
     x1, ra = _ops.rms_norm_fwd(a, blk.seq_post_norm.weight, eps, x0)
@@ -137,7 +156,7 @@ def _block_forward(model, blk, x, pos0, past, fast: tuple) -> tuple:
     z, hz = _ops.swiglu_mlp_fwd(f, blk.ffn.w1.weight, blk.ffn.w3.weight, blk.ffn.w2.weight)
     x3, rz = _ops.rms_norm_fwd(z, blk.ffn_post_norm.weight, eps, x2)
     tape = _BlockTape(
-        x0, r0, q, rq, k, rk, rope, qn, keys, values, o, lse, a, ra, x1, rp, p, hy, y, ry, x2, rf, f, hz, z, rz
+        x0, r0, q, rq, k, rk, rope, qn, kn, v, keys, values, o, lse, a, ra, x1, rp, p, hy, y, ry, x2, rf, f, hz, z, rz
     )
     return x3, tape
 

@@ -20,7 +20,7 @@ from torch import nn
 from ..profiling import phase
 from . import official
 from .chunk_step import chunk_step as _explicit_chunk_step
-from .chunk_step import compute_dtype
+from .chunk_step import compute_dtype, fast_weight_grads, head, suffix_forward
 from .config import TTTE2EConfig, check_int
 from .opset import OPSETS
 
@@ -770,7 +770,13 @@ class TTTE2EModel(nn.Module):
         self, h, targets, pos0: int, fast: tuple, past: list, meta: _MetaArgs, step: bool, create_graph: bool
     ) -> tuple:
         """One chunk of the inner loop: its loss [B] under ``fast``, the next fast weights (if ``step``) and its
-        (k, v) per suffix block. Without an outer gradient (torch.no_grad) it still needs the inner one."""
+        (k, v) per suffix block. Without an outer gradient (torch.no_grad) it still needs the inner one.
+
+        The package's ops run the inner gradient written out (model/chunk_step.py), recorded by autograd when the
+        outer gradient goes through it (``create_graph`` and second order); the reference ops run it under
+        torch.autograd.grad, the definition the tests compare it with."""
+        if self._opset.name == "package":
+            return self._explicit_meta_chunk(h, targets, pos0, fast, past, meta, step, create_graph)
         if not torch.is_grad_enabled():
             # Fast weights made under no_grad (W_0's expand-views) may report requires_grad without being part of a
             # graph: the inner gradient starts from detached copies.
@@ -787,6 +793,24 @@ class TTTE2EModel(nn.Module):
             if step:
                 fast = self._inner_step(fast, loss, meta.inner_lr, second_order, retain_graph=create_graph)
         return loss, fast, kvs
+
+    def _explicit_meta_chunk(
+        self, h, targets, pos0: int, fast: tuple, past: list, meta: _MetaArgs, step: bool, create_graph: bool
+    ) -> tuple:
+        """_meta_chunk on the package's ops. Without ``create_graph`` (no outer gradient, or the first pass of a
+        recomputed chunk, whose outputs are detached) nothing is recorded; first order records the forward and the
+        update but not the inner gradient (a constant, as torch.autograd.grad without create_graph gives it)."""
+        record = create_graph and torch.is_grad_enabled()
+        with torch.set_grad_enabled(record), phase(f"ttt.chunk {pos0 // self.config.mini_batch_size}"):
+            x, tapes = suffix_forward(self, h, pos0, fast, past)
+            logits, rnf = head(self, x)
+            loss = self._chunk_loss(logits, targets)
+            if step:
+                with torch.set_grad_enabled(record and not meta.first_order), phase("ttt.inner_step"):
+                    grads = fast_weight_grads(self, tapes, x, rnf, logits, targets, fast)
+                update = self._opset.clip_sgd_update
+                fast = tuple(update(list(fast), grads, meta.inner_lr, self.config.inner_max_norm, batched=True))
+        return loss, fast, [(t.kn, t.v) for t in tapes]
 
     # ---------------------------------------------------------------------------------------------------------------
     # Inference
