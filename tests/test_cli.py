@@ -450,34 +450,48 @@ def test_tuned_environment_keeps_what_the_user_set():
     }
 
 
-_PREFILL_FAULTS = """
-import resource, torch
-from ttt_kernels.model import TTTE2EConfig, TTTE2EModel
-torch.manual_seed(0)
-model = TTTE2EModel(TTTE2EConfig.preset("tiny"))
-tokens = torch.randint(0, 256, (2, 1024))
-def faults():
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    model.prefill(tokens)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-faults(), faults()
-print(min(faults() for _ in range(3)))
+# Where glibc's malloc puts a 24 MiB block and whether its memory stays with the process after free (mallinfo2):
+# "mapped" (its own mmap, unmapped by free: the next such block is faulted in afresh) or in the heap, "kept" if in the
+# heap and the heap did not shrink when it was freed (no trim).
+_MALLOC_PROBE = """
+import ctypes, json
+FIELDS = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in FIELDS]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+import torch
+size = 24 << 20
+before = libc.mallinfo2()
+block = libc.malloc(size)
+ctypes.memset(block, 1, size)
+during = libc.mallinfo2()
+libc.free(block)
+after = libc.mallinfo2()
+mapped = during.hblkhd - before.hblkhd >= size
+print(json.dumps(dict(mapped=mapped, kept=not mapped and after.arena >= during.arena)))
 """
+
+
+def _malloc_probe(env: dict) -> dict:
+    """_MALLOC_PROBE in a fresh Python with ``env`` added to this one's, less glibc's malloc variables."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    r = subprocess.run([sys.executable, "-c", _MALLOC_PROBE], capture_output=True, text=True, env={**base, **env})
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
 
 
 @pytest.mark.skipif(not _glibc(), reason="the malloc settings are glibc's")
 def test_the_command_line_malloc_settings_keep_freed_memory():
-    """What the settings are for: a prefill does not take page faults for the memory the previous one freed (tiny
-    preset, B = 2, T = 1K: 3.8K to 13K faults per prefill with glibc's defaults, 0 to 1K with the settings)."""
-
-    def faults(extra_env):
-        env = {k: v for k, v in os.environ.items() if k not in GLIBC_MALLOC and k != "GLIBC_TUNABLES"}
-        r = subprocess.run([sys.executable, "-c", _PREFILL_FAULTS], capture_output=True, text=True, env=env | extra_env)
-        assert r.returncode == 0, r.stderr
-        return int(r.stdout)
-
-    assert faults({}) > 1000
-    assert faults(GLIBC_MALLOC) < 100
+    """What the settings are for: a 24 MiB block comes from the heap and stays there after free (glibc's defaults map
+    it and unmap it: the next one is faulted in afresh); the trim threshold alone fixes the mmap threshold at 128 KiB,
+    so every large block is mapped."""
+    assert _malloc_probe({}) == dict(mapped=True, kept=False)
+    assert _malloc_probe(GLIBC_MALLOC) == dict(mapped=False, kept=True)
+    assert _malloc_probe({"MALLOC_TRIM_THRESHOLD_": GLIBC_MALLOC["MALLOC_TRIM_THRESHOLD_"]})["mapped"]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
