@@ -676,6 +676,30 @@ def test_explicit_chunk_step_matches_autograd(overrides):
         torch.testing.assert_close(kv, kv2, rtol=1e-12, atol=1e-12)
 
 
+def test_inference_mode_prefill_leaves_autograd_usable():
+    """On the package's ops prefill and decode run in inference mode: the state holds inference tensors, yet a meta
+    step after them differentiates (through the RoPE tables prefill cached), and the reference ops continue such a
+    state (also inside the caller's inference mode) with the package's results."""
+    model = _model(_config())
+    tokens = _tokens(2, 4 * 16 + 1, seed=18)
+    state, logits = model.prefill(tokens[:, :-1], return_logits=True)  # 3 inner steps, the 4th chunk pending
+    assert logits.is_inference() and all(w.is_inference() for w in state.fast)
+    grads = _loss_and_grads(model, tokens)[2]
+    assert all(g.abs().sum() > 0 for g in grads.values())
+    reference = reference_copy(model)
+    ref_state, ref_logits = reference.prefill(tokens[:, :-1], return_logits=True)
+    assert not ref_logits.is_inference() and not ref_state.fast[0].is_inference()
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-10, atol=1e-10)
+    # The last token completes the pending chunk: its inner step on the reference ops, from the package's state.
+    model.ops = "reference"
+    mixed = model.decode(state, tokens[:, -1])
+    with torch.inference_mode():
+        ref_next = reference.decode(ref_state, tokens[:, -1])
+    torch.testing.assert_close(mixed, ref_next, rtol=1e-10, atol=1e-10)
+    for w, w_ref in zip(state.fast, ref_state.fast, strict=True):
+        torch.testing.assert_close(w, w_ref, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("overrides", [dict(bos_token_id=7), dict(num_kv_heads=1, inner_max_norm=0.05)])
 def test_explicit_meta_chunks_match_autograd(overrides):
     """meta_loss on the package's ops runs each chunk's inner gradient written out (model/chunk_step.py), recorded by

@@ -87,6 +87,8 @@ class TTTE2EState:
     The pending chunk is the inputs read since the last inner step (fewer than b, or b waiting for their next token):
     their prefix outputs ``pending_h`` [B, p, d], tokens ``pending_tokens`` [B, p] and suffix keys/values
     ``pending_kv`` (computed with the current fast weights). ``logits`` [B, V] are those of the last token read.
+    On the package's ops its tensors are inference tensors (:meth:`TTTE2EModel.prefill`): read them freely, clone one
+    before changing it in place or using it under autograd.
     """
 
     batch_size: int
@@ -100,6 +102,14 @@ class TTTE2EState:
     inner_lr: float
     cuda_graph: bool = False
     chunk_graph: "_ChunkStepGraph | None" = None  # the captured chunk step (cuda_graph)
+
+
+def _saveable(t: torch.Tensor) -> torch.Tensor:
+    """t, or a copy of it outside inference mode if it is an inference tensor (which autograd cannot save)."""
+    if not t.is_inference():
+        return t
+    with torch.inference_mode(False):
+        return t.clone()
 
 
 def _bounded_insert(cache: dict, key, value, capacity: int) -> None:
@@ -344,20 +354,24 @@ class TTTE2EModel(nn.Module):
         key = (pos0, n, hd, device, dtype)
         table = self._rope_cache.get(key)
         if table is None:
-            segment = pos0 // _ROPE_SEGMENT
-            if (pos0 + n - 1) // _ROPE_SEGMENT == segment:
-                start = segment * _ROPE_SEGMENT
-                segment_key = (segment, hd, device, dtype)
-                whole = self._rope_segments.get(segment_key)
-                if whole is None:
-                    whole = self._rope_table(torch.arange(start, start + _ROPE_SEGMENT, device=device), hd, dtype)
-                    _bounded_insert(self._rope_segments, segment_key, whole, 4)
-                # Its own storage: autograd saves it, and the checkpointing budget counts saved storages.
-                table = whole[pos0 - start : pos0 - start + n].clone()
-            else:
-                table = self._rope_table(torch.arange(pos0, pos0 + n, device=device), hd, dtype)
+            with torch.inference_mode(False):  # not inference tensors: meta_loss saves them for backward
+                table = self._new_rope_rotations(pos0, n, hd, device, dtype)
             _bounded_insert(self._rope_cache, key, table, 64)
         return table
+
+    def _new_rope_rotations(self, pos0: int, n: int, hd: int, device: torch.device, dtype: torch.dtype):
+        """_rope_rotations' table of a range not cached, from a cached segment where it falls inside one."""
+        segment = pos0 // _ROPE_SEGMENT
+        if (pos0 + n - 1) // _ROPE_SEGMENT != segment:
+            return self._rope_table(torch.arange(pos0, pos0 + n, device=device), hd, dtype)
+        start = segment * _ROPE_SEGMENT
+        segment_key = (segment, hd, device, dtype)
+        whole = self._rope_segments.get(segment_key)
+        if whole is None:
+            whole = self._rope_table(torch.arange(start, start + _ROPE_SEGMENT, device=device), hd, dtype)
+            _bounded_insert(self._rope_segments, segment_key, whole, 4)
+        # Its own storage: autograd saves it, and the checkpointing budget counts saved storages.
+        return whole[pos0 - start : pos0 - start + n].clone()
 
     def _rope_table(self, positions: torch.Tensor, hd: int, dtype: torch.dtype) -> torch.Tensor:
         """(cos, sin) of pos theta^(-2j/hd) for int64 positions [n]: [n, hd/2, 2] of ``dtype``."""
@@ -838,7 +852,6 @@ class TTTE2EModel(nn.Module):
             cuda_graph=bool(cuda_graph),
         )
 
-    @torch.no_grad()
     def prefill(
         self,
         tokens,
@@ -864,7 +877,14 @@ class TTTE2EModel(nn.Module):
         of a long prompt bounded (one pass over 64K tokens was 1.6x slower per token: docs/model.md). Returns the
         state (its ``logits`` are the last token's), or (state, logits [B, n, V]) with ``return_logits`` (which
         holds every position's logits: for a long prompt, prefill slice by slice and keep what is needed instead).
+
+        On the package's ops prefill and decode run under ``torch.inference_mode`` (see :meth:`_inference`): the
+        logits and the state's tensors are inference tensors.
         """
+        with self._inference():
+            return self._prefill(tokens, state, inner_lr, return_logits, slice_tokens, cuda_graph, progress)
+
+    def _prefill(self, tokens, state, inner_lr: float, return_logits: bool, slice_tokens, cuda_graph: bool, progress):
         check_int(slice_tokens, "TTTE2EModel.prefill: slice_tokens")
         source = TokenSource(tokens, self.embed.weight.device)
         n = source.length
@@ -883,7 +903,6 @@ class TTTE2EModel(nn.Module):
                     progress("prefill", min(i + slice_tokens, n), n)
         return (state, torch.cat(logits, 1)) if return_logits else state
 
-    @torch.no_grad()
     def decode(self, state: TTTE2EState, token: torch.Tensor) -> torch.Tensor:
         """Reads one token per sequence ([B] or [B, 1]) and returns the logits of the next one, [B, V] (float32).
 
@@ -895,8 +914,16 @@ class TTTE2EModel(nn.Module):
         if token.shape[1] != 1:
             raise ValueError(f"TTTE2EModel.decode: expected one token per sequence, got shape {tuple(token.shape)}")
         self._check_state(state, token.shape[0])
-        with phase("ttt.decode"):
+        with self._inference(), phase("ttt.decode"):
             return self._feed(state, token, False)
+
+    def _inference(self):
+        """The grad mode of prefill and decode. On the package's ops ``torch.inference_mode``: their chunk step runs
+        its backward written out (model/chunk_step.py), so nothing needs autograd, and inference mode takes every op
+        call past the autograd layer (a custom op's is Python: 4.5 of its 6.7 us of fixed cost; tiny prefill 1.14x
+        at B=1, 1.19x at B=2, docs/model.md). On the reference ops ``torch.no_grad``: their chunk step differentiates
+        under autograd."""
+        return torch.inference_mode() if self._opset.name == "package" else torch.no_grad()
 
     @torch.no_grad()
     def generate(
@@ -1034,7 +1061,11 @@ class TTTE2EModel(nn.Module):
         it under autograd, the definition the tests compare it with."""
         if self._opset.name == "package":
             return _explicit_chunk_step(self, h, targets, pos0, fast, kv, inner_lr)
-        with torch.enable_grad():
+        # Under autograd also inside inference mode (the caller's), and from a state the package's ops filled (its
+        # inference tensors cannot be saved for backward: copies).
+        h, targets, fast = _saveable(h), _saveable(targets), tuple(_saveable(w) for w in fast)
+        kv = [None if w is None else (_saveable(w[0]), _saveable(w[1])) for w in kv]
+        with torch.inference_mode(False), torch.enable_grad():
             fast = tuple(w.detach().requires_grad_() for w in fast)
             x, kvs = self._suffix(h, pos0, fast, [[w] if w is not None else [] for w in kv])
             logits = self._logits(x)
