@@ -8,9 +8,9 @@ the forward keeps what the backward needs (the inputs of the norms and their rst
 attention's logsumexp) and the backward calls the backward ops directly on the path to the fast weights: about a
 third of the op calls, no autograd engine.
 
-Inference runs it under no_grad. Meta-learning runs it with autograd recording (the forward ops, then the backward
-ops, each differentiable once more by its registered formula): the outer gradient goes through the inner gradient
-exactly as through torch.autograd.grad(..., create_graph=True), second order included.
+Inference runs it without autograd (prefill and decode: inference mode). Meta-learning runs it with autograd recording
+(the forward ops, then the backward ops, each differentiable once more by its registered formula): the outer gradient
+goes through the inner gradient exactly as through torch.autograd.grad(..., create_graph=True), second order included.
 
 Shapes: x [B, n, d]; q [B, n, H, hd], keys/values [B, k-1+n, Hkv, hd] (the window before the chunk, then its own);
 logits [B, n, V]. The loss of sequence s is the mean cross-entropy over its valid targets (TTTE2EModel._chunk_loss);

@@ -87,8 +87,8 @@ class TTTE2EState:
     The pending chunk is the inputs read since the last inner step (fewer than b, or b waiting for their next token):
     their prefix outputs ``pending_h`` [B, p, d], tokens ``pending_tokens`` [B, p] and suffix keys/values
     ``pending_kv`` (computed with the current fast weights). ``logits`` [B, V] are those of the last token read.
-    On the package's ops its tensors are inference tensors (:meth:`TTTE2EModel.prefill`): read them freely, clone one
-    before changing it in place or using it under autograd.
+    On the package's ops the tensors prefill and decode put in it are inference tensors (:meth:`TTTE2EModel.prefill`):
+    read them freely, clone one before changing it in place or using it under autograd.
     """
 
     batch_size: int
