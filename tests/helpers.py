@@ -7,6 +7,7 @@ import subprocess
 import pytest
 import torch
 from cuda_tools import find_cuda_tool
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import ttt_kernels.sim
 
@@ -86,6 +87,21 @@ def fails_in_every_schedule(fn, match: str) -> None:
         with ttt_kernels.sim.enabled(schedule=schedule):
             with pytest.raises(RuntimeError, match=match):
                 fn()
+
+
+class RecordedCalls(TorchDispatchMode):
+    """``with RecordedCalls(op) as calls: ...`` records the positional arguments of every call of ``op`` (an op
+    packet such as ``torch.ops.ttt_kernels.swa_bwd_bwd``) that reaches the dispatcher in ``calls.args``: from Python
+    and from C++ alike (the ops' autograd formulas call ops from C++, out of reach of a monkeypatch)."""
+
+    def __init__(self, op):
+        super().__init__()
+        self.op, self.args = op, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket is self.op:
+            self.args.append(tuple(args))
+        return func(*args, **(kwargs or {}))
 
 
 def load_testing_library() -> None:

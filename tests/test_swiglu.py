@@ -14,7 +14,7 @@ import math
 
 import pytest
 import torch
-from helpers import requires_simulator, run_in_simulator
+from helpers import RecordedCalls, requires_simulator, run_in_simulator
 
 import ttt_kernels
 from ttt_kernels import ops, reference
@@ -286,45 +286,38 @@ def test_frozen_weights_get_no_gradient_work():
     )
 
 
-def test_backward_computes_only_the_gradients_the_engine_needs(monkeypatch):
+def _output_mask(args: tuple) -> list:
+    """swiglu_mlp_bwd's output_mask from a call's arguments (the dispatcher leaves out the default, all true)."""
+    return list(args[7]) if len(args) > 7 else [True] * 4
+
+
+def test_backward_computes_only_the_gradients_the_engine_needs():
     """Under an inner gradient (torch.autograd.grad with respect to some inputs) the backward op is asked only for
     the gradients the engine will use, as torch's own derivatives do (e.g. not the static weights' under the
     gradient with respect to the fast weights); backward() asks for all. Gradients and their second order are those
     of the backward that computes every gradient."""
-    import ttt_kernels.ops.swiglu as swiglu_module
-
-    masks = []
-    native = swiglu_module._ops
-
-    class Recording:
-        def __getattr__(self, name):
-            op = getattr(native, name)
-            if name != "swiglu_mlp_bwd":
-                return op
-            return lambda *args: masks.append(list(args[-1])) or op(*args)
-
-    monkeypatch.setattr(swiglu_module, "_ops", Recording())
     x, w1, w3, w2, gy = _mlp_inputs((3, 4), 12, 20)
     leaves = [t.clone().requires_grad_() for t in (x, w1, w3, w2)]
 
-    def grads(wrt: list) -> list:
-        masks.clear()
-        first = torch.autograd.grad(ops.swiglu_mlp(*leaves), [leaves[i] for i in wrt], gy, create_graph=True)
+    def grads(wrt: list, asked: list) -> tuple:
+        """The first gradients with respect to leaves[wrt] (of those with respect to leaves[asked]) and the second
+        order of their squared norm; the masks swiglu_mlp_bwd got."""
+        with RecordedCalls(torch.ops.ttt_kernels.swiglu_mlp_bwd) as calls:
+            first = torch.autograd.grad(ops.swiglu_mlp(*leaves), [leaves[i] for i in asked], gy, create_graph=True)
+        first = [g for i, g in zip(asked, first) if i in wrt]
         second = torch.autograd.grad(sum(g.square().sum() for g in first), leaves, allow_unused=True)
-        return [g for g in (*first, *second) if g is not None]
+        return [_output_mask(args) for args in calls.args], [g for g in (*first, *second) if g is not None]
 
     for wrt in ([1], [0, 3], [2]):
-        got = grads(wrt)
-        assert masks[0] == [i in wrt for i in range(4)], (wrt, masks)
-        with monkeypatch.context() as patch:
-            patch.setattr(swiglu_module, "engine_needs", lambda ctx: list(ctx.needs_input_grad))
-            want = grads(wrt)
-        assert masks[0] == [True] * 4, (wrt, masks)
+        masks, got = grads(wrt, wrt)
+        assert masks == [[i in wrt for i in range(4)]], (wrt, masks)
+        masks, want = grads(wrt, [0, 1, 2, 3])
+        assert masks == [[True] * 4], (wrt, masks)
         for g, f in zip(got, want, strict=True):
             torch.testing.assert_close(g, f, rtol=1e-12, atol=1e-12)
-    masks.clear()
-    ops.swiglu_mlp(*leaves).backward(gy)
-    assert masks == [[True] * 4], masks
+    with RecordedCalls(torch.ops.ttt_kernels.swiglu_mlp_bwd) as calls:
+        ops.swiglu_mlp(*leaves).backward(gy)
+    assert [_output_mask(args) for args in calls.args] == [[True] * 4], calls.args
 
 
 def test_batched_arguments_are_checked():

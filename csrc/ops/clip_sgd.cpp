@@ -7,10 +7,15 @@
 //
 // Weights and grads are float32 or float64. CPU: the kernel of csrc/cpu/clip_sgd.cpp. CUDA (and the simulator, on
 // CPU tensors inside ttt_kernels.sim.enabled()): the kernels of csrc/cuda/clip_sgd.cu, with a device workspace.
-// Autograd, fake tensors and the Python API are in python/ttt_kernels/ops/clip_sgd.py.
+// clip_sgd_update's autograd formula is at the end of this file; the fake tensors and the Python API are in
+// python/ttt_kernels/ops/clip_sgd.py.
+#include <ATen/TensorOperators.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/ones_like.h>
+#include <ATen/ops/where.h>
+#include <ATen/ops/zeros_like.h>
 #include <c10/core/ScalarType.h>
 #include <torch/library.h>
 
@@ -21,6 +26,7 @@
 #include <tuple>
 #include <vector>
 
+#include "autograd.h"
 #include "common.h"
 #include "ttt_kernels/clip_sgd.h"
 
@@ -184,6 +190,86 @@ at::Tensor clip_sgd_update_inplace_cuda(at::TensorList weights, at::TensorList g
 }
 #endif
 
+// ---- autograd ------------------------------------------------------------------------------------------------------
+// (csrc/ops/autograd.h says why this is C++.)
+
+// clip_sgd_update: new_w = w - lr s g with s = 1 if n < c else c / n, n = sqrt(sum over all grads of g^2),
+// c = max_norm:
+//     dL/dw = U,   dL/dg = -lr s (U - k g),   k = <U, g> / n^2 when clipped, else 0
+// (ds/dg = -(s / n^2) g when clipped). Written with differentiable ATen ops, with the branch taken as in the forward
+// and n^2 recomputed from the grads, so that it differentiates again (in g and U). Denominators are replaced by 1 on
+// the unclipped branch (a value of the branch not taken: zero gradients yield no NaN, not even in the second
+// derivative, and a huge max_norm such as 1e20 no float32 overflow). Batched, all of this holds per sequence: n, s
+// and k are [B], summed over each tensor's other dimensions.
+struct ClipSgdUpdateFunction : torch::autograd::Function<ClipSgdUpdateFunction> {
+  static ops::variable_list forward(ops::AutogradContext* ctx, at::TensorList weights, at::TensorList grads, double lr,
+                                    double max_norm, bool batched) {
+    static const auto op = ops::op_handle<std::tuple<std::vector<at::Tensor>, at::Tensor>(
+        at::TensorList, at::TensorList, double, double, bool)>("ttt_kernels::clip_sgd_update");
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [new_weights, norm] = op.call(weights, grads, lr, max_norm, batched);
+    ops::variable_list saved{norm};
+    saved.insert(saved.end(), grads.begin(), grads.end());
+    ctx->save_for_backward(saved);
+    ctx->saved_data["lr"] = lr;
+    ctx->saved_data["max_norm"] = max_norm;
+    ctx->saved_data["batched"] = batched;
+    ctx->mark_non_differentiable({norm});
+    ctx->set_materialize_grads(false);  // the norm's cotangent (and unused weights') stay undefined: no zero tensors
+    new_weights.push_back(norm);
+    return new_weights;
+  }
+
+  // grad_outputs: one per new weight, then the norm's; the result: the weights' gradients, the grads', and none for
+  // lr, max_norm and batched.
+  static ops::variable_list backward(ops::AutogradContext* ctx, ops::variable_list grad_outputs) {
+    const ops::variable_list saved = ctx->get_saved_variables();  // norm, grads
+    const at::Tensor& norm = saved[0];
+    const std::size_t count = saved.size() - 1;
+    const double lr = ctx->saved_data["lr"].toDouble(), c = ctx->saved_data["max_norm"].toDouble();
+    const bool batched = ctx->saved_data["batched"].toBool();
+    ops::variable_list result(2 * count + 3);
+    for (std::size_t i = 0; i < count; ++i) {
+      result[i] = grad_outputs[i].defined() ? grad_outputs[i] : at::zeros_like(saved[1 + i]);
+    }
+    if (std::isinf(c)) {
+      for (std::size_t i = 0; i < count; ++i) result[count + i] = result[i] * -lr;
+      return result;
+    }
+    const auto per_sequence_sum = [batched](const at::Tensor& t) { return batched ? t.flatten(1).sum(1) : t.sum(); };
+    const auto per_element = [batched](const at::Tensor& v, const at::Tensor& g) {  // [B] -> broadcastable to g
+      if (!batched) return v;
+      std::vector<int64_t> shape(g.dim(), 1);
+      shape[0] = -1;
+      return v.view(shape);
+    };
+    const at::Tensor clipped = norm.lt(c).logical_not();  // NaN norms take the clipped branch, as in the forward
+    at::Tensor n2, dot;
+    for (std::size_t i = 0; i < count; ++i) {
+      const at::Tensor& g = saved[1 + i];
+      const at::Tensor g2 = per_sequence_sum(g * g), ug = per_sequence_sum(result[i] * g);
+      n2 = i == 0 ? g2 : n2 + g2;
+      dot = i == 0 ? ug : dot + ug;
+    }
+    const at::Tensor denom = at::where(clipped, n2, at::ones_like(n2));
+    const at::Tensor scale = at::where(clipped, denom.rsqrt() * c, at::ones_like(denom));
+    const at::Tensor k = at::where(clipped, dot / denom, at::zeros_like(denom));
+    for (std::size_t i = 0; i < count; ++i) {
+      const at::Tensor& g = saved[1 + i];
+      result[count + i] = per_element(scale, g) * -lr * (result[i] - per_element(k, g) * g);
+    }
+    return result;
+  }
+};
+
+std::tuple<std::vector<at::Tensor>, at::Tensor> clip_sgd_update_autograd(at::TensorList weights, at::TensorList grads,
+                                                                         double lr, double max_norm, bool batched) {
+  ops::variable_list outputs = ClipSgdUpdateFunction::apply(weights, grads, lr, max_norm, batched);
+  at::Tensor norm = outputs.back();
+  outputs.pop_back();
+  return {outputs, norm};
+}
+
 }  // namespace
 }  // namespace ttt
 
@@ -202,6 +288,8 @@ TORCH_LIBRARY_IMPL(ttt_kernels, CPU, m) {
   m.impl("clip_sgd_update", &ttt::clip_sgd_update_cpu);
   m.impl("clip_sgd_update_", &ttt::clip_sgd_update_inplace_cpu);
 }
+
+TORCH_LIBRARY_IMPL(ttt_kernels, Autograd, m) { m.impl("clip_sgd_update", &ttt::clip_sgd_update_autograd); }
 #endif
 
 #if defined(TTT_KERNELS_WITH_CUDA)

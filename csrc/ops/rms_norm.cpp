@@ -7,8 +7,9 @@
 //   rms_norm_bwd_bwd(grad_out, x, weight, rstd, grad_grad_x? [..., d], grad_grad_weight? [d], rope?)
 //     -> (grad_grad_out [..., d], grad_x [..., d], grad_weight [d])      the backward's vector-Jacobian product
 // rows = x.numel() / d; rstd is float32 (float64 for float64 x), and so is rope: (cos, sin) of each position's angle
-// per pair (2i, 2i + 1) of the last dimension (include/ttt_kernels/rms_norm.h). Autograd, fake tensors and the Python
-// API are in python/ttt_kernels/ops/rms_norm.py.
+// per pair (2i, 2i + 1) of the last dimension (include/ttt_kernels/rms_norm.h). The autograd formulas of rms_norm_fwd
+// and rms_norm_bwd are at the end of this file; rms_norm_bwd_bwd's (third order), the fake tensors and the Python API
+// are in python/ttt_kernels/ops/rms_norm.py.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/core/ScalarType.h>
@@ -19,6 +20,7 @@
 #include <optional>
 #include <tuple>
 
+#include "autograd.h"
 #include "common.h"
 #include "ttt_kernels/rms_norm.h"
 
@@ -291,6 +293,86 @@ BwdBwdResult rms_norm_bwd_bwd_cuda(const at::Tensor& grad_out, const at::Tensor&
 }
 #endif
 
+// ---- autograd ------------------------------------------------------------------------------------------------------
+// rms_norm_fwd's backward is rms_norm_bwd, and rms_norm_bwd's is rms_norm_bwd_bwd (whose own backward, third order, is
+// Python: python/ttt_kernels/ops/rms_norm.py). csrc/ops/autograd.h says why these are C++.
+using ops::AutogradContext;
+using ops::variable_list;
+
+using BwdSignature = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                        const at::Tensor&, const OptTensor&);
+
+// rms_norm_fwd(x, weight, eps, residual?, rope?) -> (out, rstd): grad_x and grad_weight from rms_norm_bwd,
+// grad_residual = grad_out; rstd is not differentiable and rope (a constant table) gets no gradient.
+struct RmsNormFwdFunction : torch::autograd::Function<RmsNormFwdFunction> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight, double eps,
+                               const OptTensor& residual, const OptTensor& rope) {
+    static const auto op =
+        ops::op_handle<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, double,
+                                                          const OptTensor&, const OptTensor&)>("ttt_kernels::rms_norm_fwd");
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [out, rstd] = op.call(x, weight, eps, residual, rope);
+    ctx->save_for_backward({x, weight, rstd, rope.value_or(at::Tensor())});
+    ctx->saved_data["residual"] = residual.has_value();
+    ctx->mark_non_differentiable({rstd});
+    ctx->set_materialize_grads(false);
+    return {out, rstd};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto bwd = ops::op_handle<BwdSignature>("ttt_kernels::rms_norm_bwd");
+    variable_list result(5);  // x, weight, eps, residual, rope
+    const at::Tensor& grad_out = grads[0];
+    if (!grad_out.defined()) return result;
+    const variable_list saved = ctx->get_saved_variables();  // x, weight, rstd, rope
+    std::tie(result[0], result[1]) =
+        bwd.call(grad_out.contiguous(), saved[0], saved[1], saved[2], ops::optional_of(saved[3]));
+    if (ctx->saved_data["residual"].toBool()) result[3] = grad_out;
+    return result;
+  }
+};
+
+// rms_norm_bwd(grad_out, x, weight, rstd, rope?) -> (grad_x, grad_weight): the vector-Jacobian product is the fused
+// rms_norm_bwd_bwd. rstd gets no gradient: its dependence on x is part of rms_norm_bwd_bwd's grad_x.
+struct RmsNormBwdFunction : torch::autograd::Function<RmsNormBwdFunction> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& grad_out, const at::Tensor& x,
+                               const at::Tensor& weight, const at::Tensor& rstd, const OptTensor& rope) {
+    static const auto op = ops::op_handle<BwdSignature>("ttt_kernels::rms_norm_bwd");
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [grad_x, grad_weight] = op.call(grad_out, x, weight, rstd, rope);
+    ctx->save_for_backward({grad_out, x, weight, rstd, rope.value_or(at::Tensor())});
+    ctx->set_materialize_grads(false);
+    return {grad_x, grad_weight};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto bwd_bwd =
+        ops::op_handle<BwdBwdResult(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                    const OptTensor&, const OptTensor&, const OptTensor&)>(
+            "ttt_kernels::rms_norm_bwd_bwd");
+    variable_list result(5);  // grad_out, x, weight, rstd, rope
+    if (!grads[0].defined() && !grads[1].defined()) return result;
+    const variable_list saved = ctx->get_saved_variables();  // grad_out, x, weight, rstd, rope
+    std::tie(result[0], result[1], result[2]) =
+        bwd_bwd.call(saved[0], saved[1], saved[2], saved[3], ops::contiguous_cotangent(grads[0]),
+                     ops::contiguous_cotangent(grads[1]), ops::optional_of(saved[4]));
+    return result;
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> rms_norm_fwd_autograd(const at::Tensor& x, const at::Tensor& weight, double eps,
+                                                         const OptTensor& residual, const OptTensor& rope) {
+  const variable_list out = RmsNormFwdFunction::apply(x, weight, eps, residual, rope);
+  return {out[0], out[1]};
+}
+
+std::tuple<at::Tensor, at::Tensor> rms_norm_bwd_autograd(const at::Tensor& grad_out, const at::Tensor& x,
+                                                         const at::Tensor& weight, const at::Tensor& rstd,
+                                                         const OptTensor& rope) {
+  const variable_list out = RmsNormBwdFunction::apply(grad_out, x, weight, rstd, rope);
+  return {out[0], out[1]};
+}
+
 }  // namespace
 }  // namespace ttt
 
@@ -312,6 +394,11 @@ TORCH_LIBRARY_IMPL(ttt_kernels, CPU, m) {
   m.impl("rms_norm_fwd", &ttt::rms_norm_fwd_cpu);
   m.impl("rms_norm_bwd", &ttt::rms_norm_bwd_cpu);
   m.impl("rms_norm_bwd_bwd", &ttt::rms_norm_bwd_bwd_cpu);
+}
+
+TORCH_LIBRARY_IMPL(ttt_kernels, Autograd, m) {
+  m.impl("rms_norm_fwd", &ttt::rms_norm_fwd_autograd);
+  m.impl("rms_norm_bwd", &ttt::rms_norm_bwd_autograd);
 }
 #endif
 

@@ -4,7 +4,8 @@
 //   swa_bwd(dout, q, k, v, out, lse, window, scale) -> (dq, dk, dv)
 // q, out, dout, dq [batch, seqlen_q, heads_q, head_dim]; k, v, dk, dv [batch, seqlen_k, heads_kv, head_dim]; lse
 // [batch, heads_q, seqlen_q] float32 (float64 for float64 inputs). Any strides with a contiguous head_dim; outputs
-// are contiguous. Autograd, fake tensors and the Python API are in python/ttt_kernels/ops/swa.py.
+// are contiguous. The autograd formulas are at the end of this file (swa_fwd's backward is swa_bwd, swa_bwd's is
+// swa_bwd_bwd: csrc/ops/swa_bwd_bwd.cpp); fake tensors and the Python API are in python/ttt_kernels/ops/swa.py.
 //
 // The checks and set_params (swa_glue.h) and set_bwd_params are backend-independent: an implementation for another
 // device checks, allocates its outputs and workspaces, fills the params and launches its kernel, as the CPU functions
@@ -19,6 +20,7 @@
 #include <cstdint>
 #include <tuple>
 
+#include "autograd.h"
 #include "swa_glue.h"
 #include "ttt_kernels/swa.h"
 
@@ -165,6 +167,96 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> swa_bwd_cuda(const at::Tensor& do
 }
 #endif
 
+// ---- autograd ------------------------------------------------------------------------------------------------------
+// (csrc/ops/autograd.h says why these are C++.)
+using ops::AutogradContext;
+using ops::variable_list;
+
+using SwaBwdSignature = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                                       const at::Tensor&, const at::Tensor&,
+                                                                       const at::Tensor&, const at::Tensor&, int64_t,
+                                                                       double);
+
+// The kernels take any strides with a contiguous head_dim.
+at::Tensor inner_contiguous(const at::Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); }
+
+// swa_fwd(q, k, v, window, scale) -> (out, lse): the backward is swa_bwd; lse is not differentiable.
+struct SwaFwdFunction : torch::autograd::Function<SwaFwdFunction> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                               int64_t window, double scale) {
+    static const auto op = ops::op_handle<std::tuple<at::Tensor, at::Tensor>(
+        const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, double)>("ttt_kernels::swa_fwd");
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [out, lse] = op.call(q, k, v, window, scale);
+    ctx->save_for_backward({q, k, v, out, lse});
+    ctx->saved_data["window"] = window;
+    ctx->saved_data["scale"] = scale;
+    ctx->mark_non_differentiable({lse});
+    ctx->set_materialize_grads(false);  // no zero tensor for lse's (or an unused output's) cotangent
+    return {out, lse};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto bwd = ops::op_handle<SwaBwdSignature>("ttt_kernels::swa_bwd");
+    variable_list result(5);  // q, k, v, window, scale
+    if (!grads[0].defined()) return result;
+    const variable_list saved = ctx->get_saved_variables();  // q, k, v, out, lse
+    std::tie(result[0], result[1], result[2]) =
+        bwd.call(inner_contiguous(grads[0]), saved[0], saved[1], saved[2], saved[3], saved[4],
+                 ctx->saved_data["window"].toInt(), ctx->saved_data["scale"].toDouble());
+    return result;
+  }
+};
+
+// swa_bwd(dout, q, k, v, out, lse, window, scale) -> (dq, dk, dv): the vector-Jacobian product is swa_bwd_bwd. out
+// and lse get no gradient: swa_bwd_bwd counts them as the functions of q, k and v that swa_fwd computes (exact
+// whenever they are swa_fwd's outputs, as in swa_fwd's backward, the only caller autograd sees).
+struct SwaBwdFunction : torch::autograd::Function<SwaBwdFunction> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
+                               const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse, int64_t window,
+                               double scale) {
+    static const auto op = ops::op_handle<SwaBwdSignature>("ttt_kernels::swa_bwd");
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [dq, dk, dv] = op.call(dout, q, k, v, out, lse, window, scale);
+    ctx->save_for_backward({dout, q, k, v, out, lse});
+    ctx->saved_data["window"] = window;
+    ctx->saved_data["scale"] = scale;
+    // Cotangents of outputs that do not reach the loss stay undefined (not zero tensors): the kernels skip them.
+    ctx->set_materialize_grads(false);
+    return {dq, dk, dv};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    using OptTensor = std::optional<at::Tensor>;
+    static const auto bwd_bwd = ops::op_handle<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+        const OptTensor&, const OptTensor&, const OptTensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+        const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, double)>("ttt_kernels::swa_bwd_bwd");
+    variable_list result(8);  // dout, q, k, v, out, lse, window, scale
+    if (!grads[0].defined() && !grads[1].defined() && !grads[2].defined()) return result;
+    auto cotangent = [](const at::Tensor& g) { return g.defined() ? OptTensor(inner_contiguous(g)) : std::nullopt; };
+    const variable_list saved = ctx->get_saved_variables();  // dout, q, k, v, out, lse
+    std::tie(result[1], result[2], result[3], result[0]) =
+        bwd_bwd.call(cotangent(grads[0]), cotangent(grads[1]), cotangent(grads[2]), saved[1], saved[2], saved[3],
+                     saved[4], saved[0], saved[5], ctx->saved_data["window"].toInt(),
+                     ctx->saved_data["scale"].toDouble());
+    return result;
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> swa_fwd_autograd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                    int64_t window, double scale) {
+  const variable_list out = SwaFwdFunction::apply(q, k, v, window, scale);
+  return {out[0], out[1]};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> swa_bwd_autograd(const at::Tensor& dout, const at::Tensor& q,
+                                                                const at::Tensor& k, const at::Tensor& v,
+                                                                const at::Tensor& out, const at::Tensor& lse,
+                                                                int64_t window, double scale) {
+  const variable_list grads = SwaBwdFunction::apply(dout, q, k, v, out, lse, window, scale);
+  return {grads[0], grads[1], grads[2]};
+}
+
 }  // namespace
 }  // namespace ttt
 
@@ -180,6 +272,11 @@ TORCH_LIBRARY_FRAGMENT(ttt_kernels, m) {
 TORCH_LIBRARY_IMPL(ttt_kernels, CPU, m) {
   m.impl("swa_fwd", &ttt::swa_fwd_cpu);
   m.impl("swa_bwd", &ttt::swa_bwd_cpu);
+}
+
+TORCH_LIBRARY_IMPL(ttt_kernels, Autograd, m) {
+  m.impl("swa_fwd", &ttt::swa_fwd_autograd);
+  m.impl("swa_bwd", &ttt::swa_bwd_autograd);
 }
 #endif
 

@@ -17,10 +17,13 @@
 // multiples of 8; weights are packed into 16-bit GEMM operands by pack_rows, the GEMMs go through the CUTLASS
 // wrapper mlp_gemm and the gate's backward is a hand-written kernel
 // (csrc/cuda/swiglu.cu).
-// Autograd, fake tensors and the Python API are in python/ttt_kernels/ops/swiglu.py.
+// The autograd formulas of swiglu_mlp_fwd (its backward is swiglu_mlp_bwd) and swiglu_mlp_bwd (the double backward)
+// are at the end of this file; the fake tensors and the Python API are in python/ttt_kernels/ops/swiglu.py.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/cat.h>
 #include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
 #include <c10/core/ScalarType.h>
 #include <torch/library.h>
 
@@ -32,6 +35,7 @@
 #include <utility>
 #include <vector>
 
+#include "autograd.h"
 #include "gemm_glue.h"
 #include "ttt_kernels/gemm.h"
 #include "ttt_kernels/swiglu.h"
@@ -424,6 +428,165 @@ GateBwdBwdResult gate_bwd_bwd_cuda(const at::Tensor& h, const at::Tensor& da, co
 }
 #endif
 
+// ---- autograd ------------------------------------------------------------------------------------------------------
+// (csrc/ops/autograd.h says why these are C++.)
+
+// swiglu_mlp_bwd through the dispatcher: its own autograd formula (SwigluMlpBwdFunction) records the double backward.
+const auto& mlp_bwd_op() {
+  static const auto op =
+      ops::op_handle<BwdResult(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                               const at::Tensor&, const at::Tensor&, const OptTensor&, BwdMask)>(
+          "ttt_kernels::swiglu_mlp_bwd");
+  return op;
+}
+
+// swiglu_mlp_fwd(x, w1, w3, w2) -> (y, h): the backward is swiglu_mlp_bwd, with h's cotangent (nonzero only in a
+// double backward, which differentiates h) as its grad_h. Only the gradients the running backward pass needs are
+// computed (output_mask): an inner gradient with respect to the fast weights skips the static MLP's.
+struct SwigluMlpFwdFunction : torch::autograd::Function<SwigluMlpFwdFunction> {
+  static ops::variable_list forward(ops::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w1,
+                                    const at::Tensor& w3, const at::Tensor& w2) {
+    static const auto op = ops::op_handle<std::tuple<at::Tensor, at::Tensor>(
+        const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&)>("ttt_kernels::swiglu_mlp_fwd");
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [y, h] = op.call(x, w1, w3, w2);
+    ctx->save_for_backward({x, w1, w3, w2, h});
+    ctx->set_materialize_grads(false);
+    return {y, h};
+  }
+
+  static ops::variable_list backward(ops::AutogradContext* ctx, ops::variable_list grads) {
+    const BwdMask mask{ctx->needs_input_grad(0), ctx->needs_input_grad(1), ctx->needs_input_grad(2),
+                       ctx->needs_input_grad(3)};
+    if ((!grads[0].defined() && !grads[1].defined()) || !(mask[0] || mask[1] || mask[2] || mask[3])) {
+      return ops::variable_list(4);
+    }
+    const ops::variable_list saved = ctx->get_saved_variables();  // x, w1, w3, w2, h
+    const at::Tensor grad_y = grads[0].defined() ? grads[0].contiguous() : at::zeros_like(saved[0]);
+    auto [grad_x, grad_w1, grad_w3, grad_w2] =
+        mlp_bwd_op().call(grad_y, saved[0], saved[1], saved[2], saved[3], saved[4], ops::contiguous_cotangent(grads[1]),
+                          mask);
+    return {grad_x, grad_w1, grad_w3, grad_w2};
+  }
+};
+
+// The 4 tensors of (grad_x, grad_w1, grad_w3, grad_w2) from those output_mask selects, in order; undefined others.
+// (The mask as bits: bit i for output i.)
+int64_t mask_bits(BwdMask mask) { return int64_t{mask[0]} | mask[1] << 1 | mask[2] << 2 | mask[3] << 3; }
+
+ops::variable_list in_mask_order(int64_t mask_bits, const ops::variable_list& selected) {
+  ops::variable_list all(4);
+  std::size_t next = 0;
+  for (std::size_t i = 0; i < 4; ++i) {
+    if ((mask_bits >> i) & 1) all[i] = selected.at(next++);
+  }
+  return all;
+}
+
+// swiglu_mlp_bwd(grad_y, x, w1, w3, w2, h, grad_h?, output_mask) -> (grad_x, grad_w1, grad_w3, grad_w2): its
+// vector-Jacobian product, for the meta-gradient through the inner step. With da = dy w2 and (dh1, dh3, a) =
+// gate_bwd(h, da, e), e = grad_h (dh1 = da h3 silu'(h1) + e1, dh3 = da silu(h1) + e3, a = silu(h1) h3), the op
+// computes dx = dh1 w1 + dh3 w3, dw1 = dh1^T x, dw3 = dh3^T x, dw2 = dy^T a. For cotangents U (u_x, u_w1, u_w3, u_w2):
+//     c1 = U_x w1^T + x U_w1^T,  c3 = U_x w3^T + x U_w3^T,  ca = dy U_w2       (cotangents of dh1, dh3, a)
+//     (cot_h, cot_da) = the gate's VJP of (c1, c3, ca)                          (swiglu_gate_bwd_bwd)
+//     d dy = a U_w2^T + cot_da w2^T        d x  = dh1 U_w1 + dh3 U_w3
+//     d w1 = dh1^T U_x                     d w3 = dh3^T U_x        d w2 = dy^T cot_da
+//     d h  = cot_h                         d e  = (c1, c3)
+// h's dependence on x, w1 and w3 is not differentiated here: d h flows into swiglu_mlp_fwd, whose backward adds it
+// (as grad_h) to the gate's gradient. Written with differentiable ATen ops around swiglu_gate_bwd_bwd (which raises
+// when differentiated: derivatives of third order are not implemented).
+struct SwigluMlpBwdFunction : torch::autograd::Function<SwigluMlpBwdFunction> {
+  static ops::variable_list forward(ops::AutogradContext* ctx, const at::Tensor& grad_y, const at::Tensor& x,
+                                    const at::Tensor& w1, const at::Tensor& w3, const at::Tensor& w2,
+                                    const at::Tensor& h, const OptTensor& grad_h, BwdMask mask) {
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    const auto [grad_x, grad_w1, grad_w3, grad_w2] = mlp_bwd_op().call(grad_y, x, w1, w3, w2, h, grad_h, mask);
+    ctx->save_for_backward({grad_y, x, w1, w3, w2, h, grad_h.value_or(at::Tensor())});
+    // A custom function's outputs are defined tensors: it returns those output_mask selects (mlp_bwd_autograd puts
+    // them back in their places). Cotangents of outputs that do not reach the loss stay undefined (no zero tensors).
+    ops::variable_list outputs;
+    for (const at::Tensor& g : {grad_x, grad_w1, grad_w3, grad_w2}) {
+      if (g.defined()) outputs.push_back(g);
+    }
+    ctx->saved_data["mask"] = mask_bits(mask);
+    ctx->set_materialize_grads(false);
+    return outputs;
+  }
+
+  static ops::variable_list backward(ops::AutogradContext* ctx, ops::variable_list cotangents) {
+    static const auto gate_op = ops::op_handle<GateBwdBwdResult(const at::Tensor&, const at::Tensor&,
+                                                                const OptTensor&, const at::Tensor&,
+                                                                const at::Tensor&)>("ttt_kernels::swiglu_gate_bwd_bwd");
+    const ops::variable_list saved = ctx->get_saved_variables();
+    const at::Tensor &grad_y = saved[0], &x = saved[1], &w1 = saved[2], &w3 = saved[3], &w2 = saved[4],
+                     &h = saved[5], &grad_h = saved[6];
+    const ops::variable_list u = in_mask_order(ctx->saved_data["mask"].toInt(), cotangents);
+    // Batches of matrices: x, grad_y [B, n, d] and weights [B, ...] (unbatched weights: B = 1, n = every row).
+    // Sizes are SymInts: torch.compile traces this formula with symbolic shapes.
+    const c10::SymInt d = x.sym_size(-1), m = w1.sym_size(-2), rows = x.sym_numel() / d;
+    const c10::SymInt batch = w1.dim() == 3 ? w1.sym_size(0) : c10::SymInt(1), n = rows / batch;
+    const std::array<c10::SymInt, 3> shape{batch, n, d}, hidden{batch, n, m}, gate{batch, n, 2 * m};
+    const std::array<c10::SymInt, 3> gate_rows{rows, 2, m};
+    const std::array<c10::SymInt, 2> hidden_rows{rows, m};
+    const at::ScalarType dtype = at::promote_types(x.scalar_type(), w1.scalar_type());
+    const auto in_dtype = [dtype](const at::Tensor& t) { return t.defined() ? t.to(dtype) : t; };
+    // The sum of the defined terms, zeros of `size` if none is.
+    const auto total = [](const at::Tensor& a, const at::Tensor& b, const at::Tensor& like, c10::SymIntArrayRef size) {
+      if (a.defined() && b.defined()) return a.add(b);
+      return a.defined() ? a : b.defined() ? b : like.new_zeros_symint(size);
+    };
+    const at::Tensor dy = grad_y.reshape_symint(shape).to(dtype), xf = x.reshape_symint(shape).to(dtype);
+    const at::Tensor w1f = w1.to(dtype), w3f = w3.to(dtype), w2f = w2.to(dtype);
+    const at::Tensor ux = u[0].defined() ? u[0].reshape_symint(shape).to(dtype) : at::Tensor();
+    const at::Tensor u1 = in_dtype(u[1]), u3 = in_dtype(u[2]), u2 = in_dtype(u[3]);
+
+    // The gate's two halves as one [.., 2m] operand ([w1; w3] stacked, dh and cot_dh [rows, 2, m] as [B, n, 2m]):
+    // one product where the formulas above have two.
+    const at::Tensor w13 = at::cat({w1f, w3f}, -2);
+    at::Tensor u13;
+    if (u1.defined() || u3.defined()) {
+      u13 = at::cat({u1.defined() ? u1 : at::zeros_like(w1f), u3.defined() ? u3 : at::zeros_like(w3f)}, -2);
+    }
+    const at::Tensor c13 = total(ux.defined() ? ux.matmul(w13.mT()) : at::Tensor(),
+                                 u13.defined() ? xf.matmul(u13.mT()) : at::Tensor(), xf, gate);
+    const at::Tensor cot_dh = c13.reshape_symint(gate_rows);
+    const at::Tensor ca = u2.defined() ? dy.matmul(u2) : xf.new_zeros_symint(hidden);
+    const auto [cot_h, cot_da_rows, dh, a_rows] =
+        gate_op.call(h.to(dtype), dy.matmul(w2f).reshape_symint(hidden_rows), ops::optional_of(in_dtype(grad_h)), cot_dh,
+                     ca.reshape_symint(hidden_rows));
+    const at::Tensor dh13 = dh.reshape_symint(gate), cot_da = cot_da_rows.reshape_symint(hidden),
+                     a = a_rows.reshape_symint(hidden);
+
+    ops::variable_list result(8);  // grad_y, x, w1, w3, w2, h, grad_h, output_mask
+    const at::Tensor d_dy =
+        total(cot_da.matmul(w2f.mT()), u2.defined() ? a.matmul(u2.mT()) : at::Tensor(), xf, shape);
+    result[0] = d_dy.reshape_symint(grad_y.sym_sizes()).to(grad_y.scalar_type());
+    result[1] = (u13.defined() ? dh13.matmul(u13) : xf.new_zeros_symint(shape)).reshape_symint(x.sym_sizes()).to(x.scalar_type());
+    if (ux.defined()) {
+      const at::Tensor d_w13 = dh13.mT().matmul(ux);  // [B, 2m, d]: (d w1; d w3)
+      result[2] = d_w13.slice_symint(1, 0, m).reshape_symint(w1.sym_sizes()).to(w1.scalar_type());
+      result[3] = d_w13.slice_symint(1, m).reshape_symint(w3.sym_sizes()).to(w3.scalar_type());
+    }
+    result[4] = dy.mT().matmul(cot_da).reshape_symint(w2.sym_sizes()).to(w2.scalar_type());
+    result[5] = cot_h.to(h.scalar_type());
+    if (grad_h.defined()) result[6] = cot_dh.transpose(1, 2).to(grad_h.scalar_type());
+    return result;
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> mlp_fwd_autograd(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& w3,
+                                                    const at::Tensor& w2) {
+  const ops::variable_list out = SwigluMlpFwdFunction::apply(x, w1, w3, w2);
+  return {out[0], out[1]};
+}
+
+BwdResult mlp_bwd_autograd(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& w1, const at::Tensor& w3,
+                           const at::Tensor& w2, const at::Tensor& h, const OptTensor& grad_h, BwdMask mask) {
+  const ops::variable_list g =
+      in_mask_order(mask_bits(mask), SwigluMlpBwdFunction::apply(grad_y, x, w1, w3, w2, h, grad_h, mask));
+  return {g[0], g[1], g[2], g[3]};
+}
+
 }  // namespace
 }  // namespace ttt
 
@@ -444,6 +607,11 @@ TORCH_LIBRARY_IMPL(ttt_kernels, CPU, m) {
   m.impl("swiglu_mlp_fwd", &ttt::mlp_fwd_cpu);
   m.impl("swiglu_mlp_bwd", &ttt::mlp_bwd_cpu);
   m.impl("swiglu_gate_bwd_bwd", &ttt::gate_bwd_bwd_cpu);
+}
+
+TORCH_LIBRARY_IMPL(ttt_kernels, Autograd, m) {
+  m.impl("swiglu_mlp_fwd", &ttt::mlp_fwd_autograd);
+  m.impl("swiglu_mlp_bwd", &ttt::mlp_bwd_autograd);
 }
 #endif
 

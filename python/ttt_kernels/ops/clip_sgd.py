@@ -5,9 +5,9 @@ Native ops (csrc/ops/clip_sgd.cpp):
 - ``clip_sgd_update(weights, grads, lr, max_norm, batched) -> (new_weights, norm)`` and the in-place
   ``clip_sgd_update_(weights, grads, lr, max_norm, batched) -> norm`` (batched: one norm per sequence, [B]).
 
-This module registers their fake tensor implementations (torch.compile) and clip_sgd_update's autograd formula: its
-backward goes through the norm (the clip scale depends on it) with differentiable torch ops, so it is differentiable
-again (second order with respect to the gradients).
+This module registers their fake tensor implementations (torch.compile). clip_sgd_update's autograd formula is C++
+(csrc/ops/clip_sgd.cpp): its backward goes through the norm (the clip scale depends on it) with differentiable ATen
+ops, so it is differentiable again (second order with respect to the gradients).
 """
 
 import math
@@ -111,51 +111,3 @@ def _clip_sgd_update_fake(weights, grads, lr, max_norm, batched=False):
 @torch.library.register_fake("ttt_kernels::clip_sgd_update_")
 def _clip_sgd_update_inplace_fake(weights, grads, lr, max_norm, batched=False):
     return _clip_norm_fake(weights, batched)
-
-
-# ---- autograd: clip_sgd_update --------------------------------------------------------------------------------------
-
-
-def _clip_setup_context(ctx, inputs, output):
-    _, grads, lr, max_norm, *batched = inputs
-    _, norm = output
-    ctx.save_for_backward(norm, *grads)
-    ctx.lr, ctx.max_norm, ctx.batched = lr, max_norm, bool(batched and batched[0])
-    ctx.mark_non_differentiable(norm)
-    ctx.set_materialize_grads(False)  # the norm's cotangent (and unused weights') arrive as None: no zero tensors
-
-
-def _clip_backward(ctx, grad_new_weights, _grad_norm):
-    """new_w = w - lr s g with s = 1 if n < c else c / n, n = sqrt(sum over all grads of g^2), c = max_norm:
-
-        dL/dw = U,   dL/dg = -lr s (U - k g),   k = <U, g> / n^2 when clipped, else 0
-    (ds/dg = -(s / n^2) g when clipped). Written with differentiable torch ops, with the branch taken as in the
-    forward and n^2 recomputed from the grads, so that it differentiates again (in g and U). Denominators are
-    replaced by 1 on the unclipped branch (a value of the branch not taken: zero gradients yield no NaN, not even in
-    the second derivative, and a huge max_norm such as 1e20 no float32 overflow).
-    Batched, all of this holds per sequence: n, s and k are [B], summed over each tensor's other dimensions.
-    """
-    norm, *grads = ctx.saved_tensors
-    lr, c = ctx.lr, ctx.max_norm
-    us = [torch.zeros_like(g) if u is None else u for u, g in zip(grad_new_weights, grads)]
-    # One None per non-tensor input as the op was called: a default batched=False is not among them.
-    none = (None,) * (len(ctx.needs_input_grad) - 2)
-    if math.isinf(c) or not grads:
-        return us, [-lr * u for u in us], *none
-
-    def per_sequence_sum(t):  # [B] when batched, 0-d otherwise
-        return t.flatten(1).sum(1) if ctx.batched else t.sum()
-
-    def per_element(v, g):  # [B] -> broadcastable to g
-        return v.view(-1, *(1,) * (g.dim() - 1)) if ctx.batched else v
-
-    clipped = ~(norm < c)  # NaN norms take the clipped branch, as in the forward
-    n2 = sum(per_sequence_sum(g * g) for g in grads)
-    denom = torch.where(clipped, n2, torch.ones_like(n2))
-    s = torch.where(clipped, c * torch.rsqrt(denom), torch.ones_like(denom))
-    dot = sum(per_sequence_sum(u * g) for u, g in zip(us, grads))
-    k = torch.where(clipped, dot / denom, torch.zeros_like(denom))
-    return us, [-lr * per_element(s, g) * (u - per_element(k, g) * g) for u, g in zip(us, grads)], *none
-
-
-torch.library.register_autograd("ttt_kernels::clip_sgd_update", _clip_backward, setup_context=_clip_setup_context)

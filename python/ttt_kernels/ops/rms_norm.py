@@ -4,10 +4,11 @@ The native ops (csrc/ops/rms_norm.cpp) are ``torch.ops.ttt_kernels.rms_norm_fwd(
 rope=None) -> (out, rstd)`` (out = [residual +] the norm, or RoPE(the norm)),
 ``rms_norm_bwd(grad_out, x, weight, rstd, rope=None) -> (grad_x, grad_weight)`` and the fused double backward
 ``rms_norm_bwd_bwd(grad_out, x, weight, rstd, grad_grad_x, grad_grad_weight, rope=None) -> (grad_grad_out, grad_x,
-grad_weight)``, with rstd = 1 / sqrt(mean(x^2) + eps) per row ([rows], float32, float64 for float64 x). This module
-registers their fake tensor implementations (for torch.compile) and their autograd formulas: rms_norm_fwd's backward
-is rms_norm_bwd, rms_norm_bwd's is rms_norm_bwd_bwd, and rms_norm_bwd_bwd's differentiates the same closed form
-written with differentiable torch ops (_bwd_bwd_composite), so derivatives of every order are exact.
+grad_weight)``, with rstd = 1 / sqrt(mean(x^2) + eps) per row ([rows], float32, float64 for float64 x). Their autograd
+formulas: rms_norm_fwd's backward is rms_norm_bwd and rms_norm_bwd's is rms_norm_bwd_bwd (both C++,
+csrc/ops/rms_norm.cpp); rms_norm_bwd_bwd's, registered here with the fake tensor implementations (for torch.compile),
+differentiates the same closed form written with differentiable torch ops (_bwd_bwd_composite), so derivatives of
+every order are exact.
 """
 
 import math
@@ -107,36 +108,6 @@ def _rms_norm_bwd_bwd_fake(grad_out, x, weight, rstd, grad_grad_x, grad_grad_wei
     return x.new_empty(x.shape), x.new_empty(x.shape), weight.new_empty(weight.shape)
 
 
-def _rms_norm_fwd_setup_context(ctx, inputs, output):
-    x, weight = inputs[:2]
-    _, rstd = output
-    ctx.rope = inputs[4] if len(inputs) > 4 else None
-    ctx.has_residual = len(inputs) > 3 and inputs[3] is not None
-    ctx.save_for_backward(x, weight, rstd)
-    ctx.mark_non_differentiable(rstd)
-    # Cotangents that do not reach the loss arrive as None, not as materialized zero tensors (one op fewer each).
-    ctx.set_materialize_grads(False)
-
-
-def _rms_norm_fwd_backward(ctx, grad_out, _grad_rstd):
-    """(grad_x, grad_weight, None for eps[, grad_residual = grad_out][, None for rope]): the dispatcher leaves out
-    trailing optional arguments that were not given, so the number of inputs is read from needs_input_grad."""
-    extra = [None] * (len(ctx.needs_input_grad) - 3)
-    if ctx.has_residual:
-        extra[0] = grad_out
-    if grad_out is None:
-        return None, None, None, *extra
-    x, weight, rstd = ctx.saved_tensors
-    grad_x, grad_weight = _ops.rms_norm_bwd(grad_out.contiguous(), x, weight, rstd, ctx.rope)
-    return grad_x, grad_weight, None, *extra
-
-
-def _rms_norm_bwd_setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs[:4])
-    ctx.rope = inputs[4] if len(inputs) > 4 else None
-    ctx.set_materialize_grads(False)  # the fused double backward takes an absent cotangent as None
-
-
 def _rstd_of(x: torch.Tensor, rstd: torch.Tensor) -> torch.Tensor:
     """rstd [..., 1] as a differentiable function of x [..., d] (float32/64): 1 / sqrt(mean(x^2) + eps).
 
@@ -199,18 +170,6 @@ def _bwd_bwd_composite(grad_out, x, weight, rstd, u, v, rope=None):
     return dg.to(grad_out.dtype), dx.to(x.dtype), dw.to(weight.dtype)
 
 
-def _rms_norm_bwd_backward(ctx, grad_grad_x, grad_grad_weight):
-    """rms_norm_bwd's VJP: the fused double backward (rms_norm_bwd_bwd; math in _bwd_bwd_composite)."""
-    rope_grad = (None,) * (len(ctx.needs_input_grad) - 4)  # the dispatcher leaves out a rope that was not given
-    if grad_grad_x is None and grad_grad_weight is None:
-        return None, None, None, None, *rope_grad
-    grad_out, x, weight, rstd = ctx.saved_tensors
-    u = None if grad_grad_x is None else grad_grad_x.contiguous()
-    v = None if grad_grad_weight is None else grad_grad_weight.contiguous()
-    dg, dx, dw = _ops.rms_norm_bwd_bwd(grad_out, x, weight, rstd, u, v, ctx.rope)
-    return dg, dx, dw, None, *rope_grad
-
-
 def _rms_norm_bwd_bwd_setup_context(ctx, inputs, output):
     ctx.save_for_backward(*inputs[:6])
     ctx.rope = inputs[6] if len(inputs) > 6 else None
@@ -239,12 +198,6 @@ def _rms_norm_bwd_bwd_backward(ctx, grad_dg, grad_dx, grad_dw):
     return tuple(grads)
 
 
-torch.library.register_autograd(
-    "ttt_kernels::rms_norm_fwd", _rms_norm_fwd_backward, setup_context=_rms_norm_fwd_setup_context
-)
-torch.library.register_autograd(
-    "ttt_kernels::rms_norm_bwd", _rms_norm_bwd_backward, setup_context=_rms_norm_bwd_setup_context
-)
 torch.library.register_autograd(
     "ttt_kernels::rms_norm_bwd_bwd", _rms_norm_bwd_bwd_backward, setup_context=_rms_norm_bwd_bwd_setup_context
 )

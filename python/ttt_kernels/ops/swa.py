@@ -3,8 +3,8 @@
 The native ops (csrc/ops/swa.cpp) are ``torch.ops.ttt_kernels.swa_fwd(q, k, v, window, scale) -> (out, lse)`` and
 ``swa_bwd(dout, q, k, v, out, lse, window, scale) -> (dq, dk, dv)``, lse being the logsumexp of each row of scores
 ([batch, heads_q, seqlen_q], float32, float64 for float64 inputs). This module registers their fake tensor
-implementations (for torch.compile) and swa_fwd's autograd formula (its backward is swa_bwd); swa_bwd's own
-derivative, the double backward, is in :mod:`ttt_kernels.ops.swa_bwd_bwd`.
+implementations (for torch.compile). Their autograd formulas are C++ (csrc/ops/swa.cpp): swa_fwd's backward is
+swa_bwd, and swa_bwd's is the fused double backward (swa_bwd_bwd, :mod:`ttt_kernels.ops.swa_bwd_bwd`).
 """
 
 import math
@@ -83,23 +83,3 @@ def _swa_fwd_fake(q, k, v, window, scale):
 @torch.library.register_fake("ttt_kernels::swa_bwd")
 def _swa_bwd_fake(dout, q, k, v, out, lse, window, scale):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
-
-
-def _swa_fwd_setup_context(ctx, inputs, output):
-    q, k, v, window, scale = inputs
-    out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse)
-    ctx.window, ctx.scale = window, scale
-    ctx.mark_non_differentiable(lse)
-    ctx.set_materialize_grads(False)  # no zero tensor for lse's (or an unused output's) cotangent
-
-
-def _swa_fwd_backward(ctx, grad_out, _grad_lse):
-    if grad_out is None:
-        return None, None, None, None, None
-    q, k, v, out, lse = ctx.saved_tensors
-    dq, dk, dv = _ops.swa_bwd(_inner_contiguous(grad_out), q, k, v, out, lse, ctx.window, ctx.scale)
-    return dq, dk, dv, None, None
-
-
-torch.library.register_autograd("ttt_kernels::swa_fwd", _swa_fwd_backward, setup_context=_swa_fwd_setup_context)

@@ -11,19 +11,16 @@ Native ops (csrc/ops/swiglu.cpp), rows = x.numel() / d:
 - ``swiglu_gate_bwd_bwd(h, da, grad_h, cot_dh, cot_a) -> (cot_h, cot_da, dh, a)``: the gate's fused element-wise
   double backward (and the recomputed dh [rows, 2, m] and a).
 
-This module registers their fake tensor implementations (torch.compile) and autograd formulas:
-
-- swiglu_mlp_fwd's backward is swiglu_mlp_bwd;
-- swiglu_mlp_bwd's backward is composed of matrix products (torch.mm) and swiglu_gate_bwd_bwd; its gradient for h
-  flows back into swiglu_mlp_fwd as grad_h, so gradients of gradients are exact (second order). Third-order
-  derivatives raise.
+The autograd formulas are C++ (csrc/ops/swiglu.cpp): swiglu_mlp_fwd's backward is swiglu_mlp_bwd, asked only for
+the gradients the running backward pass needs; swiglu_mlp_bwd's is composed of matrix products and
+swiglu_gate_bwd_bwd, and its gradient for h flows back into swiglu_mlp_fwd as grad_h, so gradients of gradients are
+exact (second order). This module registers the fake tensor implementations (torch.compile) and swiglu_gate_bwd_bwd's
+formula, which raises: derivatives of third order are not implemented.
 """
 
 import torch
 
 import ttt_kernels  # noqa: F401  (loads the native library that defines torch.ops.ttt_kernels)
-
-from ._autograd import engine_needs
 
 _ops = torch.ops.ttt_kernels
 
@@ -99,101 +96,7 @@ def _swiglu_gate_bwd_bwd_fake(h, da, grad_h, cot_dh, cot_a):
     return h.new_empty(h.shape), da.new_empty(da.shape), h.new_empty(cot_dh.shape), da.new_empty(da.shape)
 
 
-# ---- autograd: swiglu_mlp -------------------------------------------------------------------------------------------
-
-
-def _fwd_setup_context(ctx, inputs, output):
-    x, w1, w3, w2 = inputs
-    _, h = output
-    ctx.save_for_backward(x, w1, w3, w2, h)
-    ctx.set_materialize_grads(False)
-
-
-def _fwd_backward(ctx, grad_y, grad_h):
-    x, w1, w3, w2, h = ctx.saved_tensors
-    mask = engine_needs(ctx)
-    if (grad_y is None and grad_h is None) or not any(mask):
-        return None, None, None, None
-    grad_y = torch.zeros_like(x) if grad_y is None else grad_y.contiguous()
-    grad_h = None if grad_h is None else grad_h.contiguous()
-    return _ops.swiglu_mlp_bwd(grad_y, x, w1, w3, w2, h, grad_h, mask)
-
-
-def _bwd_setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs[:7])  # not output_mask: the outputs it leaves out are None, without cotangents
-    ctx.set_materialize_grads(False)
-
-
-def _bwd_backward(ctx, u_x, u_w1, u_w3, u_w2):
-    """Vector-Jacobian product of (dx, dw1, dw3, dw2) = swiglu_mlp_bwd(dy, x, w1, w3, w2, h, e), e = grad_h.
-
-    With da = dy w2 and (dh1, dh3, a) = gate_bwd(h, da, e) (dh1 = da h3 silu'(h1) + e1, dh3 = da silu(h1) + e3,
-    a = silu(h1) h3), the op computes dx = dh1 w1 + dh3 w3, dw1 = dh1^T x, dw3 = dh3^T x, dw2 = dy^T a. For
-    cotangents U (u_x, u_w1, u_w3, u_w2):
-        c1 = U_x w1^T + x U_w1^T,  c3 = U_x w3^T + x U_w3^T,  ca = dy U_w2       (cotangents of dh1, dh3, a)
-        (cot_h, cot_da) = the gate's VJP of (c1, c3, ca)                          (swiglu_gate_bwd_bwd)
-        d dy = a U_w2^T + cot_da w2^T        d x  = dh1 U_w1 + dh3 U_w3
-        d w1 = dh1^T U_x                     d w3 = dh3^T U_x        d w2 = dy^T cot_da
-        d h  = cot_h                         d e  = (c1, c3)
-    h's dependence on x, w1 and w3 is not differentiated here: d h flows into swiglu_mlp_fwd, whose backward adds it
-    (as grad_h) to the gate's gradient.
-    """
-    grad_y, x, w1, w3, w2, h, grad_h = ctx.saved_tensors
-    # Batches of matrices: x, grad_y [B, n, d] and weights [B, ...] (unbatched weights: B = 1, n = every row).
-    batched = w1.dim() == 3
-    d, m = x.shape[-1], w1.shape[-2]
-    rows = x.numel() // d
-    shape = (w1.shape[0], rows // w1.shape[0], d) if batched else (1, rows, d)
-    dtype = torch.promote_types(x.dtype, w1.dtype)
-    dy = grad_y.reshape(shape).to(dtype)
-    xf = x.reshape(shape).to(dtype)
-    w1f, w3f, w2f = (w.to(dtype) for w in (w1, w3, w2))
-    ux = None if u_x is None else u_x.reshape(shape).to(dtype)
-    u1, u3, u2 = (None if u is None else u.to(dtype) for u in (u_w1, u_w3, u_w2))
-
-    def total(terms, shape):
-        terms = [t for t in terms if t is not None]
-        return sum(terms[1:], terms[0]) if terms else xf.new_zeros(shape)
-
-    def weight_grad(g, w):  # [B, r, c] (B = 1 for unbatched weights) -> w's shape and dtype
-        return g.reshape(w.shape).to(w.dtype)
-
-    # The gate's two halves as one [.., 2m] operand ([w1; w3] stacked, dh and cot_dh [rows, 2, m] as [B, n, 2m]):
-    # one product where the formulas above have two.
-    hidden = (*shape[:2], m)
-    w13 = torch.cat((w1f, w3f), -2)
-    u13 = None
-    if u1 is not None or u3 is not None:
-        u13 = torch.cat(tuple(torch.zeros_like(w1f) if u is None else u for u in (u1, u3)), -2)
-    c13 = total([None if ux is None else ux @ w13.mT, None if u13 is None else xf @ u13.mT], (*shape[:2], 2 * m))
-    cot_dh = c13.reshape(rows, 2, m)
-    ca = xf.new_zeros(hidden) if u2 is None else dy @ u2
-    cot_h, cot_da, dh, a = _ops.swiglu_gate_bwd_bwd(
-        h.to(dtype),
-        (dy @ w2f).reshape(rows, m),
-        None if grad_h is None else grad_h.to(dtype),
-        cot_dh,
-        ca.reshape(rows, m),
-    )
-    dh13 = dh.reshape(*shape[:2], 2 * m)
-    cot_da, a = cot_da.reshape(hidden), a.reshape(hidden)
-    d_dy = total([cot_da @ w2f.mT, None if u2 is None else a @ u2.mT], shape)
-    d_x = xf.new_zeros(shape) if u13 is None else dh13 @ u13
-    d_w13 = None if ux is None else dh13.mT @ ux  # [B, 2m, d]: (d w1; d w3)
-    d_w1 = None if ux is None else weight_grad(d_w13[:, :m], w1)
-    d_w3 = None if ux is None else weight_grad(d_w13[:, m:], w3)
-    d_w2 = weight_grad(dy.mT @ cot_da, w2)
-    d_e = None if grad_h is None else cot_dh.transpose(1, 2).to(grad_h.dtype)
-    return (
-        d_dy.reshape(grad_y.shape).to(grad_y.dtype),
-        d_x.reshape(x.shape).to(x.dtype),
-        d_w1,
-        d_w3,
-        d_w2,
-        cot_h.to(h.dtype),
-        d_e,
-        *[None] * (len(ctx.needs_input_grad) - 7),  # output_mask, when given
-    )
+# ---- autograd: swiglu_gate_bwd_bwd ----------------------------------------------------------------------------------
 
 
 def _gate_bwd_bwd_backward(ctx, *grads):
@@ -203,6 +106,4 @@ def _gate_bwd_bwd_backward(ctx, *grads):
     )
 
 
-torch.library.register_autograd("ttt_kernels::swiglu_mlp_fwd", _fwd_backward, setup_context=_fwd_setup_context)
-torch.library.register_autograd("ttt_kernels::swiglu_mlp_bwd", _bwd_backward, setup_context=_bwd_setup_context)
 torch.library.register_autograd("ttt_kernels::swiglu_gate_bwd_bwd", _gate_bwd_bwd_backward)
