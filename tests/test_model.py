@@ -463,8 +463,8 @@ def test_checkpointing_bounds_held_memory():
     assert growth["group+prefix"] * 2.5 < growth["chunk+prefix"], growth
 
 
-def test_auto_checkpointing_holds_at_most_half_more(monkeypatch):
-    """checkpoint="auto" keeps the graphs of the last chunks within half of what recomputing every chunk holds (the
+def test_auto_checkpointing_holds_at_most_twice(monkeypatch):
+    """checkpoint="auto" keeps the graphs of the last chunks within what recomputing every chunk holds (the
     64 MiB floor of that budget removed, so that it binds on these small problems), and all of them where they fit
     the floor: the chunks' from the first call, the prefix slices' once a call has measured them."""
     model = _model(_config()).float()
@@ -484,7 +484,7 @@ def test_auto_checkpointing_holds_at_most_half_more(monkeypatch):
         with monkeypatch.context() as patch:
             patch.setattr("ttt_kernels.model.model._AUTO_MIN_BUDGET", 0)
             held = {mode: _held_bytes(model, tokens, checkpoint=mode) for mode in (True, "auto")}
-        assert held[True] < held["auto"] <= 1.5 * held[True], (n_chunks, held)
+        assert held[True] < held["auto"] <= 2 * held[True], (n_chunks, held)
         assert held["auto"] < every, (n_chunks, held)
 
 

@@ -26,9 +26,8 @@ from .opset import OPSETS
 
 KV = tuple[torch.Tensor, torch.Tensor]
 
-# meta_loss(checkpoint="auto") keeps chunk graphs of up to this fraction of what recomputing every chunk holds, and
-# of at least _AUTO_MIN_BUDGET bytes, without recomputing them.
-_AUTO_BUDGET_FRACTION = 0.5
+# meta_loss(checkpoint="auto") keeps chunk graphs of up to what recomputing every chunk holds, and of at least
+# _AUTO_MIN_BUDGET bytes, without recomputing them.
 _AUTO_MIN_BUDGET = 64 << 20  # keys (after QK-norm and RoPE) and values, [B, n, Hkv, hd] each
 
 # Tokens per slice of a prompt (TTTE2EModel.prefill's default): the activations held at once when reading one.
@@ -529,8 +528,8 @@ class TTTE2EModel(nn.Module):
 
         ``checkpoint``: True keeps only each chunk's inputs (prefix output, fast weights, earlier keys/values) and
         recomputes the chunk in the backward; False keeps every chunk's graph. ``"auto"`` (the default) keeps the
-        graphs of as many of the last chunks as fit in a memory budget, half of what True holds (so that the peak
-        stays within about 1.5x of True's), and recomputes the chunks before them: the first chunk runs without
+        graphs of as many of the last chunks as fit in a memory budget, what True holds (so that the bytes held stay
+        within about 2x of True's), and recomputes the chunks before them: the first chunk runs without
         recomputation and the bytes its graph saves set how many more fit; graphs of 64 MiB in all are kept in any
         case (docs/model.md, "Checkpointing"). ``checkpoint_group`` > 1 (with ``checkpoint=True``) adds a second
         level: only every ``checkpoint_group``-th chunk's fast weights are kept; a group of chunks is recomputed in
@@ -620,8 +619,8 @@ class TTTE2EModel(nn.Module):
     def _budgeted_segments(self, h, targets, fast: tuple, meta: _MetaArgs, prefix_bytes: int) -> list:
         """The inner loop of ``checkpoint="auto"`` over h [B, n*b, d]: chunk 0 keeps its graph, which is measured
         (G bytes); with C the bytes a recomputed chunk keeps (its fast weights and keys/values) and P those of the
-        prefix, the last k chunks keep their graphs, k G <= max((P + n C) / 2, 64 MiB) (half of what recomputing
-        every chunk holds; _kept_chunks), and the chunks between are recomputed. Kept graphs of the last chunks are
+        prefix, the last k chunks keep their graphs, k G <= max(P + n C, 64 MiB) (what recomputing every chunk
+        holds; _kept_chunks), and the chunks between are recomputed. Kept graphs of the last chunks are
         freed first by the backward, before any recomputation. Returns [loss [B] per chunk]."""
         b, s = self.config.mini_batch_size, self.config.num_suffix_layers
         n = h.shape[1] // b
@@ -643,10 +642,10 @@ class TTTE2EModel(nn.Module):
 
     @staticmethod
     def _kept_chunks(n: int, prefix_bytes: int, chunk_bytes: int, graph_bytes: int) -> int:
-        """How many of chunks 1..n-1 keep their graphs under checkpoint="auto": k graph_bytes <= the budget, half of
-        what recomputing every chunk holds (prefix_bytes + n chunk_bytes), and at least _AUTO_MIN_BUDGET (small
-        problems keep every graph: their peak is set by the working set, not by what the graph holds)."""
-        budget = max(int(_AUTO_BUDGET_FRACTION * (prefix_bytes + n * chunk_bytes)), _AUTO_MIN_BUDGET)
+        """How many of chunks 1..n-1 keep their graphs under checkpoint="auto": k graph_bytes <= the budget, what
+        recomputing every chunk holds (prefix_bytes + n chunk_bytes), and at least _AUTO_MIN_BUDGET (small problems
+        keep every graph: their peak is set by the working set, not by what the graph holds)."""
+        budget = max(prefix_bytes + n * chunk_bytes, _AUTO_MIN_BUDGET)
         return min(n - 1, budget // max(graph_bytes, 1))
 
     def _static_fast_or_none(self, blk: _Block):
