@@ -307,9 +307,8 @@ using BwdSignature = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const
 struct RmsNormFwdFunction : torch::autograd::Function<RmsNormFwdFunction> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight, double eps,
                                const OptTensor& residual, const OptTensor& rope) {
-    static const auto op =
-        ops::op_handle<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, double,
-                                                          const OptTensor&, const OptTensor&)>("ttt_kernels::rms_norm_fwd");
+    static const auto op = ops::op_handle<std::tuple<at::Tensor, at::Tensor>(
+        const at::Tensor&, const at::Tensor&, double, const OptTensor&, const OptTensor&)>("ttt_kernels::rms_norm_fwd");
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [out, rstd] = op.call(x, weight, eps, residual, rope);
     ctx->save_for_backward({x, weight, rstd, rope.value_or(at::Tensor())});

@@ -505,8 +505,11 @@ struct SwigluMlpBwdFunction : torch::autograd::Function<SwigluMlpBwdFunction> {
     // A custom function's outputs are defined tensors: it returns those output_mask selects (mlp_bwd_autograd puts
     // them back in their places). Cotangents of outputs that do not reach the loss stay undefined (no zero tensors).
     ops::variable_list outputs;
-    for (const at::Tensor& g : {grad_x, grad_w1, grad_w3, grad_w2}) {
-      if (g.defined()) outputs.push_back(g);
+    const std::array<at::Tensor, 4> all{grad_x, grad_w1, grad_w3, grad_w2};
+    for (std::size_t i = 0; i < all.size(); ++i) {
+      if (!mask[i]) continue;
+      TORCH_INTERNAL_ASSERT(all[i].defined(), "swiglu_mlp_bwd: output ", i, " was asked for but not computed");
+      outputs.push_back(all[i]);
     }
     ctx->saved_data["mask"] = mask_bits(mask);
     ctx->set_materialize_grads(false);
@@ -552,8 +555,8 @@ struct SwigluMlpBwdFunction : torch::autograd::Function<SwigluMlpBwdFunction> {
     const at::Tensor cot_dh = c13.reshape_symint(gate_rows);
     const at::Tensor ca = u2.defined() ? dy.matmul(u2) : xf.new_zeros_symint(hidden);
     const auto [cot_h, cot_da_rows, dh, a_rows] =
-        gate_op.call(h.to(dtype), dy.matmul(w2f).reshape_symint(hidden_rows), ops::optional_of(in_dtype(grad_h)), cot_dh,
-                     ca.reshape_symint(hidden_rows));
+        gate_op.call(h.to(dtype), dy.matmul(w2f).reshape_symint(hidden_rows), ops::optional_of(in_dtype(grad_h)),
+                     cot_dh, ca.reshape_symint(hidden_rows));
     const at::Tensor dh13 = dh.reshape_symint(gate), cot_da = cot_da_rows.reshape_symint(hidden),
                      a = a_rows.reshape_symint(hidden);
 
@@ -561,7 +564,8 @@ struct SwigluMlpBwdFunction : torch::autograd::Function<SwigluMlpBwdFunction> {
     const at::Tensor d_dy =
         total(cot_da.matmul(w2f.mT()), u2.defined() ? a.matmul(u2.mT()) : at::Tensor(), xf, shape);
     result[0] = d_dy.reshape_symint(grad_y.sym_sizes()).to(grad_y.scalar_type());
-    result[1] = (u13.defined() ? dh13.matmul(u13) : xf.new_zeros_symint(shape)).reshape_symint(x.sym_sizes()).to(x.scalar_type());
+    const at::Tensor d_x = u13.defined() ? dh13.matmul(u13) : xf.new_zeros_symint(shape);
+    result[1] = d_x.reshape_symint(x.sym_sizes()).to(x.scalar_type());
     if (ux.defined()) {
       const at::Tensor d_w13 = dh13.mT().matmul(ux);  // [B, 2m, d]: (d w1; d w3)
       result[2] = d_w13.slice_symint(1, 0, m).reshape_symint(w1.sym_sizes()).to(w1.scalar_type());
