@@ -919,9 +919,9 @@ class TTTE2EModel(nn.Module):
     def _inference(self):
         """The grad mode of prefill and decode. On the package's ops ``torch.inference_mode``: their chunk step runs
         its backward written out (model/chunk_step.py), so nothing needs autograd, and inference mode takes every op
-        call past the autograd layer (a custom op's is Python: 4.5 of its 6.7 us of fixed cost; tiny prefill 1.14x
-        at B=1, 1.19x at B=2, docs/model.md). On the reference ops ``torch.no_grad``: their chunk step differentiates
-        under autograd."""
+        call past the autograd layer (measured when the custom ops' autograd was Python: tiny prefill 1.14x at B=1,
+        1.19x at B=2 against no_grad, docs/model.md). On the reference ops ``torch.no_grad``: their chunk step
+        differentiates under autograd."""
         return torch.inference_mode() if self._opset.name == "package" else torch.no_grad()
 
     @torch.no_grad()
