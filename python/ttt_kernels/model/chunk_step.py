@@ -12,7 +12,8 @@ Inference runs it without autograd (prefill and decode: inference mode). Meta-le
 (the forward ops, then the backward ops, each differentiable once more by its registered formula): the outer gradient
 goes through the inner gradient exactly as through torch.autograd.grad(..., create_graph=True), second order included.
 
-Shapes: x [B, n, d]; q [B, n, H, hd], keys/values [B, k-1+n, Hkv, hd] (the window before the chunk, then its own);
+Shapes: x [B, n, d]; q [B, n, H, hd], keys/values [B, k-1+n, Hkv, hd] (the window before the chunk, then its own; in
+meta-learning up to b-1 positions more before it, masked: TTTE2EModel._windowed_kv);
 logits [B, n, V]. The loss of sequence s is the mean cross-entropy over its valid targets (TTTE2EModel._chunk_loss);
 the fast weights of sequence s get the gradient of loss s only.
 """

@@ -309,13 +309,15 @@ class TTTE2EModel(nn.Module):
             elif isinstance(mod, _Norm):
                 nn.init.ones_(mod.weight)
 
+    # Tuples, not ModuleList slices: slicing a ModuleList builds a new module (8 us; a tuple of the blocks: 1 us), and
+    # the chunk step reads these several times per chunk.
     @property
-    def prefix_blocks(self):
-        return self.blocks[: self.config.num_prefix_layers]
+    def prefix_blocks(self) -> tuple:
+        return tuple(self.blocks)[: self.config.num_prefix_layers]
 
     @property
-    def suffix_blocks(self):
-        return self.blocks[self.config.num_prefix_layers :]
+    def suffix_blocks(self) -> tuple:
+        return tuple(self.blocks)[self.config.num_prefix_layers :]
 
     def initial_fast_weights(self, batch_size: int) -> tuple:
         """W_0 for every sequence: (w1, w3, w2) per suffix block, [batch_size, ...] copies in their own contiguous
@@ -404,14 +406,12 @@ class TTTE2EModel(nn.Module):
 
     def _windowed_kv(self, past: list, k: torch.Tensor, v: torch.Tensor) -> tuple:
         """The keys and values n queries read: the earlier pairs in ``past`` followed by the chunk's own k, v
-        [B, n, Hkv, hd], at most k-1+n positions (keys beyond the window are masked anyway; dropping them keeps the
-        problem [n x (k-1+n)])."""
+        [B, n, Hkv, hd]. Callers pass the window before the chunk (k-1 positions) and at most a chunk (b-1) more:
+        the keys before the window are masked by the attention, and not slicing them off spares the backward a
+        zero-filled gradient of the whole concatenation per chunk (a slice's backward)."""
         if not past:
             return k, v
-        keep = self.config.window - 1 + k.shape[1]
-        keys = torch.cat([p[0] for p in past] + [k], 1)[:, -keep:]
-        values = torch.cat([p[1] for p in past] + [v], 1)[:, -keep:]
-        return keys, values
+        return torch.cat([p[0] for p in past] + [k], 1), torch.cat([p[1] for p in past] + [v], 1)
 
     def _block(self, blk: _Block, x: torch.Tensor, pos0: int, past: list, fast=None) -> tuple:
         """One block over x [B, n, d]; ``fast``: this suffix block's (w1, w3, w2), batched (fast weights) or not
@@ -624,17 +624,19 @@ class TTTE2EModel(nn.Module):
         freed first by the backward, before any recomputation. Returns [loss [B] per chunk]."""
         b, s = self.config.mini_batch_size, self.config.num_suffix_layers
         n = h.shape[1] // b
+        h_first, h_rest = h.split([b, h.shape[1] - b], 1)
         with _SavedBytes(exclude={h.untyped_storage().data_ptr()}) as first:
-            losses, fast, kvs = self._segment(h[:, :b], targets[:, :b], 0, fast, [[]] * s, meta, n > 1, True, ())
+            losses, fast, kvs = self._segment(h_first, targets[:, :b], 0, fast, [[]] * s, meta, n > 1, True, ())
         hist = [_last(kvs[j], meta.n_hist) for j in range(s)]
         chunk_bytes = sum(t.numel() * t.element_size() for t in (*fast, *_flatten_kv([kv[-1:] for kv in kvs])))
         split = n - self._kept_chunks(n, prefix_bytes, chunk_bytes, first.total)
         # chunks [1, split) are recomputed, [split, n) keep their graphs
-        for lo, hi, levels in ((1, split, (1,)), (split, n, ())):
+        h_parts = h_rest.split([(split - 1) * b, (n - split) * b], 1)
+        for (lo, hi, levels), h_part in zip(((1, split, (1,)), (split, n, ())), h_parts):
             if lo == hi:
                 continue
             seg_losses, fast, kvs = self._segment(
-                h[:, lo * b : hi * b], targets[:, lo * b : hi * b], lo * b, fast, hist, meta, hi < n, True, levels
+                h_part, targets[:, lo * b : hi * b], lo * b, fast, hist, meta, hi < n, True, levels
             )
             losses += seg_losses
             hist = [_last(hist[j] + kvs[j], meta.n_hist) for j in range(s)]
@@ -670,10 +672,12 @@ class TTTE2EModel(nn.Module):
             plain_from -= min(n_slices - 1, int(_AUTO_MIN_BUDGET // (token_bytes * size)))
         hist = [[] for _ in blocks]  # per block: (k, v) tails of the earlier slices, in order
         outs, kept_bytes = [], 0
-        for i, lo in enumerate(range(0, t, size)):
+        # One split (its backward: one concatenation), not a slice per piece (each slice's backward: zeros of all of
+        # h); the same in _segment and _budgeted_segments.
+        for i, (lo, piece) in enumerate(zip(range(0, t, size), h.split(size, 1))):
             past = [_window(pieces, keep) for pieces in hist]
             run = self._slice_runner(blocks, lo, len(past[0]))
-            args = (h[:, lo : lo + size], *_flatten_kv(past))
+            args = (piece, *_flatten_kv(past))
             with phase(f"ttt.prefix_slice {i}"):
                 if i < plain_from:
                     res = _Recompute.apply(run, len(args), *args, *params)
@@ -740,19 +744,19 @@ class TTTE2EModel(nn.Module):
         n = h.shape[1] // b
         size = levels[0] if levels else 1
         losses, new_kv = [], [[] for _ in range(s)]
-        for g0 in range(0, n, size):
+        for g0, h_group in zip(range(0, n, size), h.split(size * b, 1)):
             count = min(size, n - g0)
             lo, hi = g0 * b, (g0 + count) * b
             past = [_last(hist[j] + new_kv[j], meta.n_hist) for j in range(s)]
             step = step_last or g0 + count < n
             if levels:
                 run = self._segment_runner(pos0 + lo, len(past[0]), count, meta, step, levels[1:])
-                args = (h[:, lo:hi], targets[:, lo:hi], *fast, *_flatten_kv(past))
+                args = (h_group, targets[:, lo:hi], *fast, *_flatten_kv(past))
                 outs = _Recompute.apply(run, len(args), *args, *meta.params)
                 group_losses, fast, kvs = self._unflatten_segment(outs, count, step, fast)
             else:
                 loss, fast, kv = self._meta_chunk(
-                    h[:, lo:hi], targets[:, lo:hi], pos0 + lo, fast, past, meta, step, create_graph
+                    h_group, targets[:, lo:hi], pos0 + lo, fast, past, meta, step, create_graph
                 )
                 group_losses, kvs = [loss], [[x] for x in kv]
             losses.extend(group_losses)
