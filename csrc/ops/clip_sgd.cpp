@@ -222,6 +222,19 @@ struct ClipSgdUpdateFunction : torch::autograd::Function<ClipSgdUpdateFunction> 
     return new_weights;
   }
 
+  // The sum of each sequence's elements of t: [B] when batched, 0-d otherwise.
+  static at::Tensor per_sequence_sum(const at::Tensor& t, bool batched) {
+    return batched ? t.flatten(1).sum(1) : t.sum();
+  }
+
+  // A per-sequence factor v ([B] when batched, 0-d otherwise) broadcastable to g.
+  static at::Tensor per_element(const at::Tensor& v, const at::Tensor& g, bool batched) {
+    if (!batched) return v;
+    std::vector<int64_t> shape(g.dim(), 1);
+    shape[0] = -1;
+    return v.view(shape);
+  }
+
   // The backward when nothing records it (no create_graph, the usual outer backward of a meta step): n from the
   // forward's norm instead of the grads' squares, and dL/dg = -lr s (U - k g) in two passes per tensor with one new
   // tensor: four passes and two new tensors per tensor, where the differentiable form below takes seven and five.
@@ -230,11 +243,10 @@ struct ClipSgdUpdateFunction : torch::autograd::Function<ClipSgdUpdateFunction> 
                                                    const at::Tensor& clipped, double lr, double c, bool batched) {
     const at::Tensor& norm = saved[0];
     const std::size_t count = saved.size() - 1;
-    const int64_t batch = batched ? norm.size(0) : 1;
     at::Tensor dot;
     for (std::size_t i = 0; i < count; ++i) {
       // (Not bmm of [B, 1, N] x [B, N, 1]: MKL takes 40x longer for B > 1.)
-      const at::Tensor ug = (result[i] * saved[1 + i]).reshape({batch, -1}).sum(1).view(norm.sizes());
+      const at::Tensor ug = per_sequence_sum(result[i] * saved[1 + i], batched);
       dot = i == 0 ? ug : dot + ug;
     }
     const at::Tensor denom = at::where(clipped, norm, at::ones_like(norm));
@@ -242,9 +254,8 @@ struct ClipSgdUpdateFunction : torch::autograd::Function<ClipSgdUpdateFunction> 
     const at::Tensor minus_k = at::where(clipped, -dot / (denom * denom), at::zeros_like(norm));
     for (std::size_t i = 0; i < count; ++i) {
       const at::Tensor& g = saved[1 + i];
-      std::vector<int64_t> shape(g.dim(), 1);  // a per-sequence [B] (or 0-d) factor broadcast over g
-      if (batched) shape[0] = batch;
-      result[count + i] = at::addcmul(result[i], g, minus_k.view(shape)).mul_(step.view(shape));
+      result[count + i] =
+          at::addcmul(result[i], g, per_element(minus_k, g, batched)).mul_(per_element(step, g, batched));
     }
     return result;
   }
@@ -265,19 +276,12 @@ struct ClipSgdUpdateFunction : torch::autograd::Function<ClipSgdUpdateFunction> 
       for (std::size_t i = 0; i < count; ++i) result[count + i] = result[i] * -lr;
       return result;
     }
-    const auto per_sequence_sum = [batched](const at::Tensor& t) { return batched ? t.flatten(1).sum(1) : t.sum(); };
-    const auto per_element = [batched](const at::Tensor& v, const at::Tensor& g) {  // [B] -> broadcastable to g
-      if (!batched) return v;
-      std::vector<int64_t> shape(g.dim(), 1);
-      shape[0] = -1;
-      return v.view(shape);
-    };
     const at::Tensor clipped = norm.lt(c).logical_not();  // NaN norms take the clipped branch, as in the forward
     if (!at::GradMode::is_enabled()) return backward_without_graph(result, saved, clipped, lr, c, batched);
     at::Tensor n2, dot;
     for (std::size_t i = 0; i < count; ++i) {
       const at::Tensor& g = saved[1 + i];
-      const at::Tensor g2 = per_sequence_sum(g * g), ug = per_sequence_sum(result[i] * g);
+      const at::Tensor g2 = per_sequence_sum(g * g, batched), ug = per_sequence_sum(result[i] * g, batched);
       n2 = i == 0 ? g2 : n2 + g2;
       dot = i == 0 ? ug : dot + ug;
     }
@@ -286,7 +290,7 @@ struct ClipSgdUpdateFunction : torch::autograd::Function<ClipSgdUpdateFunction> 
     const at::Tensor k = at::where(clipped, dot / denom, at::zeros_like(denom));
     for (std::size_t i = 0; i < count; ++i) {
       const at::Tensor& g = saved[1 + i];
-      result[count + i] = per_element(scale, g) * -lr * (result[i] - per_element(k, g) * g);
+      result[count + i] = per_element(scale, g, batched) * -lr * (result[i] - per_element(k, g, batched) * g);
     }
     return result;
   }
